@@ -1,0 +1,57 @@
+/**
+ * Default timeouts and retry policies, one per kind of activity. Workflows pick a profile
+ * instead of inventing numbers, so every API call backs off the same way.
+ */
+import type { ActivityOptions } from '@temporalio/common';
+import { NON_RETRYABLE_ERROR_TYPES } from './errors.js';
+
+/** One short call to an external API (PVE, EC2, Kubernetes). */
+export const apiCall: ActivityOptions = {
+  startToCloseTimeout: '60 seconds',
+  retry: {
+    initialInterval: '1 second',
+    backoffCoefficient: 2,
+    maximumInterval: '30 seconds',
+    maximumAttempts: 10,
+    nonRetryableErrorTypes: NON_RETRYABLE_ERROR_TYPES,
+  },
+};
+
+/** Polls until something external is reached; heartbeats so a dead worker is noticed quickly. */
+export const waitFor: ActivityOptions = {
+  startToCloseTimeout: '30 minutes',
+  heartbeatTimeout: '30 seconds',
+  retry: {
+    initialInterval: '2 seconds',
+    backoffCoefficient: 2,
+    maximumInterval: '1 minute',
+    maximumAttempts: 5,
+    nonRetryableErrorTypes: NON_RETRYABLE_ERROR_TYPES,
+  },
+};
+
+/** A long external program (packer, talosctl) that reports progress through heartbeats. */
+export const longProgram: ActivityOptions = {
+  startToCloseTimeout: '2 hours',
+  heartbeatTimeout: '1 minute',
+  cancellationType: 'WAIT_CANCELLATION_COMPLETED',
+  retry: {
+    initialInterval: '10 seconds',
+    backoffCoefficient: 2,
+    maximumInterval: '5 minutes',
+    maximumAttempts: 3,
+    nonRetryableErrorTypes: NON_RETRYABLE_ERROR_TYPES,
+  },
+};
+
+/** A one-shot step (etcd bootstrap, a restore): its guard makes a retry safe, but never loops. */
+export const oneShot: ActivityOptions = {
+  startToCloseTimeout: '10 minutes',
+  retry: {
+    initialInterval: '5 seconds',
+    backoffCoefficient: 2,
+    maximumInterval: '1 minute',
+    maximumAttempts: 3,
+    nonRetryableErrorTypes: NON_RETRYABLE_ERROR_TYPES,
+  },
+};

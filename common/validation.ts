@@ -1,0 +1,34 @@
+/**
+ * Validation at the workflow boundary: input is checked before the first side effect, and a
+ * failure names every offending field so the operator can fix all of them in one go.
+ */
+import type { z } from 'zod';
+import { nonRetryable } from './errors.js';
+
+type IssuePath = ReadonlyArray<PropertyKey>;
+
+/** Renders a zod path as `clusters.home.controlPlane[1].ip`. */
+export function formatPath(root: string, path: IssuePath): string {
+  let out = root;
+  for (const key of path) {
+    if (typeof key === 'number') out += `[${key}]`;
+    else out += out === '' ? String(key) : `.${String(key)}`;
+  }
+  return out === '' ? '(root)' : out;
+}
+
+/** One line per problem: `path: message`. */
+export function describeIssues(error: z.ZodError, root = ''): string[] {
+  return error.issues.map((issue) => `${formatPath(root, issue.path)}: ${issue.message}`);
+}
+
+/**
+ * Parses a workflow's input; on failure throws a non-retryable ValidationError listing every
+ * problem, so the workflow fails at once and touches nothing.
+ */
+export function parseInput<S extends z.ZodType>(schema: S, input: unknown, what: string): z.output<S> {
+  const result = schema.safeParse(input);
+  if (result.success) return result.data;
+  const problems = describeIssues(result.error);
+  throw nonRetryable('validation', `invalid ${what}: ${problems.join('; ')}`, { problems });
+}

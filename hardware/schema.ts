@@ -1,0 +1,263 @@
+/**
+ * The lab inventory: Proxmox hosts, VM templates, Talos clusters, GPUs and EC2 burst pools.
+ * Pure zod, so workflows validate their own slice of it at their boundary. Secrets appear only
+ * as references (see common/secret-ref.ts).
+ */
+import { z } from 'zod';
+import { secretRefSchema } from '../common/secret-ref.js';
+import { formatPath } from '../common/validation.js';
+
+export const nameSchema = z
+  .string()
+  .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'expected a DNS label: lowercase letters, digits and -');
+export const vmidSchema = z.int('expected a whole number').min(100, 'a VMID is at least 100').max(999_999_999);
+export const ipv4Schema = z.ipv4('expected an IPv4 address');
+export const macSchema = z.mac({ message: 'expected a MAC address like bc:24:11:00:00:01' });
+/** `0000:01:00.0`; the domain may be left out and the function too (all functions, as PVE takes it). */
+export const pciAddressSchema = z
+  .string()
+  .regex(/^([0-9a-f]{4}:)?[0-9a-f]{2}:[0-9a-f]{2}(\.[0-7])?$/i, 'expected a PCI address like 0000:01:00.0');
+
+export const vmidRangeSchema = z
+  .strictObject({ from: vmidSchema, to: vmidSchema })
+  .refine((r) => r.from <= r.to, { message: 'from must not be greater than to' });
+export type VmidRange = z.infer<typeof vmidRangeSchema>;
+
+export const storageSchema = z.strictObject({
+  name: z.string().min(1),
+  content: z.array(z.enum(['images', 'rootdir', 'iso', 'vztmpl', 'backup', 'snippets', 'import'])).min(1),
+});
+
+export const bridgeSchema = z.strictObject({
+  name: z.string().regex(/^vmbr\d+$/, 'expected a Linux bridge name like vmbr0'),
+  vlanAware: z.boolean().default(false),
+});
+
+export const vlanSchema = z.strictObject({
+  id: z.int().min(1).max(4094),
+  name: nameSchema,
+  bridge: z.string(),
+  cidr: z.cidrv4('expected a CIDR like 192.168.80.0/24'),
+});
+
+export const proxmoxHostSchema = z.strictObject({
+  name: nameSchema,
+  /** Base URL of the API, e.g. https://pve1.lab:8006 */
+  apiUrl: z.url({ protocol: /^https?$/, message: 'expected an http(s) URL' }),
+  /** PVE node names this endpoint serves (a cluster answers for all of its nodes). */
+  nodes: z.array(nameSchema).min(1),
+  /** `user@realm!tokenid=secret`, by reference. */
+  token: secretRefSchema,
+  /** PEM CA bundle to verify the API's certificate; the system store otherwise. */
+  caFile: z.string().startsWith('/').optional(),
+  storages: z.array(storageSchema).min(1),
+  bridges: z.array(bridgeSchema).min(1),
+});
+export type ProxmoxHost = z.infer<typeof proxmoxHostSchema>;
+
+export const vmidRangesSchema = z.strictObject({
+  templates: vmidRangeSchema,
+  nodes: vmidRangeSchema,
+  drills: vmidRangeSchema,
+});
+
+export const templateSchema = z.strictObject({
+  name: nameSchema,
+  host: nameSchema,
+  node: nameSchema,
+  storage: z.string(),
+  /** Packer template for the image, relative to the project or absolute. */
+  packerTemplate: z.string().optional(),
+  keep: z.int().min(1).default(2),
+});
+
+export const taintSchema = z.strictObject({
+  key: z.string().min(1),
+  value: z.string().optional(),
+  effect: z.enum(['NoSchedule', 'PreferNoSchedule', 'NoExecute']),
+});
+
+const nodeCommon = {
+  name: nameSchema,
+  ip: ipv4Schema,
+  labels: z.record(z.string(), z.string()).default({}),
+  taints: z.array(taintSchema).default([]),
+  /** A GPU from `gpus`, passed through to this node. */
+  gpu: nameSchema.optional(),
+  installDisk: z.string().startsWith('/dev/').default('/dev/sda'),
+};
+
+export const vmNodeSchema = z.strictObject({
+  ...nodeCommon,
+  kind: z.literal('vm'),
+  host: nameSchema,
+  node: nameSchema,
+  vmid: vmidSchema,
+  mac: macSchema,
+  cores: z.int().min(1).max(512),
+  memoryMiB: z.int().min(512),
+  diskGiB: z.int().min(4),
+  storage: z.string(),
+  bridge: z.string(),
+  vlan: z.int().min(1).max(4094).optional(),
+});
+
+export const metalNodeSchema = z.strictObject({
+  ...nodeCommon,
+  kind: z.literal('metal'),
+  arch: z.enum(['amd64', 'arm64']),
+  /** What boots it, e.g. the Talos metal-arm64 image for a Raspberry Pi. */
+  image: z.string().optional(),
+});
+
+export const clusterNodeSchema = z.discriminatedUnion('kind', [vmNodeSchema, metalNodeSchema]);
+export type ClusterNode = z.infer<typeof clusterNodeSchema>;
+export type VmNode = z.infer<typeof vmNodeSchema>;
+
+export const clusterSchema = z.strictObject({
+  talosVersion: z.string().regex(/^v\d+\.\d+\.\d+$/, 'expected a Talos version like v1.11.5'),
+  kubernetesVersion: z.string().regex(/^v?\d+\.\d+\.\d+$/, 'expected a Kubernetes version like 1.34.1'),
+  /** The Kubernetes API endpoint, usually a VIP: https://192.168.1.100:6443 */
+  endpoint: z.url({ protocol: /^https$/, message: 'expected an https URL' }),
+  /** Template (from `templates`) the VMs are cloned from. */
+  template: nameSchema,
+  controlPlane: z.array(clusterNodeSchema).min(1),
+  workers: z.array(clusterNodeSchema).default([]),
+  /** Extra Talos machine-config patches (YAML), applied to every node. */
+  patches: z.array(z.string()).default([]),
+  flux: z
+    .strictObject({
+      url: z.string().min(1),
+      branch: z.string().default('main'),
+      path: z.string().default('./clusters/home'),
+      gitCredentials: secretRefSchema.optional(),
+      sopsAgeKey: secretRefSchema.optional(),
+    })
+    .optional(),
+});
+export type Cluster = z.infer<typeof clusterSchema>;
+
+export const gpuSchema = z.strictObject({
+  name: nameSchema,
+  host: nameSchema,
+  node: nameSchema,
+  pciAddress: pciAddressSchema,
+  iommuGroup: z.int().min(0),
+  vendor: z.enum(['nvidia', 'amd', 'intel']),
+  model: z.string().min(1),
+  /** PVE resource mapping id (Datacenter > Resource Mappings), when one covers this device. */
+  mappingId: z.string().optional(),
+});
+export type Gpu = z.infer<typeof gpuSchema>;
+
+export const burstPoolSchema = z
+  .strictObject({
+    name: nameSchema,
+    region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'expected an AWS region like us-east-1'),
+    instanceTypes: z
+      .array(z.string().regex(/^[a-z0-9]+\.[a-z0-9]+$/, 'expected an instance type like g5.xlarge'))
+      .min(1),
+    market: z.enum(['spot', 'on-demand', 'spot-then-on-demand']).default('spot-then-on-demand'),
+    launchTemplate: z.strictObject({ name: z.string().min(1), version: z.string().default('$Latest') }).optional(),
+    ami: z
+      .string()
+      .regex(/^ami-[0-9a-f]+$/, 'expected an AMI id like ami-0abc1234')
+      .optional(),
+    subnetId: z.string().optional(),
+    securityGroupIds: z.array(z.string()).default([]),
+    /** Port and path of the model server's health check (Ollama answers /api/tags). */
+    modelPort: z.int().min(1).max(65535).default(11434),
+    healthPath: z.string().startsWith('/').default('/api/tags'),
+    idleTimeoutMinutes: z.number().positive().default(15),
+    maxRunningHours: z.number().positive().optional(),
+    dailyBudgetUsd: z.number().positive().optional(),
+    hourlyPriceUsd: z.number().nonnegative(),
+    /** AWS credentials; the default provider chain (env, profile, instance role) when left out. */
+    credentials: z.strictObject({ accessKeyId: secretRefSchema, secretAccessKey: secretRefSchema }).optional(),
+  })
+  .refine((p) => p.launchTemplate !== undefined || p.ami !== undefined, {
+    message: 'a burst pool needs a launchTemplate or an ami',
+    path: ['ami'],
+  });
+export type BurstPool = z.infer<typeof burstPoolSchema>;
+
+const inventoryObject = z.strictObject({
+  proxmox: z.strictObject({
+    hosts: z.array(proxmoxHostSchema).min(1),
+    vlans: z.array(vlanSchema).default([]),
+    vmidRanges: vmidRangesSchema,
+  }),
+  templates: z.array(templateSchema).default([]),
+  clusters: z.record(nameSchema, clusterSchema).default({}),
+  gpus: z.array(gpuSchema).default([]),
+  burstPools: z.array(burstPoolSchema).default([]),
+});
+export const inventorySchema = inventoryObject.superRefine(checkReferences);
+export type Inventory = z.infer<typeof inventorySchema>;
+
+/** Cross-references zod cannot express per field: names that must exist, values that must be unique. */
+function checkReferences(inv: z.output<typeof inventoryObject>, ctx: z.RefinementCtx): void {
+  const hosts = new Map(inv.proxmox.hosts.map((h) => [h.name, h]));
+  const gpus = new Set(inv.gpus.map((g) => g.name));
+  const templates = new Set(inv.templates.map((t) => t.name));
+  const ranges = inv.proxmox.vmidRanges;
+  const seen = {
+    vmid: new Map<string, string>(),
+    mac: new Map<string, string>(),
+    ip: new Map<string, string>(),
+    pci: new Map<string, string>(),
+  };
+
+  const unique = (kind: keyof typeof seen, value: number | string, path: PropertyKey[]): void => {
+    const key = String(value).toLowerCase();
+    const first = seen[kind].get(key);
+    if (first !== undefined)
+      ctx.addIssue({ code: 'custom', path, message: `duplicate ${kind} ${value}, also at ${first}` });
+    else seen[kind].set(key, formatPath('', path));
+  };
+  const hostNode = (host: string, node: string, path: PropertyKey[]): void => {
+    const h = hosts.get(host);
+    if (!h) ctx.addIssue({ code: 'custom', path: [...path, 'host'], message: `unknown Proxmox host ${host}` });
+    else if (!h.nodes.includes(node)) {
+      ctx.addIssue({ code: 'custom', path: [...path, 'node'], message: `host ${host} has no node ${node}` });
+    }
+  };
+
+  inv.templates.forEach((t, i) => hostNode(t.host, t.node, ['templates', i]));
+  inv.gpus.forEach((g, i) => {
+    hostNode(g.host, g.node, ['gpus', i]);
+    unique('pci', `${g.node}/${g.pciAddress}`, ['gpus', i, 'pciAddress']);
+  });
+  for (const [clusterName, cluster] of Object.entries(inv.clusters)) {
+    const base = ['clusters', clusterName];
+    if (!templates.has(cluster.template)) {
+      ctx.addIssue({ code: 'custom', path: [...base, 'template'], message: `unknown template ${cluster.template}` });
+    }
+    for (const role of ['controlPlane', 'workers'] as const) {
+      cluster[role].forEach((node, i) => {
+        const path = [...base, role, i];
+        unique('ip', node.ip, [...path, 'ip']);
+        if (node.gpu !== undefined && !gpus.has(node.gpu)) {
+          ctx.addIssue({ code: 'custom', path: [...path, 'gpu'], message: `unknown GPU ${node.gpu}` });
+        }
+        if (node.kind !== 'vm') return;
+        hostNode(node.host, node.node, path);
+        unique('vmid', node.vmid, [...path, 'vmid']);
+        unique('mac', node.mac, [...path, 'mac']);
+        if (node.vmid < ranges.nodes.from || node.vmid > ranges.nodes.to) {
+          ctx.addIssue({
+            code: 'custom',
+            path: [...path, 'vmid'],
+            message: `VMID ${node.vmid} is outside proxmox.vmidRanges.nodes (${ranges.nodes.from}-${ranges.nodes.to})`,
+          });
+        }
+      });
+    }
+  }
+  const poolNames = new Set<string>();
+  inv.burstPools.forEach((p, i) => {
+    if (poolNames.has(p.name))
+      ctx.addIssue({ code: 'custom', path: ['burstPools', i, 'name'], message: `duplicate pool ${p.name}` });
+    poolNames.add(p.name);
+  });
+}

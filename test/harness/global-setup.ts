@@ -1,0 +1,49 @@
+/**
+ * Starts the peers every test shares: one real Temporal dev server on loopback (in memory,
+ * headless, with the project's search attributes) and the workflow bundle, built once.
+ * A peer that cannot start fails the whole run with its log; nothing is skipped.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { bundleWorkflowCode } from '@temporalio/worker';
+import type { TestProject } from 'vitest/node';
+import { startDevServer } from '../../lib/dev-server.js';
+import { cacheDir, projectRoot } from '../../lib/paths.js';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    temporalAddress: string;
+    workflowBundlePath: string;
+  }
+}
+
+export const TEST_WORKFLOWS = path.join(projectRoot, 'test', 'fixtures', 'workflows', 'index.ts');
+
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const logDir = path.join(cacheDir, 'test-logs');
+  const server = await startDevServer({ logFile: path.join(logDir, 'temporal.log') });
+  try {
+    const bundle = await bundleWorkflowCode({ workflowsPath: TEST_WORKFLOWS, logger: quietLogger });
+    const bundlePath = path.join(cacheDir, 'test-bundle', `workflows-${process.pid}.js`);
+    await fs.mkdir(path.dirname(bundlePath), { recursive: true });
+    await fs.writeFile(bundlePath, bundle.code);
+    project.provide('temporalAddress', server.address);
+    project.provide('workflowBundlePath', bundlePath);
+    return async () => {
+      await server.stop();
+      await fs.rm(bundlePath, { force: true });
+    };
+  } catch (err) {
+    await server.stop();
+    throw err;
+  }
+}
+
+const quietLogger = {
+  log: () => undefined,
+  trace: () => undefined,
+  debug: () => undefined,
+  info: () => undefined,
+  warn: (message: string) => console.warn(message),
+  error: (message: string) => console.error(message),
+};

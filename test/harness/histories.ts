@@ -1,0 +1,47 @@
+/**
+ * Recorded histories: tests save a finished run's history under test/histories/, and the
+ * replay test runs every saved history against the current workflow code.
+ * Re-record after an intended change with LABWRIGHT_RECORD_HISTORIES=1.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import type { WorkflowHandle } from '@temporalio/client';
+import { historyFromJSON, historyToJSON } from '@temporalio/common/lib/proto-utils.js';
+import { Worker, type ReplayWorkerOptions } from '@temporalio/worker';
+import { projectRoot } from '../../lib/paths.js';
+
+export const HISTORIES_DIR = path.join(projectRoot, 'test', 'histories');
+
+/** Saves the history of a finished run, once (or again when re-recording is asked for). */
+export async function recordHistory(handle: WorkflowHandle, name: string): Promise<void> {
+  const file = path.join(HISTORIES_DIR, `${name}.json`);
+  const exists = await fs.access(file).then(
+    () => true,
+    () => false,
+  );
+  if (exists && process.env.LABWRIGHT_RECORD_HISTORIES !== '1') return;
+  const history = await handle.fetchHistory();
+  await fs.mkdir(HISTORIES_DIR, { recursive: true });
+  await fs.writeFile(file, `${JSON.stringify(JSON.parse(historyToJSON(history)), null, 1)}\n`);
+}
+
+export interface ReplayOutcome {
+  file: string;
+  error?: Error;
+}
+
+/** Replays every history in `dir` against the workflows in `options`; returns one outcome each. */
+export async function replayHistories(dir: string, options: ReplayWorkerOptions): Promise<ReplayOutcome[]> {
+  const files = (await fs.readdir(dir)).filter((f) => f.endsWith('.json')).sort();
+  const histories = await Promise.all(
+    files.map(async (file) => ({
+      workflowId: file,
+      history: historyFromJSON(JSON.parse(await fs.readFile(path.join(dir, file), 'utf8'))),
+    })),
+  );
+  const outcomes: ReplayOutcome[] = [];
+  for await (const result of Worker.runReplayHistories(options, histories)) {
+    outcomes.push({ file: result.workflowId, error: result.error as Error | undefined });
+  }
+  return outcomes;
+}

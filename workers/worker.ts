@@ -1,0 +1,31 @@
+/** The worker every entry point builds: the same options in production, `npm start` and tests. */
+import type { DataConverter } from '@temporalio/common';
+import { Worker, type NativeConnection, type WorkerOptions } from '@temporalio/worker';
+import { projectRoot } from '../lib/paths.js';
+import path from 'node:path';
+
+export const WORKFLOWS_PATH = path.join(projectRoot, 'workflows', 'index.ts');
+
+export interface LabWorkerOptions {
+  connection: NativeConnection;
+  namespace: string;
+  taskQueue: string;
+  dataConverter: DataConverter;
+  activities: WorkerOptions['activities'];
+  /** A prebuilt bundle (tests build it once); the workflows are bundled from source otherwise. */
+  workflowBundle?: WorkerOptions['workflowBundle'];
+  /** How long in-flight activities may run on after SIGINT/SIGTERM before they are cancelled. */
+  shutdownGraceTime?: WorkerOptions['shutdownGraceTime'];
+}
+
+export async function createLabWorker(opts: LabWorkerOptions): Promise<Worker> {
+  return Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace,
+    taskQueue: opts.taskQueue,
+    dataConverter: opts.dataConverter,
+    activities: opts.activities,
+    ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
+    shutdownGraceTime: opts.shutdownGraceTime ?? '30 seconds',
+  });
+}
