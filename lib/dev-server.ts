@@ -7,7 +7,7 @@ import { createWriteStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { SEARCH_ATTRIBUTE_KEYS } from '../common/search-attributes.js';
-import { ensureTool, freePort, stopProcess, tail, waitUntilReady } from './processes.js';
+import { ensureTool, freePort, portIsFree, stopProcess, tail, waitUntilReady } from './processes.js';
 
 export interface DevServerOptions {
   /** SQLite file for persistence; in memory when left out. */
@@ -29,11 +29,13 @@ export interface DevServer {
 export async function startDevServer(opts: DevServerOptions): Promise<DevServer> {
   const temporal = ensureTool('ensure-temporal.sh');
   const port = opts.port ?? (await freePort());
+  // A server already on the port would answer the readiness probe in this one's place.
+  if (!(await portIsFree(port))) throw new Error(`port ${port} on 127.0.0.1 is already in use (another Temporal server?)`);
   const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--log-level', 'warn'];
   args.push('--http-port', String(await freePort()), '--metrics-port', String(await freePort()));
   for (const key of SEARCH_ATTRIBUTE_KEYS) args.push('--search-attribute', `${key.name}=Keyword`);
   if (opts.dbFile) {
-    await fs.mkdir(path.dirname(opts.dbFile), { recursive: true });
+    await fs.mkdir(path.dirname(opts.dbFile), { recursive: true }).catch(() => undefined);
     args.push('--db-filename', opts.dbFile);
   }
   let uiUrl: string | undefined;

@@ -16,6 +16,14 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   });
 }
 
+export async function portIsFree(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, host, () => server.close(() => resolve(true)));
+  });
+}
+
 export async function tail(file: string, lines = 40): Promise<string> {
   const text = await fs.readFile(file, 'utf8').catch(() => '');
   return text.split('\n').slice(-lines).join('\n');

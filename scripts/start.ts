@@ -1,0 +1,82 @@
+/**
+ * `npm start`: the local Temporal dev server (SQLite under .labwright/) and the worker. Without
+ * LABWRIGHT_INVENTORY it starts the simulated lab on loopback and says so; with TEMPORAL_ADDRESS
+ * it uses that server instead of starting one.
+ */
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { ensureLocalKey } from '../lib/codec.js';
+import { startDevServer, type DevServer } from '../lib/dev-server.js';
+import { projectRoot, stateDir } from '../lib/paths.js';
+import { stopProcess } from '../lib/processes.js';
+import { startSimulatedLab, type SimulatedLab } from '../sim/index.js';
+import { SIMULATED_PEERS } from '../sim/peers.js';
+
+const env: NodeJS.ProcessEnv = { ...process.env };
+const cleanups: Array<() => Promise<void>> = [];
+
+async function main(): Promise<void> {
+  let server: DevServer | undefined;
+  if (!env.TEMPORAL_ADDRESS) {
+    server = await startDevServer({
+      dbFile: path.join(stateDir, 'temporal.db'),
+      port: Number(env.LABWRIGHT_DEV_PORT ?? 7233),
+      uiPort: Number(env.LABWRIGHT_UI_PORT ?? 8233),
+      logFile: path.join(stateDir, 'logs', 'temporal.log'),
+    });
+    cleanups.push(() => server!.stop());
+    env.TEMPORAL_ADDRESS = server.address;
+  }
+  if (!env.LABWRIGHT_CODEC_KEY && !env.LABWRIGHT_CODEC_KEY_FILE && env.LABWRIGHT_CODEC !== 'plaintext') {
+    env.LABWRIGHT_CODEC_KEY_FILE = await ensureLocalKey();
+  }
+
+  let lab: SimulatedLab | undefined;
+  if (!env.LABWRIGHT_INVENTORY) {
+    lab = await startSimulatedLab(path.join(stateDir, 'sim'), SIMULATED_PEERS);
+    cleanups.push(() => lab!.stop());
+    Object.assign(env, lab.env);
+  }
+
+  const worker = spawn(process.execPath, [path.join(projectRoot, 'node_modules', 'tsx', 'dist', 'cli.mjs'), 'workers/main.ts'], {
+    cwd: projectRoot,
+    env,
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  cleanups.unshift(() => stopProcess(worker, 35_000));
+
+  console.log(`
+labwright is running.
+  Temporal:  ${env.TEMPORAL_ADDRESS}${server ? ` (local dev server, data in ${path.relative(projectRoot, stateDir)}/temporal.db)` : ''}
+  Web UI:    ${server?.uiUrl ?? '(the server at TEMPORAL_ADDRESS serves its own)'}
+  Payloads:  ${env.LABWRIGHT_CODEC === 'plaintext' ? 'plaintext (local development)' : `encrypted, key ${env.LABWRIGHT_CODEC_KEY_FILE ?? 'from LABWRIGHT_CODEC_KEY'}`}
+  Lab:       ${lab ? `SIMULATED — no real endpoints configured (LABWRIGHT_INVENTORY is unset); inventory ${path.relative(projectRoot, lab.inventoryFile)}` : env.LABWRIGHT_INVENTORY}
+${lab ? lab.peers.map((p) => `             ${p.name}: ${p.summary}`).join('\n') : ''}
+Try:  temporal workflow list --address ${env.TEMPORAL_ADDRESS}
+      npx labwright workflows
+Stop with Ctrl-C.
+`);
+
+  const exit = new Promise<number>((resolve) => worker.once('exit', (code) => resolve(code ?? 0)));
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => void shutdown().then(() => process.exit(0)));
+  }
+  const code = await exit;
+  console.error(`worker exited with code ${code}`);
+  await shutdown();
+  process.exit(code === 0 ? 0 : 1);
+}
+
+let shuttingDown: Promise<void> | undefined;
+function shutdown(): Promise<void> {
+  shuttingDown ??= (async () => {
+    for (const cleanup of cleanups) await cleanup().catch((err: unknown) => console.error(err));
+  })();
+  return shuttingDown;
+}
+
+main().catch(async (err: unknown) => {
+  console.error(`labwright start failed: ${(err as Error).message}`);
+  await shutdown();
+  process.exit(1);
+});

@@ -1,0 +1,35 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { startDevServer } from '../lib/dev-server.js';
+import { projectRoot } from '../lib/paths.js';
+import { temporalAddress } from './harness/temporal.js';
+
+describe('Temporal provisioning', () => {
+  it('says what to install when neither the CLI nor Go is there', async () => {
+    const run = promisify(execFile)('bash', [path.join(projectRoot, 'scripts', 'ensure-temporal.sh')], {
+      env: { PATH: '/usr/bin:/bin', HOME: '/nonexistent', LABWRIGHT_CACHE: '/nonexistent/cache' },
+    });
+    const err = (await run.catch((e: unknown) => e)) as { code: number; stderr: string };
+    expect(err.code).toBe(1);
+    expect(err.stderr).toContain('Go is not installed');
+    expect(err.stderr).toContain('TEMPORAL_CLI');
+  });
+
+  it('fails with the server log when the dev server cannot start', async () => {
+    const logFile = path.join(projectRoot, '.cache', 'test-logs', 'bad-db.log');
+    // A directory where the SQLite file should be: the server itself refuses and exits.
+    const err = await startDevServer({ dbFile: projectRoot, logFile, startTimeoutMs: 30_000 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).message).toMatch(/temporal dev server on 127\.0\.0\.1:\d+ exited \(\d+\) before it was ready:/);
+    expect((err as Error).message).toMatch(/sqlite|database|is a directory/i);
+  });
+
+  it('refuses a port another server already holds instead of mistaking that server for its own', async () => {
+    const busyPort = Number(temporalAddress().split(':')[1]);
+    const logFile = path.join(projectRoot, '.cache', 'test-logs', 'busy-port.log');
+    const err = await startDevServer({ port: busyPort, logFile }).catch((e: unknown) => e);
+    expect((err as Error).message).toBe(`port ${busyPort} on 127.0.0.1 is already in use (another Temporal server?)`);
+  });
+});
