@@ -1,7 +1,10 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { ensureTool } from '../lib/processes.js';
 import { createDemoActivities } from './fixtures/demo-activities.js';
 import { TEST_CODEC_KEY_FILE, runTs } from './harness/processes.js';
 import { temporalAddress, testClient, uniqueName, withWorker } from './harness/temporal.js';
@@ -25,13 +28,24 @@ describe('the labwright command', () => {
     const workflowId = uniqueName('cli-demo');
     const input = await inputFile({ name: 'pve1', steps: ['clone', 'boot'], holdAfterFirst: true });
     await withWorker({ activities: createDemoActivities() }, async ({ taskQueue }) => {
-      const started = await labwright(['start', 'stepsDemo', '--input', input, '--id', workflowId, '--task-queue', taskQueue]);
+      const started = await labwright([
+        'start',
+        'stepsDemo',
+        '--input',
+        input,
+        '--id',
+        workflowId,
+        '--task-queue',
+        taskQueue,
+      ]);
       expect(started.stderr).toBe('');
       expect(started.stdout).toContain(`started stepsDemo as ${workflowId}`);
 
       const client = await testClient();
       const handle = client.workflow.getHandle(workflowId);
-      await expect.poll(async () => (await handle.query<{ steps: { status: string }[] }>('progress')).steps[0]?.status).toBe('done');
+      await expect
+        .poll(async () => (await handle.query<{ steps: { status: string }[] }>('progress')).steps[0]?.status)
+        .toBe('done');
       const status = await labwright(['status', workflowId]);
       expect(status.stdout).toContain(`stepsDemo ${workflowId}: RUNNING`);
       expect(status.stdout).toMatch(/\[ok\] clone: clone:pve1/);
@@ -54,6 +68,30 @@ describe('the labwright command', () => {
       const watched = await labwright(['watch', workflowId, '--interval', '0.2']);
       expect(watched.code).toBe(1);
       expect(watched.stdout).toContain('failed: invalid stepsDemo input: steps: Too small');
+    });
+  });
+
+  it('works alongside the plain `temporal workflow start`, whose unencrypted input the worker accepts', async () => {
+    const workflowId = uniqueName('cli-temporal');
+    const input = await inputFile({ name: 'pve2', steps: ['snapshot'] });
+    const temporal = ensureTool('ensure-temporal.sh');
+    await withWorker({ activities: createDemoActivities() }, async ({ taskQueue }) => {
+      await promisify(execFile)(temporal, [
+        'workflow',
+        'start',
+        '--address',
+        temporalAddress(),
+        '--task-queue',
+        taskQueue,
+        '--type',
+        'stepsDemo',
+        '--workflow-id',
+        workflowId,
+        '--input-file',
+        input,
+      ]);
+      const watched = await labwright(['watch', workflowId, '--interval', '0.2']);
+      expect(watched.stdout).toContain('completed: ["snapshot:pve2"]');
     });
   });
 
