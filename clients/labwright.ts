@@ -5,6 +5,7 @@
  *   labwright status <workflow-id>
  *   labwright watch <workflow-id>
  *   labwright workflows
+ *   labwright schedule-drill --input plan.json [--cron '0 3 * * 0'] [--task-queue Q]
  * Connection and codec settings come from the environment, as for the worker.
  */
 import { promises as fs } from 'node:fs';
@@ -14,13 +15,15 @@ import type { Progress } from '../common/progress.js';
 import { connectClient } from '../lib/temporal.js';
 import { CATALOG } from './catalog.js';
 import { renderProgress } from './render.js';
+import { ensureDrillSchedule } from './schedules.js';
 import { InputError, startWorkflow } from './start.js';
 
 const USAGE = `usage:
   labwright start <workflow> --input file.json [--id workflow-id] [--task-queue queue]
   labwright status <workflow-id>
   labwright watch <workflow-id>
-  labwright workflows`;
+  labwright workflows
+  labwright schedule-drill --input plan.json [--cron '0 3 * * 0'] [--task-queue queue]`;
 
 async function main(argv: string[]): Promise<number> {
   const { positionals, values } = parseArgs({
@@ -31,12 +34,30 @@ async function main(argv: string[]): Promise<number> {
       id: { type: 'string' },
       'task-queue': { type: 'string' },
       interval: { type: 'string', default: '1' },
+      cron: { type: 'string' },
     },
   });
   const [command, target] = positionals;
   if (command === 'workflows') {
     for (const [name, entry] of Object.entries(CATALOG)) console.log(`${name.padEnd(20)} ${entry.description}`);
     return 0;
+  }
+  if (command === 'schedule-drill') {
+    // (issue 7) The weekly DR drill of a plan, created or updated: see clients/schedules.ts.
+    if (!values.input) {
+      console.error('labwright schedule-drill needs --input plan.json');
+      return 2;
+    }
+    const plan: unknown = JSON.parse(await fs.readFile(values.input, 'utf8'));
+    const client = await connectClient();
+    try {
+      const r = await ensureDrillSchedule(client, plan, { cron: values.cron, taskQueue: values['task-queue'] });
+      console.log(`${r.outcome} schedule ${r.scheduleId}`);
+      console.log(`see it with: temporal schedule describe --schedule-id ${r.scheduleId}`);
+      return 0;
+    } finally {
+      await client.connection.close();
+    }
   }
   if (!command || !target || !['start', 'status', 'watch'].includes(command)) {
     console.error(USAGE);
@@ -50,7 +71,10 @@ async function main(argv: string[]): Promise<number> {
         return 2;
       }
       const input: unknown = JSON.parse(await fs.readFile(values.input, 'utf8'));
-      const handle = await startWorkflow(client, target, input, { workflowId: values.id, taskQueue: values['task-queue'] });
+      const handle = await startWorkflow(client, target, input, {
+        workflowId: values.id,
+        taskQueue: values['task-queue'],
+      });
       console.log(`started ${target} as ${handle.workflowId} (run ${handle.firstExecutionRunId})`);
       console.log(`follow it with: labwright watch ${handle.workflowId}`);
       return 0;

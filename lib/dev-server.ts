@@ -30,7 +30,8 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
   const temporal = ensureTool('ensure-temporal.sh');
   const port = opts.port ?? (await freePort());
   // A server already on the port would answer the readiness probe in this one's place.
-  if (!(await portIsFree(port))) throw new Error(`port ${port} on 127.0.0.1 is already in use (another Temporal server?)`);
+  if (!(await portIsFree(port)))
+    throw new Error(`port ${port} on 127.0.0.1 is already in use (another Temporal server?)`);
   const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--log-level', 'warn'];
   args.push('--http-port', String(await freePort()), '--metrics-port', String(await freePort()));
   for (const key of SEARCH_ATTRIBUTE_KEYS) args.push('--search-attribute', `${key.name}=Keyword`);

@@ -38,11 +38,15 @@ async function main(): Promise<void> {
     Object.assign(env, lab.env);
   }
 
-  const worker = spawn(process.execPath, [path.join(projectRoot, 'node_modules', 'tsx', 'dist', 'cli.mjs'), 'workers/main.ts'], {
-    cwd: projectRoot,
-    env,
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
+  const worker = spawn(
+    process.execPath,
+    [path.join(projectRoot, 'node_modules', 'tsx', 'dist', 'cli.mjs'), 'workers/main.ts'],
+    {
+      cwd: projectRoot,
+      env,
+      stdio: ['ignore', 'inherit', 'inherit'],
+    },
+  );
   cleanups.unshift(() => stopProcess(worker, 35_000));
 
   console.log(`

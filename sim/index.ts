@@ -62,7 +62,11 @@ export async function startSimulatedLab(dir: string, starters: PeerStarter[]): P
     const inventoryFile = path.join(dir, 'inventory.yaml');
     await fs.writeFile(inventoryFile, stringify(inventory));
     const env = Object.assign(
-      { LABWRIGHT_INVENTORY: inventoryFile, LABWRIGHT_SECRETS_DIR: path.join(dir, 'secrets'), LABWRIGHT_SIMULATED: '1' },
+      {
+        LABWRIGHT_INVENTORY: inventoryFile,
+        LABWRIGHT_SECRETS_DIR: path.join(dir, 'secrets'),
+        LABWRIGHT_SIMULATED: '1',
+      },
       ...peers.map((p) => p.env),
     ) as Record<string, string>;
     return { inventory: parsed, inventoryFile, env, peers, stop: stopAll };

@@ -22,7 +22,9 @@ describe('Temporal provisioning', () => {
     // A directory where the SQLite file should be: the server itself refuses and exits.
     const err = await startDevServer({ dbFile: projectRoot, logFile, startTimeoutMs: 30_000 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(Error);
-    expect((err as Error).message).toMatch(/temporal dev server on 127\.0\.0\.1:\d+ exited \(\d+\) before it was ready:/);
+    expect((err as Error).message).toMatch(
+      /temporal dev server on 127\.0\.0\.1:\d+ exited \(\d+\) before it was ready:/,
+    );
     expect((err as Error).message).toMatch(/sqlite|database|is a directory/i);
   });
 

@@ -27,5 +27,8 @@ export async function createLabWorker(opts: LabWorkerOptions): Promise<Worker> {
     activities: opts.activities,
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
     shutdownGraceTime: opts.shutdownGraceTime ?? '30 seconds',
+    // Heartbeats carry cancellation back to an activity: without a cap the SDK sends them only every
+    // 0.8 × heartbeatTimeout, so cancelling a long Packer build would take most of a minute to arrive.
+    maxHeartbeatThrottleInterval: '5 seconds',
   });
 }

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { bundleWorkflowCode } from '@temporalio/worker';
 import type { TestProject } from 'vitest/node';
 import { startDevServer } from '../../lib/dev-server.js';
+import { startKube } from '../../lib/kube-apiserver.js';
 import { cacheDir, projectRoot } from '../../lib/paths.js';
 
 declare module 'vitest' {
@@ -21,7 +22,18 @@ export const TEST_WORKFLOWS = path.join(projectRoot, 'test', 'fixtures', 'workfl
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const logDir = path.join(cacheDir, 'test-logs');
-  const server = await startDevServer({ logFile: path.join(logDir, 'temporal.log') });
+  // The shared kube-apiserver (test/harness/kube.ts sharedKube()) starts alongside Temporal.
+  const kubeStart = startKube({ logDir: path.join(logDir, 'kube') });
+  kubeStart.catch(() => undefined); // awaited below; no unhandled rejection meanwhile
+  const stopKube = () =>
+    kubeStart.then(
+      (k) => k.stop(),
+      () => undefined,
+    );
+  const server = await startDevServer({ logFile: path.join(logDir, 'temporal.log') }).catch(async (err: unknown) => {
+    await stopKube();
+    throw err;
+  });
   try {
     const bundle = await bundleWorkflowCode({ workflowsPath: TEST_WORKFLOWS, logger: quietLogger });
     const bundlePath = path.join(cacheDir, 'test-bundle', `workflows-${process.pid}.js`);
@@ -29,12 +41,15 @@ export default async function setup(project: TestProject): Promise<() => Promise
     await fs.writeFile(bundlePath, bundle.code);
     project.provide('temporalAddress', server.address);
     project.provide('workflowBundlePath', bundlePath);
+    project.provide('kubeconfigPath', (await kubeStart).kubeconfigPath);
     return async () => {
       await server.stop();
+      await stopKube();
       await fs.rm(bundlePath, { force: true });
     };
   } catch (err) {
     await server.stop();
+    await stopKube();
     throw err;
   }
 }

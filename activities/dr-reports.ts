@@ -1,0 +1,134 @@
+/**
+ * The worker's local files the DR restore and the Flux bootstrap read and write, one operation
+ * each:
+ * - DR reports: each run's report is kept as JSON under `<dir>/<plan>/<mode>/`, so the next run
+ *   (a weekly drill) reads the last one and reports the RTO trend;
+ * - etcd snapshots (`talosctl etcd snapshot` files) in a folder: the newest, its time and size;
+ * - a manifest file's facts (exists, size, sha256), so a workflow fails before it touches anything
+ *   when the Flux components manifest is missing.
+ */
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { nonRetryable } from '../common/errors.js';
+import type { DrMode, DrReport } from '../common/dr-restore.js';
+import { stateDir } from '../lib/paths.js';
+
+export interface DrReportDeps {
+  /** Folder of the reports (the worker's state dir: `.labwright/dr-reports`). */
+  dir: string;
+}
+
+const SAFE = /^[a-z0-9][a-z0-9-]*$/;
+
+export interface SnapshotFile {
+  path: string;
+  mtimeMs: number;
+  size: number;
+}
+
+export function createDrReportActivities(deps: DrReportDeps) {
+  const folder = (plan: string, mode: DrMode): string => {
+    if (!SAFE.test(plan) || !SAFE.test(mode)) throw nonRetryable('validation', `bad plan or mode: ${plan}/${mode}`);
+    return path.join(deps.dir, plan, mode);
+  };
+
+  return {
+    /** Saves a run's report (one file per run, named by its finish time and run ID). */
+    async drSaveReport(args: { report: DrReport }): Promise<{ file: string }> {
+      const r = args.report;
+      const dir = folder(r.plan, r.mode);
+      await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+      const file = path.join(dir, `${r.finishedAt.replace(/[:.]/g, '-')}-${r.runId.slice(0, 8)}.json`);
+      const tmp = `${file}.${process.pid}.tmp`;
+      await fs.writeFile(tmp, `${JSON.stringify(r, null, 2)}\n`, { mode: 0o600 });
+      await fs.rename(tmp, file);
+      return { file };
+    },
+
+    /** The newest report of a plan and mode other than `exceptRunId`'s; null when there is none. */
+    async drLastReport(args: { plan: string; mode: DrMode; exceptRunId?: string }): Promise<DrReport | null> {
+      const dir = folder(args.plan, args.mode);
+      const files = (await fs.readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith('.json')).sort();
+      for (const f of files.reverse()) {
+        try {
+          const report = JSON.parse(await fs.readFile(path.join(dir, f), 'utf8')) as DrReport;
+          if (report.runId !== args.exceptRunId) return report;
+        } catch {
+          // a torn or foreign file is skipped
+        }
+      }
+      return null;
+    },
+
+    /** The newest etcd snapshot file (`*.snapshot`, `*.db`) in a folder; null when there is none. */
+    async drNewestEtcdSnapshot(args: { dir: string }): Promise<SnapshotFile | null> {
+      let names: string[];
+      try {
+        names = await fs.readdir(args.dir);
+      } catch {
+        return null;
+      }
+      let best: SnapshotFile | null = null;
+      for (const name of names.filter((n) => /\.(snapshot|db)$/.test(n))) {
+        const file = path.join(args.dir, name);
+        const stat = await fs.stat(file).catch(() => undefined);
+        if (!stat?.isFile()) continue;
+        if (!best || stat.mtimeMs > best.mtimeMs) best = { path: file, mtimeMs: stat.mtimeMs, size: stat.size };
+      }
+      return best;
+    },
+
+    /**
+     * An etcd snapshot's integrity: a bbolt database file starts with a meta page whose magic is
+     * 0xED0CDAED (little-endian at offset 16). Returns what was checked.
+     */
+    async drCheckEtcdSnapshot(args: { path: string }): Promise<{ ok: boolean; detail: string; sha256: string }> {
+      const data = await fs.readFile(args.path).catch(() => {
+        throw nonRetryable('notFound', `etcd snapshot ${args.path} cannot be read`);
+      });
+      const sha256 = createHash('sha256').update(data).digest('hex');
+      const magic = data.length >= 20 ? data.readUInt32LE(16) : 0;
+      const ok = magic === 0xed0cdaed;
+      return {
+        ok,
+        sha256,
+        detail: ok
+          ? `bbolt database, ${data.length} bytes, sha256 ${sha256.slice(0, 12)}`
+          : `not an etcd (bbolt) database: magic ${magic.toString(16)} at offset 16`,
+      };
+    },
+
+    /**
+     * A manifest file's text (multi-document YAML), for k8sApply. It travels through history, so
+     * it is refused above 1.5 MB (Temporal's payload limit is 2 MB).
+     */
+    async drReadManifest(args: { path: string }): Promise<string> {
+      const text = await fs.readFile(args.path, 'utf8').catch(() => {
+        throw nonRetryable('notFound', `manifest ${args.path} does not exist on the worker`);
+      });
+      if (text.length > 1_500_000) {
+        throw nonRetryable(
+          'validation',
+          `manifest ${args.path} is ${text.length} bytes: too big to pass through history`,
+        );
+      }
+      return text;
+    },
+
+    /** Size and sha256 of a file on the worker; NotFoundError when it is missing. */
+    async drFileFacts(args: { path: string }): Promise<{ size: number; sha256: string }> {
+      const data = await fs.readFile(args.path).catch(() => {
+        throw nonRetryable('notFound', `file ${args.path} does not exist on the worker`);
+      });
+      return { size: data.length, sha256: createHash('sha256').update(data).digest('hex') };
+    },
+  };
+}
+
+export type DrReportActivities = ReturnType<typeof createDrReportActivities>;
+
+/** LABWRIGHT_DR_REPORTS_DIR, default `<state dir>/dr-reports`. */
+export function drReportDepsFromEnv(env: NodeJS.ProcessEnv): DrReportDeps {
+  return { dir: env.LABWRIGHT_DR_REPORTS_DIR ?? path.join(stateDir, 'dr-reports') };
+}

@@ -1,0 +1,447 @@
+/**
+ * EC2 for the LLM burst pool: thin activities, one EC2 operation (or one poll) each.
+ *
+ * Idempotency: every instance the pool launches carries `labwright:pool` and a launch token
+ * (`labwright:launch-token`) that the workflow chose before the first try, so a retry after a
+ * lost RunInstances response finds the instance by tag instead of launching a second one. The
+ * SDK's own retries are off (maxAttempts 1): Temporal's retry policy is the only retry layer,
+ * and it always looks before it creates.
+ *
+ * The model server is reached through an address resolver: production talks to the instance's
+ * private address; the simulated lab and the tests map it to a fake model server on loopback.
+ */
+import { Context } from '@temporalio/activity';
+import {
+  DescribeInstanceStatusCommand,
+  DescribeInstancesCommand,
+  EC2Client,
+  RunInstancesCommand,
+  StartInstancesCommand,
+  StopInstancesCommand,
+  TerminateInstancesCommand,
+  type Filter,
+  type Instance,
+  type RunInstancesCommandInput,
+} from '@aws-sdk/client-ec2';
+import type { ApplicationFailure } from '@temporalio/common';
+import { classifyUnknown, failureForHttpStatus, nonRetryable, retryable } from '../common/errors.js';
+import {
+  identityResolver,
+  parseAddressMap,
+  TAG_LAUNCH_TOKEN,
+  TAG_MANAGED_BY,
+  TAG_POOL,
+  type AddressResolver,
+} from '../common/llm-burst.js';
+import type { BurstPool } from '../hardware/schema.js';
+import type { SecretStore } from '../lib/secrets.js';
+
+export interface Ec2Deps {
+  secrets: SecretStore;
+  /** AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL (moto), AWS_ACCESS_KEY_ID…, LABWRIGHT_EC2_ADDRESS_MAP, LABWRIGHT_EC2_POLL_MS. */
+  env?: NodeJS.ProcessEnv;
+  /** Where this worker reaches an instance's model server; LABWRIGHT_EC2_ADDRESS_MAP or the address itself. */
+  resolveAddress?: AddressResolver;
+  /** Pause between polls while waiting for EC2 or the model server (default 5 s). */
+  pollIntervalMs?: number;
+  /** Timeout of one health-check request (default 5 s). */
+  healthTimeoutMs?: number;
+}
+
+export type InstanceStateName = 'pending' | 'running' | 'stopping' | 'stopped' | 'shutting-down' | 'terminated';
+
+/** What the workflow keeps of an instance: no secrets, nothing the SDK would not serialise. */
+export interface InstanceView {
+  instanceId: string;
+  state: InstanceStateName;
+  instanceType?: string;
+  market: 'spot' | 'on-demand';
+  privateIp?: string;
+  launchToken?: string;
+  /** EC2's reason for the last transition, e.g. `Client.UserInitiatedShutdown`. */
+  stateReason?: string;
+}
+
+export interface LaunchResult extends InstanceView {
+  /** The launches EC2 refused for capacity before this one succeeded (spot, then on-demand). */
+  refused: string[];
+  /** True when a retry found the instance a lost response had already launched. */
+  found: boolean;
+}
+
+const LIVE_STATES = ['pending', 'running', 'stopping', 'stopped'];
+const THROTTLING = new Set([
+  'Throttling',
+  'ThrottlingException',
+  'RequestLimitExceeded',
+  'RequestThrottled',
+  'RequestThrottledException',
+  'TooManyRequestsException',
+  'EC2ThrottledException',
+  'SlowDown',
+]);
+const CAPACITY = new Set([
+  'InsufficientInstanceCapacity',
+  'InsufficientCapacity',
+  'InsufficientHostCapacity',
+  'InsufficientReservedInstanceCapacity',
+  'InsufficientCapacityOnHost',
+  'SpotMaxPriceTooLow',
+  'MaxSpotInstanceCountExceeded',
+  'capacity-not-available',
+  'capacity-oversubscribed',
+  'Unsupported',
+]);
+
+interface AwsError {
+  name?: string;
+  message?: string;
+  Code?: string;
+  $metadata?: { httpStatusCode?: number };
+}
+
+function awsCode(err: unknown): string | undefined {
+  if (typeof err !== 'object' || err === null) return undefined;
+  const e = err as AwsError;
+  return e.Code ?? (e.$metadata ? e.name : undefined);
+}
+
+/** True when EC2 refused a launch for lack of capacity (the spot → on-demand fallback's trigger). */
+export function isCapacityError(err: unknown): boolean {
+  const code = awsCode(err);
+  if (code === 'Unsupported') return /spot|capacity/i.test((err as AwsError).message ?? '');
+  return code !== undefined && CAPACITY.has(code);
+}
+
+/**
+ * Classifies an EC2 SDK error: throttling retries, capacity and other 4xx do not, 5xx and lost
+ * connections retry. The message names the operation and EC2's error code.
+ */
+export function ec2Failure(err: unknown, what: string): ApplicationFailure {
+  const code = awsCode(err);
+  const status = (err as AwsError | undefined)?.$metadata?.httpStatusCode;
+  if (code === undefined || status === undefined) return classifyUnknown(err, `EC2 ${what}`);
+  const message = `EC2 ${what}: ${code}: ${(err as AwsError).message ?? ''}`.trim();
+  if (THROTTLING.has(code)) return retryable('throttled', message);
+  if (isCapacityError(err)) return nonRetryable('precondition', message);
+  if (code === 'IncorrectInstanceState' || code === 'InvalidInstanceID.NotFound' || code === 'ServiceUnavailable') {
+    // The instance is between states, or not yet visible (EC2 is eventually consistent): a later try cures it.
+    return retryable(code === 'ServiceUnavailable' ? 'server' : 'timeout', message);
+  }
+  if (code === 'AuthFailure' || code === 'UnauthorizedOperation' || code === 'InvalidClientTokenId') {
+    return nonRetryable('client', message);
+  }
+  return failureForHttpStatus(status, message);
+}
+
+interface CurrentContext {
+  heartbeat(details?: unknown): void;
+  sleep(ms: number): Promise<void>;
+  cancellationSignal?: AbortSignal;
+}
+
+/** The activity context, or a stand-in so the helpers also run outside a worker (the bench's baseline). */
+function context(): CurrentContext {
+  try {
+    return Context.current();
+  } catch {
+    return { heartbeat: () => undefined, sleep: (ms) => new Promise((r) => setTimeout(r, ms)) };
+  }
+}
+
+function view(i: Instance): InstanceView {
+  const tags = new Map((i.Tags ?? []).map((t) => [t.Key ?? '', t.Value ?? '']));
+  return {
+    instanceId: i.InstanceId ?? '',
+    state: (i.State?.Name ?? 'pending') as InstanceStateName,
+    instanceType: i.InstanceType,
+    market: i.InstanceLifecycle === 'spot' ? 'spot' : 'on-demand',
+    privateIp: i.PrivateIpAddress,
+    launchToken: tags.get(TAG_LAUNCH_TOKEN),
+    stateReason: i.StateReason?.Code,
+  };
+}
+
+const STATE_RANK: Record<string, number> = { running: 0, pending: 1, stopping: 2, stopped: 3 };
+
+export function createEc2Activities(deps: Ec2Deps) {
+  const env = deps.env ?? process.env;
+  const pollMs = deps.pollIntervalMs ?? (Number(env.LABWRIGHT_EC2_POLL_MS) || 5000);
+  const healthTimeoutMs = deps.healthTimeoutMs ?? 5000;
+  const resolve =
+    deps.resolveAddress ??
+    (env.LABWRIGHT_EC2_ADDRESS_MAP ? parseAddressMap(env.LABWRIGHT_EC2_ADDRESS_MAP) : identityResolver);
+  const endpoint = env.AWS_ENDPOINT_URL_EC2 ?? env.AWS_ENDPOINT_URL;
+  const clients = new Map<string, EC2Client>();
+
+  async function credentialsFor(pool: BurstPool) {
+    if (pool.credentials) {
+      return {
+        accessKeyId: (await deps.secrets.resolve(pool.credentials.accessKeyId)).trim(),
+        secretAccessKey: (await deps.secrets.resolve(pool.credentials.secretAccessKey)).trim(),
+      };
+    }
+    if (env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY) {
+      return {
+        accessKeyId: env.AWS_ACCESS_KEY_ID,
+        secretAccessKey: env.AWS_SECRET_ACCESS_KEY,
+        sessionToken: env.AWS_SESSION_TOKEN,
+      };
+    }
+    return undefined; // the SDK's default chain: profile, SSO, instance role
+  }
+
+  async function ec2(pool: BurstPool): Promise<EC2Client> {
+    const key = `${pool.region}|${JSON.stringify(pool.credentials ?? null)}`;
+    let client = clients.get(key);
+    if (!client) {
+      client = new EC2Client({
+        region: pool.region,
+        endpoint,
+        credentials: await credentialsFor(pool),
+        maxAttempts: 1,
+        requestHandler: { connectionTimeout: 5000, requestTimeout: 30_000 },
+      });
+      clients.set(key, client);
+    }
+    return client;
+  }
+
+  async function call<T>(what: string, run: () => Promise<T>): Promise<T> {
+    try {
+      return await run();
+    } catch (err) {
+      throw ec2Failure(err, what);
+    }
+  }
+
+  async function describe(pool: BurstPool, filters: Filter[], instanceIds?: string[]): Promise<InstanceView[]> {
+    const client = await ec2(pool);
+    const out: InstanceView[] = [];
+    let token: string | undefined;
+    do {
+      const page = await call('DescribeInstances', () =>
+        client.send(new DescribeInstancesCommand({ Filters: filters, InstanceIds: instanceIds, NextToken: token })),
+      );
+      for (const r of page.Reservations ?? []) for (const i of r.Instances ?? []) out.push(view(i));
+      token = page.NextToken;
+    } while (token);
+    return out;
+  }
+
+  async function describeOne(pool: BurstPool, instanceId: string): Promise<InstanceView | null> {
+    try {
+      const [found] = await describe(pool, [], [instanceId]);
+      return found ?? null;
+    } catch (err) {
+      if (err instanceof Error && /InvalidInstanceID\.NotFound/.test(err.message)) return null;
+      throw err;
+    }
+  }
+
+  function poolFilters(pool: BurstPool): Filter[] {
+    return [
+      { Name: `tag:${TAG_POOL}`, Values: [pool.name] },
+      { Name: 'instance-state-name', Values: LIVE_STATES },
+    ];
+  }
+
+  async function healthy(pool: BurstPool, privateIp: string): Promise<{ ok: boolean; detail: string }> {
+    const target = resolve(privateIp, pool.modelPort);
+    const url = `http://${target.host}:${target.port}${pool.healthPath}`;
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(healthTimeoutMs) });
+      await res.body?.cancel();
+      return { ok: res.ok, detail: `HTTP ${res.status}` };
+    } catch (err) {
+      return { ok: false, detail: err instanceof Error ? err.message : String(err) };
+    }
+  }
+
+  return {
+    /** The pool's live instances (not terminated), best first: running, pending, stopping, stopped. */
+    async ec2FindPoolInstances(pool: BurstPool): Promise<InstanceView[]> {
+      const found = await describe(pool, poolFilters(pool));
+      return found.sort(
+        (a, b) => (STATE_RANK[a.state] ?? 9) - (STATE_RANK[b.state] ?? 9) || a.instanceId.localeCompare(b.instanceId),
+      );
+    },
+
+    /** One instance's state; null once it is gone (terminated instances disappear after a while). */
+    async ec2DescribeInstance(pool: BurstPool, instanceId: string): Promise<InstanceView | null> {
+      return describeOne(pool, instanceId);
+    },
+
+    /**
+     * Launches the pool's instance, unless one tagged with `launchToken` exists already (a retry
+     * after a lost response). Spot first when the pool allows it, then on-demand, each instance
+     * type in the pool's order, moving on only when EC2 refuses for capacity.
+     */
+    async ec2LaunchInstance(pool: BurstPool, launchToken: string): Promise<LaunchResult> {
+      const [existing] = await describe(pool, [
+        { Name: `tag:${TAG_LAUNCH_TOKEN}`, Values: [launchToken] },
+        { Name: 'instance-state-name', Values: LIVE_STATES },
+      ]);
+      if (existing) return { ...existing, refused: [], found: true };
+
+      const client = await ec2(pool);
+      const markets: Array<'spot' | 'on-demand'> =
+        pool.market === 'spot' ? ['spot'] : pool.market === 'on-demand' ? ['on-demand'] : ['spot', 'on-demand'];
+      const refused: string[] = [];
+      const tags = [
+        { Key: TAG_POOL, Value: pool.name },
+        { Key: TAG_LAUNCH_TOKEN, Value: launchToken },
+        { Key: TAG_MANAGED_BY, Value: 'labwright' },
+        { Key: 'Name', Value: `labwright-${pool.name}` },
+      ];
+      for (const market of markets) {
+        for (const instanceType of pool.instanceTypes) {
+          const input: RunInstancesCommandInput = {
+            MinCount: 1,
+            MaxCount: 1,
+            InstanceType: instanceType as RunInstancesCommandInput['InstanceType'],
+            LaunchTemplate: pool.launchTemplate
+              ? { LaunchTemplateName: pool.launchTemplate.name, Version: pool.launchTemplate.version }
+              : undefined,
+            ImageId: pool.ami,
+            SubnetId: pool.subnetId,
+            SecurityGroupIds: pool.securityGroupIds.length > 0 ? pool.securityGroupIds : undefined,
+            // Stopping a spot instance needs a persistent request that stops on interruption.
+            InstanceMarketOptions:
+              market === 'spot'
+                ? {
+                    MarketType: 'spot',
+                    SpotOptions: { SpotInstanceType: 'persistent', InstanceInterruptionBehavior: 'stop' },
+                  }
+                : undefined,
+            TagSpecifications: [
+              { ResourceType: 'instance', Tags: tags },
+              { ResourceType: 'volume', Tags: tags },
+            ],
+          };
+          try {
+            const out = await client.send(new RunInstancesCommand(input));
+            const instance = out.Instances?.[0];
+            if (!instance?.InstanceId) throw retryable('server', 'EC2 RunInstances answered without an instance');
+            return { ...view(instance), market, refused, found: false };
+          } catch (err) {
+            if (isCapacityError(err)) {
+              refused.push(`${instanceType} ${market}: ${awsCode(err)}`);
+              continue;
+            }
+            throw ec2Failure(err, `RunInstances ${instanceType} ${market} for pool ${pool.name}`);
+          }
+        }
+      }
+      throw nonRetryable(
+        'precondition',
+        `no EC2 capacity for pool ${pool.name} in ${pool.region}: ${refused.join('; ')}`,
+        { refused },
+      );
+    },
+
+    /** Starts a stopped instance; running or pending is already done. Waits out a `stopping` first. */
+    async ec2StartInstance(pool: BurstPool, instanceId: string): Promise<InstanceView> {
+      const ctx = context();
+      for (;;) {
+        const current = await describeOne(pool, instanceId);
+        if (!current || current.state === 'terminated' || current.state === 'shutting-down') {
+          throw nonRetryable('notFound', `instance ${instanceId} of pool ${pool.name} is gone (terminated)`);
+        }
+        if (current.state === 'running' || current.state === 'pending') return current;
+        if (current.state === 'stopped') break;
+        ctx.heartbeat(`instance ${instanceId} is ${current.state}`);
+        await ctx.sleep(pollMs);
+      }
+      const client = await ec2(pool);
+      const out = await call(`StartInstances ${instanceId}`, () =>
+        client.send(new StartInstancesCommand({ InstanceIds: [instanceId] })),
+      );
+      const state = out.StartingInstances?.[0]?.CurrentState?.Name as InstanceStateName | undefined;
+      return {
+        ...((await describeOne(pool, instanceId)) ?? { instanceId, market: 'on-demand' }),
+        state: state ?? 'pending',
+      };
+    },
+
+    /** Polls until the instance runs and both status checks pass; fails if it stops or goes away meanwhile. */
+    async ec2WaitRunning(pool: BurstPool, instanceId: string): Promise<InstanceView> {
+      const ctx = context();
+      const client = await ec2(pool);
+      for (;;) {
+        const current = await describeOne(pool, instanceId);
+        if (current && ['stopping', 'stopped', 'shutting-down', 'terminated'].includes(current.state)) {
+          throw nonRetryable(
+            'precondition',
+            `instance ${instanceId} of pool ${pool.name} went ${current.state} while starting${current.stateReason ? ` (${current.stateReason})` : ''}`,
+          );
+        }
+        if (current?.state === 'running') {
+          const status = await call(`DescribeInstanceStatus ${instanceId}`, () =>
+            client.send(new DescribeInstanceStatusCommand({ InstanceIds: [instanceId], IncludeAllInstances: true })),
+          );
+          const s = status.InstanceStatuses?.[0];
+          const checks = [s?.InstanceStatus?.Status, s?.SystemStatus?.Status];
+          if (checks.every((c) => c === 'ok')) return current;
+          ctx.heartbeat(`instance ${instanceId} running, status checks ${checks.join('/')}`);
+        } else {
+          ctx.heartbeat(`instance ${instanceId} is ${current?.state ?? 'not visible yet'}`);
+        }
+        await ctx.sleep(pollMs);
+      }
+    },
+
+    /** One health check of the model server (GET healthPath), through the address resolver. */
+    async ec2CheckModelServer(pool: BurstPool, privateIp: string): Promise<{ ok: boolean; detail: string }> {
+      return healthy(pool, privateIp);
+    },
+
+    /** Polls the model server until it answers 2xx on healthPath. */
+    async ec2WaitModelServer(pool: BurstPool, privateIp: string): Promise<void> {
+      const ctx = context();
+      for (;;) {
+        const h = await healthy(pool, privateIp);
+        if (h.ok) return;
+        ctx.heartbeat(`model server on ${privateIp}:${pool.modelPort}: ${h.detail}`);
+        await ctx.sleep(pollMs);
+      }
+    },
+
+    /** Stops the instance (EBS kept). Stopped, stopping or gone count as done. */
+    async ec2StopInstance(pool: BurstPool, instanceId: string): Promise<InstanceView | null> {
+      const current = await describeOne(pool, instanceId);
+      if (!current || ['stopping', 'stopped', 'shutting-down', 'terminated'].includes(current.state)) return current;
+      const client = await ec2(pool);
+      await call(`StopInstances ${instanceId}`, () =>
+        client.send(new StopInstancesCommand({ InstanceIds: [instanceId] })),
+      );
+      return describeOne(pool, instanceId);
+    },
+
+    /** Polls until the instance is stopped (or gone). */
+    async ec2WaitStopped(pool: BurstPool, instanceId: string): Promise<InstanceView | null> {
+      const ctx = context();
+      for (;;) {
+        const current = await describeOne(pool, instanceId);
+        if (!current || ['stopped', 'terminated'].includes(current.state)) return current;
+        if (current.state === 'running' || current.state === 'pending') {
+          throw retryable('timeout', `instance ${instanceId} is ${current.state} again while waiting for it to stop`);
+        }
+        ctx.heartbeat(`instance ${instanceId} is ${current.state}`);
+        await ctx.sleep(pollMs);
+      }
+    },
+
+    /** Terminates the instance; gone already counts as done. */
+    async ec2TerminateInstance(pool: BurstPool, instanceId: string): Promise<void> {
+      const current = await describeOne(pool, instanceId);
+      if (!current || current.state === 'terminated' || current.state === 'shutting-down') return;
+      const client = await ec2(pool);
+      await call(`TerminateInstances ${instanceId}`, () =>
+        client.send(new TerminateInstancesCommand({ InstanceIds: [instanceId] })),
+      );
+    },
+  };
+}
+
+export type Ec2Activities = ReturnType<typeof createEc2Activities>;

@@ -1,0 +1,982 @@
+/**
+ * Kubernetes activities on @kubernetes/client-node, one API operation (or one wait) each. The
+ * kubeconfig comes from a secret reference, resolved per call; nothing of it is returned.
+ *
+ * HTTP answers are classified by status (common/errors.ts): 404 NotFound, 409 Conflict, 5xx and
+ * 429 retried; dropped connections retried.
+ *
+ * (Seeded by issue 6 with the node and Job operations that talos-bootstrap and gpu-node-join
+ * need; the rest of the Kubernetes activities extend this factory.)
+ */
+import { Context } from '@temporalio/activity';
+import {
+  ApiException,
+  BatchV1Api,
+  CoreV1Api,
+  KubeConfig,
+  PatchStrategy,
+  setHeaderOptions,
+  type V1Job,
+  type V1Node,
+} from '@kubernetes/client-node';
+import { classifyUnknown, failureForHttpStatus, nonRetryable, retryable } from '../common/errors.js';
+import type { SecretRef } from '../common/secret-ref.js';
+import type { SecretStore } from '../lib/secrets.js';
+// Issue 5: generic objects (server-side apply, condition waits, get/delete), node maintenance, Secrets from references.
+import {
+  HttpMethod,
+  KubernetesObjectApi,
+  type KubernetesObject,
+  type ResponseContext,
+  type V1Pod,
+} from '@kubernetes/client-node';
+import { parseAllDocuments } from 'yaml';
+
+export interface KubernetesDeps {
+  secrets: Pick<SecretStore, 'resolve'>;
+  /** Poll interval of the waits (default 2 s). */
+  pollMs?: number;
+}
+
+export interface NodeTaint {
+  key: string;
+  value?: string;
+  effect: string;
+}
+
+const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function activityContext(): Context | undefined {
+  try {
+    return Context.current();
+  } catch {
+    return undefined;
+  }
+}
+
+/** Classifies what a client-node call threw: the API's status, or a connection problem. */
+export function classifyKubeError(err: unknown, what: string): Error {
+  if (err instanceof ApiException) {
+    const body = typeof err.body === 'string' ? err.body : JSON.stringify(err.body);
+    let message = body;
+    try {
+      message = (JSON.parse(body) as { message?: string }).message ?? body;
+    } catch {
+      // not JSON
+    }
+    return failureForHttpStatus(err.code, `${what}: ${message}`);
+  }
+  return classifyUnknown(err, what);
+}
+
+async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw classifyKubeError(err, what);
+  }
+}
+
+function isReady(node: V1Node): boolean {
+  return (node.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True');
+}
+
+// ------------------------------------------------------------------ generic objects (issue 5)
+
+/** One object of a manifest, as YAML gives it. */
+export interface KubeObject {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string } & Record<string, unknown>;
+  [field: string]: unknown;
+}
+
+/** Names one object of any kind. `namespace` defaults to the kubeconfig context's (else `default`) for namespaced kinds. */
+export interface ObjectRef {
+  apiVersion: string;
+  kind: string;
+  namespace?: string;
+  name: string;
+}
+
+export type ApplyResult = 'created' | 'configured' | 'unchanged';
+
+export interface AppliedObject extends ObjectRef {
+  result: ApplyResult;
+  resourceVersion: string;
+  generation?: number;
+}
+
+export interface ObservedCondition {
+  type: string;
+  status: string;
+  reason?: string;
+  message?: string;
+  observedGeneration?: number;
+}
+
+export interface NodeSummary {
+  name: string;
+  ready: boolean;
+  unschedulable: boolean;
+  labels: Record<string, string>;
+  taints: NodeTaint[];
+  allocatable: Record<string, string>;
+}
+
+/**
+ * KubernetesObjectApi with plain-JSON answers and a true server-side apply. The stock patch()
+ * serializes the body through client-node's typed models, which drop the fields they don't
+ * know: a typo in a built-in kind would vanish instead of being rejected. apply() sends the
+ * manifest as written (PATCH application/apply-patch+yaml, fieldValidation=Strict).
+ */
+class DynamicApi extends KubernetesObjectApi {
+  static forConfig(kc: KubeConfig): DynamicApi {
+    const api = kc.makeApiClient(DynamicApi);
+    api.setDefaultNamespace(kc);
+    return api;
+  }
+
+  protected override async processResponse<T extends KubernetesObject>(response: ResponseContext): Promise<T> {
+    const text = await response.body.text();
+    let body: unknown = text;
+    try {
+      body = text ? JSON.parse(text) : {};
+    } catch {
+      // not JSON: keep the text
+    }
+    if (response.httpStatusCode >= 200 && response.httpStatusCode <= 299) return body as T;
+    throw new ApiException(response.httpStatusCode, 'Unsuccessful HTTP Request', body, response.headers);
+  }
+
+  /** Whether apiVersion/kind is served and namespaced; NotFoundError names what is missing. */
+  async scopeOf(apiVersion: string, kind: string, what: string): Promise<{ namespaced: boolean }> {
+    let resource;
+    try {
+      resource = await this.resource(apiVersion, kind);
+    } catch (err) {
+      if (err instanceof ApiException && err.code === 404) resource = undefined;
+      else throw classifyKubeError(err, what);
+    }
+    if (!resource) {
+      throw nonRetryable(
+        'notFound',
+        `${what}: the cluster serves no ${kind} in ${apiVersion} (a typo, or its CRD is not installed or not Established yet)`,
+      );
+    }
+    return { namespaced: resource.namespaced };
+  }
+
+  get fallbackNamespace(): string {
+    return this.defaultNamespace;
+  }
+
+  async apply(obj: KubeObject, fieldManager: string, force: boolean): Promise<KubeObject> {
+    const uri = await this.specUriPath(obj, 'patch');
+    const request = this.configuration.baseServer.makeRequestContext(uri, HttpMethod.PATCH);
+    request.setHeaderParam('Accept', 'application/json');
+    request.setHeaderParam('Content-Type', PatchStrategy.ServerSideApply);
+    request.setQueryParam('fieldManager', fieldManager);
+    request.setQueryParam('fieldValidation', 'Strict');
+    if (force) request.setQueryParam('force', 'true');
+    request.setBody(JSON.stringify(obj));
+    return this.requestPromise<KubeObject>(request);
+  }
+}
+
+/** `Kustomization flux-system/apps`, `Node gpu-1`. */
+function describeObject(ref: { kind: string; namespace?: string; name: string }): string {
+  return `${ref.kind} ${ref.namespace ? `${ref.namespace}/` : ''}${ref.name}`;
+}
+
+interface StatusCause {
+  reason?: string;
+  message?: string;
+  field?: string;
+}
+
+/** The metav1.Status a failed request answered with (message, causes), if it was one. */
+function statusBody(err: ApiException<unknown>): { message?: string; causes: StatusCause[] } {
+  let body: unknown = err.body;
+  if (typeof err.body === 'string') {
+    try {
+      body = JSON.parse(err.body);
+    } catch {
+      return { message: err.body, causes: [] };
+    }
+  }
+  const status = (body ?? {}) as { message?: string; details?: { causes?: StatusCause[] } };
+  return { message: status.message, causes: status.details?.causes ?? [] };
+}
+
+export interface FieldConflict {
+  field: string;
+  manager: string;
+}
+
+/**
+ * Classifies what a server-side apply answered: 409 field-manager conflicts name each field and
+ * its manager and say how to take ownership; 400/422 (schema, strict field validation) are
+ * invalid input with the server's words, which name the field; the rest as any API call.
+ */
+export function classifyApplyError(err: unknown, what: string, fieldManager: string, appliedBefore: number): Error {
+  if (!(err instanceof ApiException)) return classifyKubeError(err, what);
+  const { message, causes } = statusBody(err);
+  const earlier = appliedBefore > 0 ? ` (the ${appliedBefore} object(s) before it in the manifests were applied)` : '';
+  if (err.code === 409) {
+    const conflicts: FieldConflict[] = causes
+      .filter((c) => c.reason === 'FieldManagerConflict' || c.field)
+      .map((c) => ({
+        field: c.field ?? '?',
+        manager: /conflict with "([^"]*)"/.exec(c.message ?? '')?.[1] ?? '?',
+      }));
+    if (conflicts.length === 0) return nonRetryable('conflict', `${what}: ${message ?? 'conflict'}${earlier}`);
+    const managers = [...new Set(conflicts.map((c) => c.manager))].map((m) => `"${m}"`).join(', ');
+    const list = conflicts.map((c) => `${c.field} (managed by "${c.manager}")`).join(', ');
+    return nonRetryable(
+      'conflict',
+      `${what} as field manager "${fieldManager}": ${conflicts.length} field(s) are owned by another field manager ` +
+        `(${managers}): ${list}. To take ownership apply again with force: true (the manifest's values win and ` +
+        `"${fieldManager}" becomes their manager), or leave those fields out of the manifest${earlier}`,
+      { conflicts },
+    );
+  }
+  // A field the schema does not declare fails the apply with HTTP 500 "failed to create typed
+  // patch object ... field not declared in schema" (kubernetes/kubernetes#139253, open in 1.35):
+  // invalid input all the same, which no retry cures.
+  const undeclared = err.code === 500 && /failed to create typed patch object/.test(message ?? '');
+  if (err.code === 422 || err.code === 400 || undeclared) {
+    const fields = causes.filter((c) => c.field).map((c) => ({ field: c.field!, message: c.message ?? '' }));
+    return nonRetryable(
+      'validation',
+      `${what}: the API server rejected it as invalid: ${message ?? err.message}${earlier}`,
+      {
+        fields,
+      },
+    );
+  }
+  return classifyKubeError(err, `${what}${earlier}`);
+}
+
+/** Splits multi-document YAML into objects (`kind: *List` flattened, empty documents skipped), checking each names itself. */
+export function parseManifests(text: string): KubeObject[] {
+  const out: KubeObject[] = [];
+  const docs = parseAllDocuments(text);
+  docs.forEach((doc, i) => {
+    const where = `manifests document ${i + 1}`;
+    if (doc.errors.length > 0) throw nonRetryable('validation', `${where}: invalid YAML: ${doc.errors[0]!.message}`);
+    const value = doc.toJS() as unknown;
+    if (value === null || value === undefined) return;
+    const items =
+      typeof value === 'object' &&
+      Array.isArray((value as { items?: unknown }).items) &&
+      /List$/.test(String((value as { kind?: unknown }).kind))
+        ? (value as { items: unknown[] }).items
+        : [value];
+    items.forEach((item, j) => {
+      const at = items.length > 1 || item !== value ? `${where} item ${j + 1}` : where;
+      if (typeof item !== 'object' || item === null || Array.isArray(item)) {
+        throw nonRetryable('validation', `${at}: expected a Kubernetes object (a mapping)`);
+      }
+      const obj = item as Partial<KubeObject>;
+      if (typeof obj.apiVersion !== 'string' || !obj.apiVersion)
+        throw nonRetryable('validation', `${at}: apiVersion is missing`);
+      if (typeof obj.kind !== 'string' || !obj.kind) throw nonRetryable('validation', `${at}: kind is missing`);
+      if (typeof obj.metadata?.name !== 'string' || !obj.metadata.name) {
+        throw nonRetryable(
+          'validation',
+          `${at} (${obj.kind}): metadata.name is missing (server-side apply needs a name)`,
+        );
+      }
+      out.push(obj as KubeObject);
+    });
+  });
+  return out;
+}
+
+/** The object as it may go into results and history: no managedFields, and a Secret's values left out. */
+function redactObject(obj: KubeObject): KubeObject {
+  const metadata = { ...obj.metadata };
+  delete metadata.managedFields;
+  const out: KubeObject = { ...obj, metadata };
+  if (obj.kind === 'Secret' && obj.apiVersion === 'v1') {
+    out.dataKeys = Object.keys({ ...((obj.data as object) ?? {}), ...((obj.stringData as object) ?? {}) }).sort();
+    delete out.data;
+    delete out.stringData;
+  }
+  return out;
+}
+
+const MAX_STATUS_CHARS = 2000;
+
+/** An object's status as one line for errors and heartbeats (trimmed). */
+function statusText(obj: KubeObject | undefined): string {
+  if (!obj) return 'the object does not exist';
+  const text = JSON.stringify(obj.status ?? {});
+  return text.length > MAX_STATUS_CHARS ? `${text.slice(0, MAX_STATUS_CHARS)}…` : text;
+}
+
+const MIRROR_POD = 'kubernetes.io/config.mirror';
+
+/** Why a pod on a draining Node is left alone (undefined: it is to be evicted). */
+function drainSkipReason(pod: V1Pod, ignoreDaemonSets: boolean): string | undefined {
+  if (pod.metadata?.annotations?.[MIRROR_POD] !== undefined) return 'mirror pod';
+  const controller = pod.metadata?.ownerReferences?.find((o) => o.controller);
+  if (controller?.kind === 'DaemonSet' && ignoreDaemonSets) return 'DaemonSet pod';
+  return undefined;
+}
+
+const podName = (p: V1Pod): string => `${p.metadata?.namespace ?? ''}/${p.metadata?.name ?? ''}`;
+
+export function createKubernetesActivities(deps: KubernetesDeps) {
+  const pollMs = deps.pollMs ?? 2000;
+
+  async function config(ref: SecretRef): Promise<KubeConfig> {
+    const kc = new KubeConfig();
+    try {
+      kc.loadFromString(await deps.secrets.resolve(ref));
+    } catch (err) {
+      if (err instanceof Error && 'type' in err) throw err;
+      throw nonRetryable(
+        'validation',
+        `the kubeconfig ${JSON.stringify(ref)} cannot be read: ${(err as Error).message}`,
+      );
+    }
+    return kc;
+  }
+
+  /** Reads an object of any kind as plain JSON; undefined when it does not exist. */
+  async function readObject(api: DynamicApi, ref: ObjectRef, what: string): Promise<KubeObject | undefined> {
+    try {
+      return (await api.read({
+        apiVersion: ref.apiVersion,
+        kind: ref.kind,
+        metadata: { name: ref.name, namespace: ref.namespace },
+      })) as KubeObject;
+    } catch (err) {
+      if (err instanceof ApiException && err.code === 404) return undefined;
+      throw classifyKubeError(err, what);
+    }
+  }
+
+  /** Checks the kind is served and fills in the namespace of a namespaced kind (context default), drops it for cluster-scoped ones. */
+  async function resolveRef(api: DynamicApi, ref: ObjectRef, verb: string): Promise<ObjectRef> {
+    const { namespaced } = await api.scopeOf(ref.apiVersion, ref.kind, `${verb} ${describeObject(ref)}`);
+    return {
+      apiVersion: ref.apiVersion,
+      kind: ref.kind,
+      ...(namespaced ? { namespace: ref.namespace ?? api.fallbackNamespace } : {}),
+      name: ref.name,
+    };
+  }
+
+  /** Polls `check` until it returns a value, heartbeating; TimeoutError (retryable) after the deadline. */
+  async function poll<T>(what: string, timeoutSeconds: number, check: () => Promise<T | undefined>): Promise<T> {
+    const deadline = Date.now() + timeoutSeconds * 1000;
+    const ctx = activityContext();
+    let last = 'not asked yet';
+    for (;;) {
+      try {
+        const value = await check();
+        if (value !== undefined) return value;
+        last = 'not yet';
+      } catch (err) {
+        const failure = classifyKubeError(err, what);
+        if (
+          (failure as { nonRetryable?: boolean }).nonRetryable &&
+          (failure as { type?: string }).type !== 'NotFoundError'
+        ) {
+          throw failure;
+        }
+        last = failure.message;
+      }
+      ctx?.heartbeat({ waiting: what, last });
+      if (Date.now() > deadline) throw retryable('timeout', `${what}: not reached after ${timeoutSeconds}s (${last})`);
+      await (ctx ? Promise.race([sleep(pollMs), ctx.cancelled]) : sleep(pollMs));
+    }
+  }
+
+  return {
+    /** Waits until every named Node exists and is Ready. */
+    async k8sWaitNodesReady(args: {
+      kubeconfig: SecretRef;
+      nodes: string[];
+      timeoutSeconds: number;
+    }): Promise<string[]> {
+      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      return poll(`nodes ${args.nodes.join(', ')} Ready`, args.timeoutSeconds, async () => {
+        const list = await core.listNode();
+        const ready = new Set(list.items.filter(isReady).map((n) => n.metadata?.name ?? ''));
+        return args.nodes.every((n) => ready.has(n)) ? args.nodes : undefined;
+      });
+    },
+
+    /** Whether a Node exists and is Ready (no wait). */
+    async k8sGetNode(args: { kubeconfig: SecretRef; node: string }): Promise<{ exists: boolean; ready: boolean }> {
+      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      try {
+        const node = await core.readNode({ name: args.node });
+        return { exists: true, ready: isReady(node) };
+      } catch (err) {
+        if (err instanceof ApiException && err.code === 404) return { exists: false, ready: false };
+        throw classifyKubeError(err, `read Node ${args.node}`);
+      }
+    },
+
+    /**
+     * Sets labels and taints on a Node: labels merged, the given taints added or updated by key
+     * and effect (other taints kept). Nothing is written when the Node has them already.
+     */
+    async k8sLabelTaintNode(args: {
+      kubeconfig: SecretRef;
+      node: string;
+      labels: Record<string, string>;
+      taints: NodeTaint[];
+    }): Promise<{ changed: boolean }> {
+      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const what = `label and taint Node ${args.node}`;
+      // The patch carries the resourceVersion it was computed from (the taint list is replaced
+      // whole); a 409 means the kubelet or someone else wrote in between: read again and redo.
+      for (let attempt = 1; ; attempt++) {
+        const node = await call(what, () => core.readNode({ name: args.node }));
+        const labels = node.metadata?.labels ?? {};
+        const taints = [...(node.spec?.taints ?? [])];
+        const labelsChanged = Object.entries(args.labels).some(([k, v]) => labels[k] !== v);
+        let taintsChanged = false;
+        for (const t of args.taints) {
+          const i = taints.findIndex((x) => x.key === t.key && x.effect === t.effect);
+          const want = { key: t.key, effect: t.effect, ...(t.value !== undefined ? { value: t.value } : {}) };
+          if (i < 0) {
+            taints.push(want);
+            taintsChanged = true;
+          } else if ((taints[i]!.value ?? undefined) !== t.value) {
+            taints[i] = want;
+            taintsChanged = true;
+          }
+        }
+        if (!labelsChanged && !taintsChanged) return { changed: false };
+        try {
+          await core.patchNode(
+            {
+              name: args.node,
+              body: {
+                metadata: { labels: args.labels, resourceVersion: node.metadata?.resourceVersion },
+                ...(taintsChanged ? { spec: { taints } } : {}),
+              },
+            },
+            mergePatch,
+          );
+          return { changed: true };
+        } catch (err) {
+          if (err instanceof ApiException && err.code === 409 && attempt < 5) continue;
+          throw classifyKubeError(err, what);
+        }
+      }
+    },
+
+    /** Waits until a Node's allocatable `resource` (e.g. nvidia.com/gpu) is at least `atLeast`. */
+    async k8sWaitAllocatable(args: {
+      kubeconfig: SecretRef;
+      node: string;
+      resource: string;
+      atLeast: number;
+      timeoutSeconds: number;
+    }): Promise<number> {
+      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      return poll(`${args.resource} allocatable on Node ${args.node}`, args.timeoutSeconds, async () => {
+        const node = await core.readNode({ name: args.node });
+        const have = Number(node.status?.allocatable?.[args.resource] ?? 0);
+        return have >= args.atLeast ? have : undefined;
+      });
+    },
+
+    /** Creates a Job; one that exists with the same name is kept (returned as existing). */
+    async k8sCreateJob(args: { kubeconfig: SecretRef; job: V1Job }): Promise<{ created: boolean }> {
+      const batch = (await config(args.kubeconfig)).makeApiClient(BatchV1Api);
+      const namespace = args.job.metadata?.namespace ?? 'default';
+      const name = args.job.metadata?.name ?? '';
+      try {
+        await batch.createNamespacedJob({ namespace, body: args.job });
+        return { created: true };
+      } catch (err) {
+        if (err instanceof ApiException && err.code === 409) return { created: false };
+        throw classifyKubeError(err, `create Job ${namespace}/${name}`);
+      }
+    },
+
+    /** Waits until a Job is Complete (returns) or Failed (PreconditionFailed with its reason). */
+    async k8sWaitJob(args: {
+      kubeconfig: SecretRef;
+      namespace: string;
+      name: string;
+      timeoutSeconds: number;
+    }): Promise<{ succeeded: number }> {
+      const batch = (await config(args.kubeconfig)).makeApiClient(BatchV1Api);
+      const what = `Job ${args.namespace}/${args.name}`;
+      return poll(`${what} complete`, args.timeoutSeconds, async () => {
+        const job = await batch.readNamespacedJob({ namespace: args.namespace, name: args.name });
+        const cond = (type: string) =>
+          (job.status?.conditions ?? []).find((c) => c.type === type && c.status === 'True');
+        const failed = cond('Failed');
+        if (failed) {
+          throw nonRetryable('precondition', `${what} failed: ${failed.reason ?? ''} ${failed.message ?? ''}`.trim());
+        }
+        return cond('Complete') ? { succeeded: job.status?.succeeded ?? 1 } : undefined;
+      });
+    },
+
+    /** Deletes a Job and its pods; a Job that is gone already is done. */
+    async k8sDeleteJob(args: {
+      kubeconfig: SecretRef;
+      namespace: string;
+      name: string;
+    }): Promise<{ deleted: boolean }> {
+      const batch = (await config(args.kubeconfig)).makeApiClient(BatchV1Api);
+      try {
+        await batch.deleteNamespacedJob({
+          namespace: args.namespace,
+          name: args.name,
+          propagationPolicy: 'Background',
+        });
+        return { deleted: true };
+      } catch (err) {
+        if (err instanceof ApiException && err.code === 404) return { deleted: false };
+        throw classifyKubeError(err, `delete Job ${args.namespace}/${args.name}`);
+      }
+    },
+
+    /** Deletes a Node object; one that is gone already is done. */
+    async k8sDeleteNode(args: { kubeconfig: SecretRef; node: string }): Promise<{ deleted: boolean }> {
+      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      try {
+        await core.deleteNode({ name: args.node });
+        return { deleted: true };
+      } catch (err) {
+        if (err instanceof ApiException && err.code === 404) return { deleted: false };
+        throw classifyKubeError(err, `delete Node ${args.node}`);
+      }
+    },
+
+    // ---------------------------------------------------------------- generic objects (issue 5)
+
+    /**
+     * Server-side apply of multi-document YAML, object by object in document order, as
+     * `fieldManager`. Each object is read first, to report it `created`, `configured` or
+     * `unchanged` (same resourceVersion after the apply). Namespaced objects without a namespace
+     * go to `namespace` (default: the kubeconfig context's). Conflicts with other field managers
+     * fail with ConflictError naming the fields and managers (`force: true` takes ownership);
+     * objects the server rejects fail with ValidationError quoting it (the field is named).
+     * (A CRD whose schema defaults status fields, like Flux's observedGeneration: -1, is written
+     * once more by the first re-apply after its creation: that one reports `configured`.)
+     */
+    async k8sApply(args: {
+      kubeconfig: SecretRef;
+      manifests: string;
+      fieldManager: string;
+      force?: boolean;
+      namespace?: string;
+    }): Promise<{ objects: AppliedObject[] }> {
+      if (!/^[\x21-\x7e][\x20-\x7e]{0,127}$/.test(args.fieldManager)) {
+        throw nonRetryable(
+          'validation',
+          `fieldManager ${JSON.stringify(args.fieldManager)}: expected 1-128 printable characters`,
+        );
+      }
+      const objects = parseManifests(args.manifests);
+      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const applied: AppliedObject[] = [];
+      for (const obj of objects) {
+        const what = `apply ${describeObject({ kind: obj.kind, namespace: obj.metadata.namespace, name: obj.metadata.name })}`;
+        const { namespaced } = await api.scopeOf(obj.apiVersion, obj.kind, what);
+        if (namespaced) obj.metadata.namespace ??= args.namespace ?? api.fallbackNamespace;
+        else delete obj.metadata.namespace;
+        const ref: ObjectRef = {
+          apiVersion: obj.apiVersion,
+          kind: obj.kind,
+          ...(namespaced ? { namespace: obj.metadata.namespace } : {}),
+          name: obj.metadata.name,
+        };
+        const label = `apply ${describeObject(ref)}`;
+        const before = await readObject(api, ref, label);
+        let after: KubeObject;
+        try {
+          after = await api.apply(obj, args.fieldManager, args.force ?? false);
+        } catch (err) {
+          throw classifyApplyError(err, label, args.fieldManager, applied.length);
+        }
+        const resourceVersion = String(after.metadata.resourceVersion ?? '');
+        const result: ApplyResult =
+          before === undefined
+            ? 'created'
+            : before.metadata.resourceVersion === resourceVersion
+              ? 'unchanged'
+              : 'configured';
+        const generation = after.metadata.generation as number | undefined;
+        applied.push({ ...ref, result, resourceVersion, ...(generation !== undefined ? { generation } : {}) });
+      }
+      return { objects: applied };
+    },
+
+    /**
+     * Waits until an object of any kind has condition `conditionType` at `status` (default
+     * 'True'), heartbeating the latest state. With `currentGeneration`, the condition (or the
+     * status) must have observed the object's current metadata.generation, so a Ready left from
+     * the previous spec does not count. An object that does not exist yet is waited for. After
+     * `timeoutSeconds`: TimeoutError carrying the object's last status.
+     */
+    async k8sWaitCondition(
+      args: ObjectRef & {
+        kubeconfig: SecretRef;
+        conditionType: string;
+        status?: 'True' | 'False' | 'Unknown';
+        timeoutSeconds: number;
+        currentGeneration?: boolean;
+      },
+    ): Promise<{ condition: ObservedCondition; generation?: number; resourceVersion: string }> {
+      const want = args.status ?? 'True';
+      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const ref = await resolveRef(api, args, 'wait for');
+      const what = `${describeObject(ref)} ${args.conditionType}=${want}${args.currentGeneration ? ' at its current generation' : ''}`;
+      const deadline = Date.now() + args.timeoutSeconds * 1000;
+      const ctx = activityContext();
+      let last: KubeObject | undefined;
+      let lastError = '';
+      for (;;) {
+        try {
+          last = await readObject(api, ref, `wait for ${what}`);
+          lastError = '';
+        } catch (err) {
+          if ((err as { nonRetryable?: boolean }).nonRetryable) throw err;
+          lastError = (err as Error).message;
+        }
+        const status = (last?.status ?? {}) as { conditions?: ObservedCondition[]; observedGeneration?: number };
+        const cond = (status.conditions ?? []).find((c) => c.type === args.conditionType);
+        const generation = last?.metadata.generation as number | undefined;
+        const observed = cond?.observedGeneration ?? status.observedGeneration;
+        const current =
+          !args.currentGeneration || generation === undefined || (observed !== undefined && observed >= generation);
+        if (last && cond?.status === want && current) {
+          return {
+            condition: {
+              type: cond.type,
+              status: cond.status,
+              ...(cond.reason !== undefined ? { reason: cond.reason } : {}),
+              ...(cond.message !== undefined ? { message: cond.message } : {}),
+              ...(observed !== undefined ? { observedGeneration: observed } : {}),
+            },
+            ...(generation !== undefined ? { generation } : {}),
+            resourceVersion: String(last.metadata.resourceVersion ?? ''),
+          };
+        }
+        const now = !last
+          ? 'not found'
+          : cond
+            ? `${cond.type}=${cond.status}${cond.reason ? ` (${cond.reason})` : ''}${current ? '' : ` at generation ${observed ?? '?'} of ${generation}`}`
+            : `no ${args.conditionType} condition yet`;
+        ctx?.heartbeat({ waiting: what, now, ...(lastError ? { error: lastError } : {}) });
+        if (Date.now() > deadline) {
+          throw retryable(
+            'timeout',
+            `${what}: not reached after ${args.timeoutSeconds}s (now ${now}${lastError ? `; last error: ${lastError}` : ''}). Last status: ${statusText(last)}`,
+            { lastStatus: last?.status ?? null },
+          );
+        }
+        await (ctx ? Promise.race([sleep(pollMs), ctx.cancelled]) : sleep(pollMs));
+      }
+    },
+
+    /** Reads an object of any kind: `{ exists: false }` when absent. managedFields and a Secret's values are left out. */
+    async k8sGetObject(args: ObjectRef & { kubeconfig: SecretRef }): Promise<{ exists: boolean; object?: KubeObject }> {
+      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const ref = await resolveRef(api, args, 'get');
+      const obj = await readObject(api, ref, `get ${describeObject(ref)}`);
+      return obj ? { exists: true, object: redactObject(obj) } : { exists: false };
+    },
+
+    /** Deletes an object of any kind (dependents in the background); one that is gone already is done. */
+    async k8sDeleteObject(args: ObjectRef & { kubeconfig: SecretRef }): Promise<{ deleted: boolean }> {
+      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const ref = await resolveRef(api, args, 'delete');
+      const spec = {
+        apiVersion: ref.apiVersion,
+        kind: ref.kind,
+        metadata: { name: ref.name, namespace: ref.namespace },
+      };
+      try {
+        await api.delete(spec, undefined, undefined, undefined, undefined, 'Background');
+        return { deleted: true };
+      } catch (err) {
+        if (err instanceof ApiException && err.code === 404) return { deleted: false };
+        throw classifyKubeError(err, `delete ${describeObject(ref)}`);
+      }
+    },
+
+    /**
+     * Creates or updates (server-side apply) a Secret whose values come from secret references,
+     * resolved here: values never travel through inputs, results or history. Returns only the
+     * outcome and the key names.
+     */
+    async k8sCreateSecretFromRef(args: {
+      kubeconfig: SecretRef;
+      namespace: string;
+      name: string;
+      data: Record<string, SecretRef>;
+      type?: string;
+      labels?: Record<string, string>;
+      fieldManager?: string;
+      force?: boolean;
+    }): Promise<{ result: ApplyResult; keys: string[] }> {
+      const keys = Object.keys(args.data).sort();
+      const what = `apply Secret ${args.namespace}/${args.name}`;
+      if (keys.length === 0) throw nonRetryable('validation', `${what}: data names no keys`);
+      for (const key of keys) {
+        if (!/^[-._a-zA-Z0-9]{1,253}$/.test(key)) {
+          throw nonRetryable(
+            'validation',
+            `${what}: data key ${JSON.stringify(key)} is not a valid Secret key ([-._a-zA-Z0-9]+)`,
+          );
+        }
+      }
+      const data: Record<string, string> = {};
+      for (const key of keys) data[key] = Buffer.from(await deps.secrets.resolve(args.data[key]!)).toString('base64');
+      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const ref = { apiVersion: 'v1', kind: 'Secret', namespace: args.namespace, name: args.name };
+      const before = await readObject(api, ref, what);
+      const fieldManager = args.fieldManager ?? 'labwright';
+      const body: KubeObject = {
+        apiVersion: 'v1',
+        kind: 'Secret',
+        metadata: { name: args.name, namespace: args.namespace, ...(args.labels ? { labels: args.labels } : {}) },
+        type: args.type ?? 'Opaque',
+        data,
+      };
+      let after: KubeObject;
+      try {
+        after = await api.apply(body, fieldManager, args.force ?? false);
+      } catch (err) {
+        throw classifyApplyError(err, what, fieldManager, 0);
+      }
+      const result: ApplyResult =
+        before === undefined
+          ? 'created'
+          : before.metadata.resourceVersion === after.metadata.resourceVersion
+            ? 'unchanged'
+            : 'configured';
+      return { result, keys };
+    },
+
+    /**
+     * (issue 7) Copies a Secret's data to another namespace and name (server-side apply): the
+     * values stay inside this activity. NotFoundError when the source is missing.
+     */
+    async k8sCopySecret(args: {
+      kubeconfig: SecretRef;
+      from: { namespace: string; name: string };
+      to: { namespace: string; name: string };
+      labels?: Record<string, string>;
+      fieldManager?: string;
+    }): Promise<{ result: ApplyResult; keys: string[] }> {
+      const what = `copy Secret ${args.from.namespace}/${args.from.name} to ${args.to.namespace}/${args.to.name}`;
+      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const source = await readObject(api, { apiVersion: 'v1', kind: 'Secret', ...args.from }, what);
+      if (!source)
+        throw nonRetryable('notFound', `${what}: Secret ${args.from.namespace}/${args.from.name} does not exist`);
+      const toRef = { apiVersion: 'v1', kind: 'Secret', ...args.to };
+      const before = await readObject(api, toRef, what);
+      const body: KubeObject = {
+        apiVersion: 'v1',
+        kind: 'Secret',
+        metadata: { name: args.to.name, namespace: args.to.namespace, ...(args.labels ? { labels: args.labels } : {}) },
+        type: (source.type as string | undefined) ?? 'Opaque',
+        data: (source.data as Record<string, string> | undefined) ?? {},
+      };
+      const fieldManager = args.fieldManager ?? 'labwright';
+      let after: KubeObject;
+      try {
+        after = await api.apply(body, fieldManager, false);
+      } catch (err) {
+        throw classifyApplyError(err, what, fieldManager, 0);
+      }
+      const result: ApplyResult =
+        before === undefined
+          ? 'created'
+          : before.metadata.resourceVersion === after.metadata.resourceVersion
+            ? 'unchanged'
+            : 'configured';
+      return { result, keys: Object.keys(body.data as object).sort() };
+    },
+
+    // ---------------------------------------------------------------- node maintenance (issue 5)
+
+    /** Lists Nodes (optionally by label selector) with readiness, cordon state, labels, taints and allocatable. */
+    async k8sListNodes(args: { kubeconfig: SecretRef; labelSelector?: string }): Promise<NodeSummary[]> {
+      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const list = await call('list Nodes', () =>
+        core.listNode(args.labelSelector ? { labelSelector: args.labelSelector } : {}),
+      );
+      return list.items.map((n) => ({
+        name: n.metadata?.name ?? '',
+        ready: isReady(n),
+        unschedulable: n.spec?.unschedulable === true,
+        labels: { ...(n.metadata?.labels ?? {}) },
+        taints: (n.spec?.taints ?? []).map((t) => ({
+          key: t.key,
+          effect: t.effect,
+          ...(t.value !== undefined ? { value: t.value } : {}),
+        })),
+        allocatable: { ...(n.status?.allocatable ?? {}) },
+      }));
+    },
+
+    /** A Node's allocatable resources as the kubelet reported them (quantities as strings). */
+    async k8sReadAllocatable(args: { kubeconfig: SecretRef; node: string }): Promise<Record<string, string>> {
+      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const node = await call(`read allocatable of Node ${args.node}`, () => core.readNode({ name: args.node }));
+      return { ...(node.status?.allocatable ?? {}) };
+    },
+
+    /** Cordons a Node (unschedulable) or, with `cordon: false`, uncordons it. Nothing is written when it is so already. */
+    async k8sCordonNode(args: {
+      kubeconfig: SecretRef;
+      node: string;
+      cordon?: boolean;
+    }): Promise<{ changed: boolean }> {
+      const want = args.cordon ?? true;
+      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const what = `${want ? 'cordon' : 'uncordon'} Node ${args.node}`;
+      const node = await call(what, () => core.readNode({ name: args.node }));
+      if ((node.spec?.unschedulable === true) === want) return { changed: false };
+      await call(what, () =>
+        core.patchNode(
+          {
+            name: args.node,
+            body: {
+              metadata: { resourceVersion: node.metadata?.resourceVersion },
+              spec: { unschedulable: want ? true : null },
+            },
+          },
+          mergePatch,
+        ),
+      );
+      return { changed: true };
+    },
+
+    /**
+     * Drains a cordoned Node: evicts its pods through the Eviction API (so PodDisruptionBudgets
+     * hold) and waits until they are gone, heartbeating. DaemonSet pods (unless
+     * `ignoreDaemonSets: false`) and mirror pods stay. Like kubectl, it refuses (PreconditionFailed,
+     * before evicting anything) pods no controller would recreate unless `force`, and pods with
+     * emptyDir data unless `deleteEmptyDirData`. Evictions a PDB refuses are retried until
+     * `timeoutSeconds`; then TimeoutError names the pods left and why.
+     */
+    async k8sDrainNode(args: {
+      kubeconfig: SecretRef;
+      node: string;
+      timeoutSeconds: number;
+      gracePeriodSeconds?: number;
+      ignoreDaemonSets?: boolean;
+      deleteEmptyDirData?: boolean;
+      force?: boolean;
+    }): Promise<{ evicted: string[]; skipped: string[] }> {
+      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const what = `drain Node ${args.node}`;
+      const node = await call(what, () => core.readNode({ name: args.node }));
+      if (node.spec?.unschedulable !== true) {
+        throw nonRetryable(
+          'precondition',
+          `${what}: it is not cordoned; cordon it first (k8sCordonNode) so no new pods land on it`,
+        );
+      }
+      const ignoreDaemonSets = args.ignoreDaemonSets ?? true;
+      const podsOnNode = async (): Promise<V1Pod[]> =>
+        (await core.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${args.node}` })).items;
+      const first = await call(what, podsOnNode);
+      const skipped = first.filter((p) => drainSkipReason(p, ignoreDaemonSets)).map(podName);
+      const toEvict = first.filter((p) => !drainSkipReason(p, ignoreDaemonSets));
+      const finished = (p: V1Pod) => p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed';
+      const problems: string[] = [];
+      const unmanaged = toEvict.filter((p) => !finished(p) && !p.metadata?.ownerReferences?.some((o) => o.controller));
+      if (unmanaged.length > 0 && !args.force) {
+        problems.push(
+          `no controller would recreate ${unmanaged.map(podName).join(', ')} (force: true evicts them anyway)`,
+        );
+      }
+      const daemons = toEvict.filter((p) =>
+        p.metadata?.ownerReferences?.some((o) => o.controller && o.kind === 'DaemonSet'),
+      );
+      if (daemons.length > 0)
+        problems.push(`DaemonSet pods ${daemons.map(podName).join(', ')} (ignoreDaemonSets: true leaves them)`);
+      const emptyDir = toEvict.filter((p) => !finished(p) && (p.spec?.volumes ?? []).some((v) => v.emptyDir));
+      if (emptyDir.length > 0 && !args.deleteEmptyDirData) {
+        problems.push(
+          `${emptyDir.map(podName).join(', ')} use emptyDir data that eviction deletes (deleteEmptyDirData: true allows it)`,
+        );
+      }
+      if (problems.length > 0) throw nonRetryable('precondition', `${what}: nothing evicted: ${problems.join('; ')}`);
+
+      const evicted = new Set<string>();
+      const deadline = Date.now() + args.timeoutSeconds * 1000;
+      const ctx = activityContext();
+      for (;;) {
+        const blocked = new Map<string, string>();
+        let remaining: V1Pod[] = [];
+        try {
+          const skip = new Set(skipped);
+          remaining = (await podsOnNode()).filter(
+            (p) => !skip.has(podName(p)) && !drainSkipReason(p, ignoreDaemonSets),
+          );
+          for (const pod of remaining) {
+            if (pod.metadata?.deletionTimestamp) continue; // evicted, terminating
+            const name = pod.metadata?.name ?? '';
+            const namespace = pod.metadata?.namespace ?? '';
+            try {
+              await core.createNamespacedPodEviction({
+                name,
+                namespace,
+                body: {
+                  apiVersion: 'policy/v1',
+                  kind: 'Eviction',
+                  metadata: { name, namespace },
+                  ...(args.gracePeriodSeconds !== undefined
+                    ? { deleteOptions: { gracePeriodSeconds: args.gracePeriodSeconds } }
+                    : {}),
+                },
+              });
+              evicted.add(podName(pod));
+            } catch (err) {
+              if (err instanceof ApiException && err.code === 404) continue; // gone meanwhile
+              if (err instanceof ApiException && err.code === 429) {
+                blocked.set(podName(pod), statusBody(err).message ?? 'eviction refused (429)');
+                continue;
+              }
+              const failure = classifyKubeError(err, `${what}: evict pod ${podName(pod)}`);
+              if ((failure as { nonRetryable?: boolean }).nonRetryable) throw failure;
+              blocked.set(podName(pod), failure.message);
+            }
+          }
+        } catch (err) {
+          const failure = classifyKubeError(err, what);
+          if ((failure as { nonRetryable?: boolean }).nonRetryable) throw failure;
+          blocked.set('(list)', failure.message);
+        }
+        if (remaining.length === 0 && !blocked.has('(list)'))
+          return { evicted: [...evicted].sort(), skipped: skipped.sort() };
+        const left = remaining.map((p) => {
+          const why = blocked.get(podName(p)) ?? (p.metadata?.deletionTimestamp ? 'terminating' : 'not evicted yet');
+          return `${podName(p)}: ${why}`;
+        });
+        ctx?.heartbeat({ draining: args.node, remaining: left.length, evicted: evicted.size });
+        if (Date.now() > deadline) {
+          throw retryable(
+            'timeout',
+            `${what}: ${left.length} pod(s) still on it after ${args.timeoutSeconds}s: ${left.join('; ')}`,
+          );
+        }
+        await (ctx ? Promise.race([sleep(pollMs), ctx.cancelled]) : sleep(pollMs));
+      }
+    },
+  };
+}
+
+export type KubernetesActivities = ReturnType<typeof createKubernetesActivities>;

@@ -1,0 +1,962 @@
+/**
+ * Proxmox VE activities on `proxmox-api` (its typed API proxy), one external operation each.
+ *
+ * Every activity takes the inventory's host name (`host`) and, where PVE wants one, the PVE node.
+ * Long operations return the task's UPID (or `null` when there was nothing to do: already there);
+ * `pveWaitForTask` polls a UPID to its end with heartbeats and reports PVE's exit status.
+ *
+ * PVE's failures are classified from status and reason (see `classifyPveError`):
+ * - a locked VM (`VM is locked (backup)`, a config-lock timeout) is transient: retried;
+ * - a VMID that already exists is a conflict, unless the VM there is ours (same name): done;
+ * - a VM that is already running is a started VM; one already stopped is a stopped VM;
+ * - 5xx retry, other 4xx not; a missing VM config is NotFound.
+ *
+ * TLS verification is always on: the host's `caFile` is the trust anchor when set, the system
+ * store otherwise. The API token comes from the host's secret reference, resolved per call.
+ */
+import { promises as fs } from 'node:fs';
+import https from 'node:https';
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import { proxmoxApi, type ApiRequestable, type Proxmox } from 'proxmox-api';
+import { classifyUnknown, failureForHttpStatus, nonRetryable, retryable } from '../common/errors.js';
+import type { SecretRef } from '../common/secret-ref.js';
+import type { Inventory, ProxmoxHost, VmidRange } from '../hardware/schema.js';
+import type { SecretStore } from '../lib/secrets.js';
+
+// ---------------------------------------------------------------- client
+
+/** What a client needs to reach one PVE endpoint. */
+export interface PveEndpoint {
+  /** The inventory host name, used in messages. */
+  name: string;
+  /** Base URL, e.g. https://pve1.lab:8006 */
+  apiUrl: string;
+  /** `user@realm!tokenid=secret` */
+  token: string;
+  /** PEM CA bundle that verifies the API's certificate; the system store when left out. */
+  ca?: string | Buffer;
+  /** Per-request timeout (default 30 s). */
+  timeoutMs?: number;
+}
+
+/** An HTTP answer from PVE that was not 200: its status, PVE's reason line and per-field errors. */
+export class PveHttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly reason: string,
+    readonly fieldErrors: Record<string, string> | undefined,
+    readonly method: string,
+    readonly path: string,
+  ) {
+    super(`${method} ${path}: ${status} ${reason}`);
+    this.name = 'PveHttpError';
+  }
+}
+
+/**
+ * The request engine behind proxmox-api's typed proxy: API-token auth, TLS verified with the
+ * configured CA (never switched off), and errors that keep PVE's status and reason.
+ */
+export class PveEngine implements ApiRequestable {
+  private readonly base: URL;
+  private readonly agent: https.Agent;
+  private readonly authorization: string;
+
+  constructor(private readonly endpoint: PveEndpoint) {
+    this.base = new URL(endpoint.apiUrl);
+    if (this.base.protocol !== 'https:') {
+      throw nonRetryable('validation', `Proxmox host ${endpoint.name}: apiUrl must be https (got ${endpoint.apiUrl})`);
+    }
+    const token = parseToken(endpoint.token, endpoint.name);
+    this.authorization = `PVEAPIToken=${token.id}=${token.secret}`;
+    this.agent = new https.Agent({ keepAlive: true, maxSockets: 8, ...(endpoint.ca ? { ca: endpoint.ca } : {}) });
+  }
+
+  async doRequest(method: string, path: string, _template: string, params?: Record<string, unknown>): Promise<unknown> {
+    method = method.toUpperCase();
+    const url = new URL(path, this.base);
+    let body: string | undefined;
+    const form = new URLSearchParams();
+    for (const [key, value] of Object.entries(params ?? {})) {
+      if (value === undefined || value === null) continue;
+      const values = Array.isArray(value) ? value : [value];
+      for (const v of values) form.append(key, typeof v === 'boolean' ? (v ? '1' : '0') : String(v));
+    }
+    if (method === 'POST' || method === 'PUT') body = form.toString();
+    else for (const [k, v] of form) url.searchParams.append(k, v);
+
+    return new Promise((resolve, reject) => {
+      const req = https.request(
+        url,
+        {
+          method,
+          agent: this.agent,
+          timeout: this.endpoint.timeoutMs ?? 30_000,
+          headers: {
+            Authorization: this.authorization,
+            Accept: 'application/json',
+            ...(body !== undefined
+              ? { 'Content-Type': 'application/x-www-form-urlencoded', 'Content-Length': Buffer.byteLength(body) }
+              : {}),
+          },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', reject);
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            let parsed: { data?: unknown; errors?: Record<string, string>; message?: string } = {};
+            try {
+              parsed = text ? (JSON.parse(text) as typeof parsed) : {};
+            } catch {
+              parsed = {};
+            }
+            const status = res.statusCode ?? 0;
+            if (status === 200) {
+              resolve(parsed.data ?? null);
+              return;
+            }
+            const reason = (parsed.message ?? res.statusMessage ?? '').trim() || `HTTP ${status}`;
+            reject(new PveHttpError(status, reason, parsed.errors, method, url.pathname));
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(Object.assign(new Error('PVE request timed out'), { name: 'TimeoutError' })));
+      req.on('error', reject);
+      if (body !== undefined) req.write(body);
+      req.end();
+    });
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+}
+
+/** `user@realm!tokenid=secret` as PVE's Authorization header wants it. */
+export function parseToken(token: string, host: string): { id: string; secret: string } {
+  const match = /^([^@\s]+@[^!\s]+![^=\s]+)=(\S+)$/.exec(token.trim());
+  if (!match) {
+    throw nonRetryable(
+      'validation',
+      `the API token of Proxmox host ${host} is not in the form user@realm!tokenid=secret`,
+    );
+  }
+  return { id: match[1]!, secret: match[2]! };
+}
+
+/** A client for one inventory host: the typed API and the host's name for messages. */
+export interface PveClient {
+  host: string;
+  api: Proxmox.Api;
+}
+
+export interface ProxmoxDeps {
+  /** The client of an inventory host (cached by the implementation). */
+  clientFor(host: string): Promise<PveClient>;
+  /** PVE node names a host answers for, to scope listings. */
+  nodesOf(host: string): string[];
+}
+
+/** Clients built from the inventory: token from the host's secret ref, CA from its caFile. */
+export function proxmoxDepsFromInventory(
+  inventory: Pick<Inventory, 'proxmox'>,
+  secrets: Pick<SecretStore, 'resolve'>,
+  opts: { timeoutMs?: number } = {},
+): ProxmoxDeps & { close(): void } {
+  const hosts = new Map<string, ProxmoxHost>(inventory.proxmox.hosts.map((h) => [h.name, h]));
+  const engines = new Map<string, { engine: PveEngine; tokenRef: SecretRef; token: string }>();
+  const hostOf = (name: string): ProxmoxHost => {
+    const host = hosts.get(name);
+    if (!host) throw nonRetryable('notFound', `Proxmox host ${name} is not in the inventory`);
+    return host;
+  };
+  return {
+    nodesOf: (name) => hostOf(name).nodes,
+    clientFor: async (name) => {
+      const host = hostOf(name);
+      const token = await secrets.resolve(host.token);
+      let cached = engines.get(name);
+      // A rotated token (same ref, new value) gets a new engine.
+      if (!cached || cached.token !== token) {
+        cached?.engine.close();
+        const ca = host.caFile ? await readCa(host.caFile, name) : undefined;
+        cached = {
+          engine: new PveEngine({ name, apiUrl: host.apiUrl, token, ca, timeoutMs: opts.timeoutMs }),
+          tokenRef: host.token,
+          token,
+        };
+        engines.set(name, cached);
+      }
+      return { host: name, api: proxmoxApi(cached.engine) };
+    },
+    close: () => {
+      for (const { engine } of engines.values()) engine.close();
+      engines.clear();
+    },
+  };
+}
+
+async function readCa(file: string, host: string): Promise<Buffer> {
+  try {
+    return await fs.readFile(file);
+  } catch {
+    throw nonRetryable('validation', `CA file ${file} of Proxmox host ${host} cannot be read`);
+  }
+}
+
+// ------------------------------------------------------------ classification
+
+/** What a PVE error message means, independent of the HTTP status it came with. */
+export type PveReason = 'locked' | 'exists' | 'already-running' | 'not-running' | 'missing' | 'no-quorum' | 'other';
+
+export function pveReason(message: string): PveReason {
+  if (/VM is locked \(|can't lock file .* got timeout|is locked \(/i.test(message)) return 'locked';
+  if (/already exists|config file already exists/i.test(message)) return 'exists';
+  if (/already running/i.test(message)) return 'already-running';
+  if (/VM \d+ not running|is not running/i.test(message)) return 'not-running';
+  if (
+    /Configuration file '[^']+' does not exist|unable to find configuration file|can't find archive|does not exist$/i.test(
+      message,
+    )
+  ) {
+    return 'missing';
+  }
+  if (/no quorum/i.test(message)) return 'no-quorum';
+  return 'other';
+}
+
+/**
+ * Turns anything a PVE call threw into a classified failure whose message is `what: PVE's reason`.
+ * Locks and lost quorum retry whatever the status; a missing VM is NotFound; the rest by status.
+ */
+export function classifyPveError(err: unknown, what: string): ApplicationFailure {
+  if (err instanceof ApplicationFailure) return err;
+  if (err instanceof PveHttpError) {
+    const fields = err.fieldErrors
+      ? ` (${Object.entries(err.fieldErrors)
+          .map(([k, v]) => `${k}: ${v}`)
+          .join('; ')})`
+      : '';
+    const message = `${what}: ${err.reason}${fields}`;
+    const details = { status: err.status, reason: err.reason, fieldErrors: err.fieldErrors };
+    switch (pveReason(err.reason)) {
+      case 'locked':
+      case 'no-quorum':
+        return retryable('server', message, details);
+      case 'missing':
+        return nonRetryable('notFound', message, details);
+      case 'exists':
+        return nonRetryable('conflict', message, details);
+      default:
+        // 595 is pveproxy's "no route to host" to another node: a connection problem.
+        if (err.status === 595 || err.status === 596) return retryable('connection', message, details);
+        return failureForHttpStatus(err.status, message, details);
+    }
+  }
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && TLS_CODES.has(code)) {
+    // Retrying cannot fix a certificate the configured CA does not vouch for.
+    return nonRetryable(
+      'precondition',
+      `${what}: TLS verification failed (${code}: ${(err as Error).message}); check the host's caFile`,
+    );
+  }
+  return classifyUnknown(err, what);
+}
+
+const TLS_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'CERT_SIGNATURE_FAILURE',
+]);
+
+async function call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw classifyPveError(err, what);
+  }
+}
+
+// ------------------------------------------------------------------ types
+
+/** Where a VM lives: the inventory host (API endpoint) and the PVE node. */
+export interface VmRef {
+  host: string;
+  node: string;
+  vmid: number;
+}
+
+export interface VmSummary {
+  vmid: number;
+  name: string;
+  node: string;
+  status: string;
+  template: boolean;
+  tags: string[];
+  lock?: string;
+}
+
+/** A VM's config as PVE returns it, plus its state. */
+export interface VmDetails extends VmSummary {
+  config: Record<string, string | number>;
+}
+
+/** The config keys labwright sets; `extra` takes any other key PVE accepts. */
+export interface VmConfigPatch {
+  name?: string;
+  description?: string;
+  /** Replaces the VM's tags (PVE tags: lowercase letters, digits, `_ - + .`). */
+  tags?: string[];
+  /** `q35`, `pc`, `pc-q35-9.2+pve1`, ... */
+  machine?: string;
+  bios?: 'seabios' | 'ovmf';
+  cores?: number;
+  sockets?: number;
+  memoryMiB?: number;
+  cpu?: string;
+  /** `1` or `enabled=1,fstrim_cloned_disks=1` */
+  agent?: string;
+  onboot?: boolean;
+  /** hostpci0..15: `mapping=a5000,pcie=1` or `0000:01:00,pcie=1,x-vga=1` */
+  hostpci?: Record<number, string | null>;
+  /** Disks by key: `scsi0`, `virtio1`, `efidisk0`... e.g. `local-lvm:vm-201-disk-0,size=64G` */
+  disks?: Record<string, string | null>;
+  /** net0..: `virtio=BC:24:11:00:02:01,bridge=vmbr0,tag=80` */
+  net?: Record<number, string | null>;
+  /** ipconfig0.. for cloud-init */
+  ipconfig?: Record<number, string | null>;
+  extra?: Record<string, string | number | null>;
+}
+
+export interface TaskStarted {
+  /** The task to wait for; null when nothing needed doing. */
+  upid: string | null;
+  /** Why no task was started, when `upid` is null. */
+  note?: string;
+}
+
+export interface TaskOutcome {
+  upid: string;
+  /** `OK`, `WARNINGS: n`, or PVE's error text (`VM is locked (backup)`). */
+  exitStatus: string;
+  ok: boolean;
+  /** What a failed task's exit status means (e.g. `locked`: worth doing again later). */
+  reason?: PveReason;
+  /** The task log's last lines, for messages. */
+  logTail?: string[];
+}
+
+export interface GuestInterface {
+  name: string;
+  mac?: string;
+  ipv4: string[];
+  ipv6: string[];
+}
+
+export interface PciDevice {
+  id: string;
+  vendor: string;
+  device: string;
+  vendorName?: string;
+  deviceName?: string;
+  iommuGroup: number;
+  class: string;
+  mdev?: boolean;
+}
+
+export interface PciMapping {
+  id: string;
+  description?: string;
+  /** Per node: `node=pve1,path=0000:01:00.0,id=10de:2231,iommugroup=14` */
+  map: string[];
+}
+
+export interface BackupVolume {
+  volid: string;
+  vmid?: number;
+  ctime: number;
+  size: number;
+  format: string;
+  notes?: string;
+  protected: boolean;
+}
+
+// ---------------------------------------------------------------- helpers
+
+export function splitTags(tags: unknown): string[] {
+  return String(tags ?? '')
+    .split(/[;,\s]+/)
+    .map((t) => t.trim())
+    .filter(Boolean);
+}
+
+const TAG = /^[a-z0-9_][a-z0-9_+.-]*$/i;
+
+function toSummary(r: {
+  vmid?: number;
+  name?: string;
+  node?: string;
+  status?: string;
+  template?: number | boolean;
+  tags?: string;
+  lock?: string;
+}): VmSummary {
+  return {
+    vmid: Number(r.vmid),
+    name: r.name ?? '',
+    node: r.node ?? '',
+    status: r.status ?? 'unknown',
+    template: Boolean(Number(r.template ?? 0)),
+    tags: splitTags(r.tags),
+    ...(r.lock ? { lock: r.lock } : {}),
+  };
+}
+
+function configParams(patch: VmConfigPatch): { set: Record<string, string | number>; del: string[] } {
+  const set: Record<string, string | number> = {};
+  const del: string[] = [];
+  const put = (key: string, value: string | number | boolean | null | undefined): void => {
+    if (value === undefined) return;
+    if (value === null) del.push(key);
+    else set[key] = typeof value === 'boolean' ? (value ? 1 : 0) : value;
+  };
+  put('name', patch.name);
+  put('description', patch.description);
+  if (patch.tags !== undefined) {
+    const bad = patch.tags.filter((t) => !TAG.test(t));
+    if (bad.length > 0) throw nonRetryable('validation', `invalid PVE tag(s): ${bad.join(', ')}`);
+    put('tags', patch.tags.join(';'));
+  }
+  put('machine', patch.machine);
+  put('bios', patch.bios);
+  put('cores', patch.cores);
+  put('sockets', patch.sockets);
+  put('memory', patch.memoryMiB);
+  put('cpu', patch.cpu);
+  put('agent', patch.agent);
+  put('onboot', patch.onboot);
+  for (const [i, v] of Object.entries(patch.hostpci ?? {})) put(`hostpci${i}`, v);
+  for (const [k, v] of Object.entries(patch.disks ?? {})) {
+    if (!/^(ide|sata|scsi|virtio|efidisk|tpmstate|unused)\d+$/.test(k)) {
+      throw nonRetryable('validation', `disks.${k}: not a PVE disk key (scsi0, virtio1, efidisk0, ...)`);
+    }
+    put(k, v);
+  }
+  for (const [i, v] of Object.entries(patch.net ?? {})) put(`net${i}`, v);
+  for (const [i, v] of Object.entries(patch.ipconfig ?? {})) put(`ipconfig${i}`, v);
+  for (const [k, v] of Object.entries(patch.extra ?? {})) put(k, v);
+  return { set, del };
+}
+
+/** The node of a UPID: `UPID:pve1:...` */
+export function upidNode(upid: string): string {
+  const node = upid.split(':')[1];
+  if (!upid.startsWith('UPID:') || !node) throw nonRetryable('validation', `not a PVE task id: ${upid}`);
+  return node;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Heartbeats when running as an activity; a no-op when called directly (scripts, tests of pure calls). */
+function heartbeat(details: unknown): void {
+  let ctx: Context | undefined;
+  try {
+    ctx = Context.current();
+  } catch {
+    return;
+  }
+  ctx.heartbeat(details);
+}
+
+/** The activity's cancellation, if it runs as one. */
+function cancelled(): Promise<never> | undefined {
+  try {
+    return Context.current().cancelled;
+  } catch {
+    return undefined;
+  }
+}
+
+/** VMs with these names/tags are labwright's to change or delete (guards against touching others). */
+export interface Ownership {
+  /** The VM's name must equal this. */
+  name?: string;
+  /** The VM must carry every one of these tags. */
+  tags?: string[];
+}
+
+function owns(vm: { name: string; tags: string[] }, guard: Ownership): boolean {
+  if (guard.name !== undefined && vm.name !== guard.name) return false;
+  return (guard.tags ?? []).every((t) => vm.tags.includes(t));
+}
+
+function describeGuard(guard: Ownership): string {
+  const parts = [];
+  if (guard.name !== undefined) parts.push(`name ${guard.name}`);
+  if (guard.tags?.length) parts.push(`tags ${guard.tags.join(';')}`);
+  return parts.join(' and ');
+}
+
+// ------------------------------------------------------------- activities
+
+export function createProxmoxActivities(deps: ProxmoxDeps) {
+  const client = (host: string): Promise<PveClient> => deps.clientFor(host);
+
+  /** Config and state of a VM, or null when the node has no such VM. */
+  async function getVm(ref: VmRef): Promise<VmDetails | null> {
+    const { api } = await client(ref.host);
+    const vm = api.nodes.$(ref.node).qemu.$(ref.vmid);
+    try {
+      const [config, status] = await Promise.all([vm.config.$get(), vm.status.current.$get()]);
+      const cfg = config as unknown as Record<string, string | number>;
+      return {
+        ...toSummary({
+          vmid: ref.vmid,
+          name: String(cfg.name ?? status.name ?? ''),
+          node: ref.node,
+          status: status.status,
+          template: Boolean(Number(cfg.template ?? status.template ?? 0)),
+          tags: String(cfg.tags ?? ''),
+          lock: (status.lock ?? cfg.lock) as string | undefined,
+        }),
+        config: cfg,
+      };
+    } catch (err) {
+      const failure = classifyPveError(err, `VM ${ref.vmid} on ${ref.host}/${ref.node}`);
+      if (failure.type === 'NotFoundError') return null;
+      throw failure;
+    }
+  }
+
+  /** Throws a retryable failure naming the lock when the VM is locked (a backup, a migration). */
+  function assertUnlocked(vm: VmDetails, ref: VmRef, what: string): void {
+    if (vm.lock) {
+      throw retryable('server', `${what}: VM ${ref.vmid} on ${ref.host} is locked (${vm.lock})`, {
+        reason: 'locked',
+        lock: vm.lock,
+      });
+    }
+  }
+
+  return {
+    /** GET one VM's config and state; null when it does not exist. */
+    async pveGetVm(ref: VmRef): Promise<VmDetails | null> {
+      return getVm(ref);
+    },
+
+    /** Every VM and template the host's cluster reports (optionally one node's). */
+    async pveListVms(args: { host: string; node?: string }): Promise<VmSummary[]> {
+      const { api } = await client(args.host);
+      const nodes = deps.nodesOf(args.host);
+      const all = await call(`list VMs on ${args.host}`, () => api.cluster.resources.$get({ type: 'vm' }));
+      return all
+        .filter((r) => r.type === 'qemu')
+        .filter((r) => (args.node ? r.node === args.node : nodes.includes(String(r.node))))
+        .map((r) => toSummary(r as Parameters<typeof toSummary>[0]))
+        .sort((a, b) => a.vmid - b.vmid);
+    },
+
+    /** Templates only, optionally those carrying every one of `tags`. */
+    async pveListTemplates(args: { host: string; node?: string; tags?: string[] }): Promise<VmSummary[]> {
+      const { api } = await client(args.host);
+      const nodes = deps.nodesOf(args.host);
+      const all = await call(`list templates on ${args.host}`, () => api.cluster.resources.$get({ type: 'vm' }));
+      return all
+        .filter((r) => r.type === 'qemu' && Number(r.template ?? 0) === 1)
+        .filter((r) => (args.node ? r.node === args.node : nodes.includes(String(r.node))))
+        .map((r) => toSummary(r as Parameters<typeof toSummary>[0]))
+        .filter((vm) => (args.tags ?? []).every((t) => vm.tags.includes(t)))
+        .sort((a, b) => a.vmid - b.vmid);
+    },
+
+    /**
+     * The lowest VMID in `range` that no guest (VM or container) of the cluster uses. Fails with
+     * PreconditionFailed when the range is full.
+     */
+    async pveNextFreeVmid(args: { host: string; range: VmidRange; exclude?: number[] }): Promise<number> {
+      const { api } = await client(args.host);
+      const all = await call(`list guests on ${args.host}`, () => api.cluster.resources.$get({ type: 'vm' }));
+      const used = new Set([...all.map((r) => Number(r.vmid)), ...(args.exclude ?? [])]);
+      for (let id = args.range.from; id <= args.range.to; id++) if (!used.has(id)) return id;
+      throw nonRetryable(
+        'precondition',
+        `no free VMID in ${args.range.from}-${args.range.to} on ${args.host}: all ${args.range.to - args.range.from + 1} are taken`,
+      );
+    },
+
+    /**
+     * Clones `vmid` to `newid` (linked from a template unless `full`). Idempotent: when `newid`
+     * exists with the same name, nothing is done (upid null); another VM there is a ConflictError.
+     */
+    async pveClone(
+      args: VmRef & {
+        newid: number;
+        name: string;
+        full?: boolean;
+        storage?: string;
+        pool?: string;
+        description?: string;
+        target?: string;
+      },
+    ): Promise<TaskStarted> {
+      const what = `clone VM ${args.vmid} to ${args.newid} (${args.name}) on ${args.host}`;
+      const existing = await getVm({ host: args.host, node: args.target ?? args.node, vmid: args.newid });
+      const conflict = (other: { name: string; node: string }): ApplicationFailure =>
+        nonRetryable(
+          'conflict',
+          `VMID ${args.newid} already exists on ${args.host}/${other.node} as ${other.name || '(no name)'}, not ${args.name}`,
+        );
+      if (existing) {
+        if (existing.name === args.name) return { upid: null, note: `VM ${args.newid} (${args.name}) already exists` };
+        throw conflict(existing);
+      }
+      const { api } = await client(args.host);
+      try {
+        const upid = await api.nodes.$(args.node).qemu.$(args.vmid).clone.$post({
+          newid: args.newid,
+          name: args.name,
+          full: args.full,
+          storage: args.storage,
+          pool: args.pool,
+          description: args.description,
+          target: args.target,
+        });
+        return { upid };
+      } catch (err) {
+        const failure = classifyPveError(err, what);
+        if (failure.type !== 'ConflictError') throw failure;
+        // Another clone got there first: ours is done, anyone else's is a conflict.
+        const other = await getVm({ host: args.host, node: args.target ?? args.node, vmid: args.newid });
+        if (other?.name === args.name) return { upid: null, note: `VM ${args.newid} (${args.name}) already exists` };
+        throw other ? conflict(other) : failure;
+      }
+    },
+
+    /**
+     * Sets config keys (hostpci, machine, bios, disks, network, tags, ...) synchronously; `null`
+     * deletes a key. Setting the same values twice is harmless. A locked VM is retried.
+     */
+    async pveSetConfig(args: VmRef & { config: VmConfigPatch; guard?: Ownership }): Promise<void> {
+      const what = `set config of VM ${args.vmid} on ${args.host}`;
+      const { set, del } = configParams(args.config);
+      if (args.guard) {
+        const vm = await getVm(args);
+        if (!vm) throw nonRetryable('notFound', `${what}: VM ${args.vmid} does not exist`);
+        if (!owns(vm, args.guard)) {
+          throw nonRetryable('conflict', `${what}: VM ${args.vmid} is ${vm.name}, not ${describeGuard(args.guard)}`);
+        }
+        assertUnlocked(vm, args, what);
+      }
+      const { api } = await client(args.host);
+      await call(what, () =>
+        api.nodes
+          .$(args.node)
+          .qemu.$(args.vmid)
+          .config.$put({ ...set, ...(del.length > 0 ? { delete: del.join(',') } : {}) } as never),
+      );
+    },
+
+    /** Starts a VM; a running VM is left as it is (upid null). */
+    async pveStart(args: VmRef): Promise<TaskStarted> {
+      const what = `start VM ${args.vmid} on ${args.host}`;
+      const vm = await getVm(args);
+      if (!vm) throw nonRetryable('notFound', `${what}: VM ${args.vmid} does not exist on ${args.node}`);
+      if (vm.status === 'running') return { upid: null, note: `VM ${args.vmid} is already running` };
+      const { api } = await client(args.host);
+      try {
+        return { upid: await api.nodes.$(args.node).qemu.$(args.vmid).status.start.$post() };
+      } catch (err) {
+        const failure = classifyPveError(err, what);
+        if (err instanceof PveHttpError && pveReason(err.reason) === 'already-running') {
+          return { upid: null, note: `VM ${args.vmid} is already running` };
+        }
+        throw failure;
+      }
+    },
+
+    /** Stops a VM at once (power off); a stopped VM is left as it is. */
+    async pveStop(args: VmRef & { skiplock?: boolean }): Promise<TaskStarted> {
+      const what = `stop VM ${args.vmid} on ${args.host}`;
+      const vm = await getVm(args);
+      if (!vm) throw nonRetryable('notFound', `${what}: VM ${args.vmid} does not exist on ${args.node}`);
+      if (vm.status === 'stopped') return { upid: null, note: `VM ${args.vmid} is already stopped` };
+      const { api } = await client(args.host);
+      return {
+        upid: await call(what, () =>
+          api.nodes.$(args.node).qemu.$(args.vmid).status.stop.$post({ skiplock: args.skiplock }),
+        ),
+      };
+    },
+
+    /**
+     * Asks the guest to shut down (ACPI); PVE's task fails with `VM quit/powerdown failed - got
+     * timeout` after `timeoutSeconds` unless `forceStop`. A stopped VM is left as it is.
+     */
+    async pveShutdown(args: VmRef & { timeoutSeconds?: number; forceStop?: boolean }): Promise<TaskStarted> {
+      const what = `shut down VM ${args.vmid} on ${args.host}`;
+      const vm = await getVm(args);
+      if (!vm) throw nonRetryable('notFound', `${what}: VM ${args.vmid} does not exist on ${args.node}`);
+      if (vm.status === 'stopped') return { upid: null, note: `VM ${args.vmid} is already stopped` };
+      const { api } = await client(args.host);
+      return {
+        upid: await call(what, () =>
+          api.nodes
+            .$(args.node)
+            .qemu.$(args.vmid)
+            .status.shutdown.$post({ timeout: args.timeoutSeconds, forceStop: args.forceStop }),
+        ),
+      };
+    },
+
+    /**
+     * Polls a task until it stops, heartbeating its state, and reports PVE's exit status. A task
+     * that ended in an error is an outcome, not a thrown failure: the caller decides what
+     * `VM is locked (backup)` or `already running` means for it (see common/pve-tasks.ts).
+     */
+    async pveWaitForTask(args: { host: string; upid: string; pollMs?: number }): Promise<TaskOutcome> {
+      const node = upidNode(args.upid);
+      const { api } = await client(args.host);
+      const task = api.nodes.$(node).tasks.$(args.upid);
+      const pollMs = args.pollMs ?? 1000;
+      const stop = cancelled();
+      let polls = 0;
+      for (;;) {
+        const status = await call(`task ${args.upid} on ${args.host}`, () => task.status.$get());
+        heartbeat({ upid: args.upid, status: status.status, polls });
+        if (status.status === 'stopped') {
+          const exitStatus = String(status.exitstatus ?? 'unknown');
+          const ok = exitStatus === 'OK' || exitStatus.startsWith('WARNINGS');
+          let logTail: string[] | undefined;
+          if (!ok) {
+            const log = await call(`log of task ${args.upid}`, () => task.log.$get({ start: 0, limit: 500 })).catch(
+              () => [],
+            );
+            logTail = (log as Array<{ t?: string }>).slice(-5).map((l) => String(l.t ?? ''));
+          }
+          return { upid: args.upid, exitStatus, ok, ...(ok ? {} : { reason: pveReason(exitStatus), logTail }) };
+        }
+        polls++;
+        await (stop ? Promise.race([sleep(pollMs), stop]) : sleep(pollMs));
+      }
+    },
+
+    /** The guest agent's view of the VM's network interfaces (fails while the agent is not up). */
+    async pveAgentInterfaces(args: VmRef): Promise<GuestInterface[]> {
+      const { api } = await client(args.host);
+      const answer = await call(`guest agent of VM ${args.vmid} on ${args.host}`, () =>
+        api.nodes.$(args.node).qemu.$(args.vmid).agent['network-get-interfaces'].$get(),
+      );
+      const result = ((answer as { result?: unknown }).result ?? []) as Array<{
+        name: string;
+        'hardware-address'?: string;
+        'ip-addresses'?: Array<{ 'ip-address': string; 'ip-address-type': string }>;
+      }>;
+      return result.map((i) => ({
+        name: i.name,
+        ...(i['hardware-address'] ? { mac: i['hardware-address'] } : {}),
+        ipv4: (i['ip-addresses'] ?? []).filter((a) => a['ip-address-type'] === 'ipv4').map((a) => a['ip-address']),
+        ipv6: (i['ip-addresses'] ?? []).filter((a) => a['ip-address-type'] === 'ipv6').map((a) => a['ip-address']),
+      }));
+    },
+
+    /**
+     * Waits until the guest agent answers with a non-loopback IPv4 address, heartbeating. Gives
+     * up with a retryable TimeoutError after `timeoutSeconds`.
+     */
+    async pveWaitForAgent(args: VmRef & { timeoutSeconds: number; pollMs?: number }): Promise<GuestInterface[]> {
+      const { api } = await client(args.host);
+      const deadline = Date.now() + args.timeoutSeconds * 1000;
+      const stop = cancelled();
+      let last = 'no answer yet';
+      for (;;) {
+        try {
+          const answer = (await api.nodes.$(args.node).qemu.$(args.vmid).agent['network-get-interfaces'].$get()) as {
+            result?: Array<{
+              name: string;
+              'hardware-address'?: string;
+              'ip-addresses'?: Array<Record<string, string>>;
+            }>;
+          };
+          const ifaces = (answer.result ?? []).map((i) => ({
+            name: i.name,
+            ...(i['hardware-address'] ? { mac: i['hardware-address'] } : {}),
+            ipv4: (i['ip-addresses'] ?? []).filter((a) => a['ip-address-type'] === 'ipv4').map((a) => a['ip-address']!),
+            ipv6: (i['ip-addresses'] ?? []).filter((a) => a['ip-address-type'] === 'ipv6').map((a) => a['ip-address']!),
+          }));
+          if (ifaces.some((i) => i.name !== 'lo' && i.ipv4.some((a) => !a.startsWith('127.')))) return ifaces;
+          last = 'the agent answers but reports no IPv4 address yet';
+        } catch (err) {
+          const failure = classifyPveError(err, `guest agent of VM ${args.vmid}`);
+          if (failure.type === 'NotFoundError') throw failure;
+          last = failure.message;
+        }
+        heartbeat({ vmid: args.vmid, waiting: last });
+        if (Date.now() > deadline) {
+          throw retryable(
+            'timeout',
+            `guest agent of VM ${args.vmid} on ${args.host} did not answer within ${args.timeoutSeconds}s: ${last}`,
+          );
+        }
+        await (stop ? Promise.race([sleep(args.pollMs ?? 1000), stop]) : sleep(args.pollMs ?? 1000));
+      }
+    },
+
+    /** PCI devices of a node (GPUs and their IOMMU groups). */
+    async pvePciDevices(args: { host: string; node: string }): Promise<PciDevice[]> {
+      const { api } = await client(args.host);
+      const list = await call(`PCI devices of ${args.host}/${args.node}`, () =>
+        api.nodes.$(args.node).hardware.pci.$get({ 'pci-class-blacklist': '' }),
+      );
+      return list.map((d) => ({
+        id: String(d.id),
+        vendor: String(d.vendor),
+        device: String(d.device),
+        ...(d.vendor_name ? { vendorName: String(d.vendor_name) } : {}),
+        ...(d.device_name ? { deviceName: String(d.device_name) } : {}),
+        iommuGroup: Number(d.iommugroup),
+        class: String(d.class),
+        ...(d.mdev !== undefined ? { mdev: Boolean(d.mdev) } : {}),
+      }));
+    },
+
+    /** Datacenter PCI resource mappings (Datacenter > Resource Mappings). */
+    async pvePciMappings(args: { host: string }): Promise<PciMapping[]> {
+      const { api } = await client(args.host);
+      const list = await call(`PCI mappings on ${args.host}`, () => api.cluster.mapping.pci.$get());
+      return list.map((m) => ({
+        id: String(m.id),
+        ...(m.description ? { description: String(m.description) } : {}),
+        map: (Array.isArray(m.map) ? m.map : [m.map]).map(String),
+      }));
+    },
+
+    /** Backup archives on a storage, optionally of one VM, newest first. */
+    async pveListBackups(args: {
+      host: string;
+      node: string;
+      storage: string;
+      vmid?: number;
+    }): Promise<BackupVolume[]> {
+      const { api } = await client(args.host);
+      const list = await call(`backups on ${args.host}/${args.storage}`, () =>
+        api.nodes.$(args.node).storage.$(args.storage).content.$get({ content: 'backup', vmid: args.vmid }),
+      );
+      return list
+        .map((v) => ({
+          volid: v.volid,
+          ...(v.vmid !== undefined ? { vmid: Number(v.vmid) } : {}),
+          ctime: Number(v.ctime ?? 0),
+          size: Number(v.size ?? 0),
+          format: String(v.format),
+          ...(v.notes ? { notes: String(v.notes) } : {}),
+          protected: Boolean(v.protected),
+        }))
+        .sort((a, b) => b.ctime - a.ctime);
+    },
+
+    /**
+     * Restores a backup archive to `vmid` (qmrestore). Idempotent: a VM already at `vmid` with
+     * the expected name counts as restored (upid null); any other VM there is a ConflictError.
+     */
+    async pveRestore(
+      args: VmRef & { archive: string; name: string; storage?: string; unique?: boolean; start?: boolean },
+    ): Promise<TaskStarted> {
+      const what = `restore ${args.archive} to VM ${args.vmid} on ${args.host}`;
+      const existing = await getVm(args);
+      if (existing) {
+        if (existing.name === args.name) return { upid: null, note: `VM ${args.vmid} (${args.name}) already exists` };
+        throw nonRetryable('conflict', `${what}: VMID ${args.vmid} already exists as ${existing.name}`);
+      }
+      const { api } = await client(args.host);
+      return {
+        upid: await call(what, () =>
+          api.nodes.$(args.node).qemu.$post({
+            vmid: args.vmid,
+            archive: args.archive,
+            storage: args.storage,
+            unique: args.unique,
+            start: args.start,
+            // PVE restores the name from the archive; set it so the idempotency check above holds.
+            name: args.name,
+          } as never),
+        ),
+      };
+    },
+
+    /** Turns a stopped VM into a template; a template is left as it is. */
+    async pveConvertToTemplate(args: VmRef & { guard?: Ownership }): Promise<TaskStarted> {
+      const what = `convert VM ${args.vmid} on ${args.host} to a template`;
+      const vm = await getVm(args);
+      if (!vm) throw nonRetryable('notFound', `${what}: VM ${args.vmid} does not exist`);
+      if (args.guard && !owns(vm, args.guard)) {
+        throw nonRetryable('conflict', `${what}: VM ${args.vmid} is ${vm.name}, not ${describeGuard(args.guard)}`);
+      }
+      if (vm.template) return { upid: null, note: `VM ${args.vmid} is already a template` };
+      if (vm.status === 'running') throw nonRetryable('precondition', `${what}: VM ${args.vmid} is running`);
+      assertUnlocked(vm, args, what);
+      const { api } = await client(args.host);
+      return { upid: await call(what, () => api.nodes.$(args.node).qemu.$(args.vmid).template.$post()) };
+    },
+
+    /**
+     * Destroys a stopped VM or template and its disks. A VM that is gone already is done (upid
+     * null); `guard` refuses (ConflictError) to touch a VM that is not ours; a locked one is retried.
+     */
+    async pveDelete(args: VmRef & { guard?: Ownership; purge?: boolean }): Promise<TaskStarted> {
+      const what = `delete VM ${args.vmid} on ${args.host}`;
+      const vm = await getVm(args);
+      if (!vm) return { upid: null, note: `VM ${args.vmid} does not exist` };
+      if (args.guard && !owns(vm, args.guard)) {
+        throw nonRetryable('conflict', `${what}: VM ${args.vmid} is ${vm.name}, not ${describeGuard(args.guard)}`);
+      }
+      if (vm.status === 'running')
+        throw nonRetryable('precondition', `${what}: VM ${args.vmid} is running; stop it first`);
+      assertUnlocked(vm, args, what);
+      const { api } = await client(args.host);
+      return {
+        upid: await call(what, () =>
+          api.nodes
+            .$(args.node)
+            .qemu.$(args.vmid)
+            .$delete({ purge: args.purge ?? true, 'destroy-unreferenced-disks': true }),
+        ),
+      };
+    },
+
+    /**
+     * Which of `templates` have linked clones: a linked clone's disk is a child of the template's
+     * base volume (`base-9001-disk-0/vm-201-disk-0`). Returns template VMID -> clone VMIDs.
+     */
+    async pveLinkedClones(args: { host: string; templates: number[] }): Promise<Record<number, number[]>> {
+      const { api } = await client(args.host);
+      const nodes = deps.nodesOf(args.host);
+      const all = await call(`list VMs on ${args.host}`, () => api.cluster.resources.$get({ type: 'vm' }));
+      const wanted = new Set(args.templates);
+      const users: Record<number, number[]> = Object.fromEntries(args.templates.map((t) => [t, []]));
+      for (const r of all) {
+        if (r.type !== 'qemu' || !nodes.includes(String(r.node)) || wanted.has(Number(r.vmid))) continue;
+        const config = (await call(`config of VM ${r.vmid}`, () =>
+          api.nodes.$(String(r.node)).qemu.$(Number(r.vmid)).config.$get(),
+        )) as unknown as Record<string, unknown>;
+        for (const [key, value] of Object.entries(config)) {
+          if (!/^(ide|sata|scsi|virtio|efidisk|tpmstate|unused)\d+$/.test(key)) continue;
+          for (const m of String(value).matchAll(/base-(\d+)-disk-\d+/g)) {
+            const base = Number(m[1]);
+            if (wanted.has(base) && !users[base]!.includes(Number(r.vmid))) users[base]!.push(Number(r.vmid));
+          }
+        }
+      }
+      return users;
+    },
+  };
+}
+
+export type ProxmoxActivities = ReturnType<typeof createProxmoxActivities>;

@@ -1,0 +1,664 @@
+/**
+ * Talos activities: `talosctl` run as a subprocess, one command each.
+ *
+ * Secrets bundle, machine configs, talosconfig and kubeconfig live in the secret store and
+ * travel as references: an activity resolves a reference into a 0600 file in a private temp
+ * folder for talosctl, and removes the folder afterwards. Nothing talosctl prints that could hold
+ * key material is returned.
+ *
+ * Output: talosctl's `-o json` writes a stream of indented JSON objects, one per resource (not an
+ * array), and `version --json` one protojson object a line; `parseJsonStream` reads both.
+ * `etcd members` only has a table.
+ *
+ * Addresses: a node's inventory address is dialled through `addressMap` when the address is
+ * there. With `loopbackOnly` (tests, the simulated lab), an address that does not map to loopback
+ * is refused before talosctl runs, so nothing ever connects to the lab's private range.
+ *
+ * Errors: talosctl prints gRPC status codes (`rpc error: code = Unavailable desc = ...`); they
+ * are classified as common/errors.ts says (Unavailable, DeadlineExceeded: retried; InvalidArgument,
+ * FailedPrecondition on a worker: not). `bootstrap` answering AlreadyExists is an outcome, not an error.
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Context } from '@temporalio/activity';
+import type { ApplicationFailure } from '@temporalio/common';
+import { nonRetryable, retryable } from '../common/errors.js';
+import type { SecretRef } from '../common/secret-ref.js';
+import { talosStore, type NodePlan } from '../common/talos.js';
+import type { SecretStore } from '../lib/secrets.js';
+
+export interface TalosDeps {
+  /** Path of the talosctl binary (or a stand-in that answers like it). */
+  talosctl: string;
+  secrets: SecretStore;
+  /** Inventory address -> address to dial, e.g. `192.168.1.101` -> `127.1.1.101` in tests. */
+  addressMap?: Record<string, string>;
+  /** Refuse to dial anything that is not loopback after mapping (tests, simulated lab). */
+  loopbackOnly?: boolean;
+  /** Where private temp folders go (default the OS temp dir). */
+  tmpDir?: string;
+  /** Poll interval of the waits (default 2 s). */
+  pollMs?: number;
+  /** Environment talosctl runs with (default process.env). */
+  env?: NodeJS.ProcessEnv;
+  /** The worker's inventory, handed to workflows started without one. */
+  inventory?: unknown;
+}
+
+export interface TalosRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface EtcdMember {
+  id: string;
+  hostname: string;
+  peerUrls: string[];
+  clientUrls: string[];
+  learner: boolean;
+}
+
+export type NodeMode = 'maintenance' | 'configured' | 'unreachable';
+
+export interface NodeProbe {
+  mode: NodeMode;
+  /** MachineStatus stage (`maintenance`, `booting`, `running`, ...). */
+  stage?: string;
+  ready?: boolean;
+  detail: string;
+}
+
+/** Parses a stream of JSON values (`{...}\n{...}` or indented objects back to back). */
+export function parseJsonStream(text: string): unknown[] {
+  const out: unknown[] = [];
+  let depth = 0;
+  let start = -1;
+  let inString = false;
+  let escaped = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      if (escaped) escaped = false;
+      else if (c === '\\') escaped = true;
+      else if (c === '"') inString = false;
+      continue;
+    }
+    if (c === '"') inString = true;
+    else if (c === '{' || c === '[') {
+      if (depth === 0) start = i;
+      depth++;
+    } else if (c === '}' || c === ']') {
+      depth--;
+      if (depth === 0 && start >= 0) {
+        out.push(JSON.parse(text.slice(start, i + 1)));
+        start = -1;
+      }
+    }
+  }
+  if (depth !== 0) throw new Error('talosctl output ended inside a JSON value');
+  return out;
+}
+
+/** Parses `talosctl etcd members` (with or without the NODE column). */
+export function parseEtcdMembers(text: string): EtcdMember[] {
+  const lines = text.split('\n').filter((l) => l.trim() !== '');
+  const header = lines[0];
+  if (!header || !/\bID\b/.test(header)) return [];
+  const withNode = header.trim().startsWith('NODE');
+  return lines.slice(1).map((line) => {
+    const cols = line.trim().split(/\s{2,}|\t/);
+    const c = withNode ? cols.slice(1) : cols;
+    return {
+      id: c[0] ?? '',
+      hostname: c[1] ?? '',
+      peerUrls: (c[2] ?? '').split(',').filter(Boolean),
+      clientUrls: (c[3] ?? '').split(',').filter(Boolean),
+      learner: c[4] === 'true',
+    };
+  });
+}
+
+const GRPC_CODE = /code = (\w+) desc = ([^\n]*)/;
+
+/** Classifies a failed talosctl run by the gRPC code it printed. */
+export function classifyTalosctl(run: TalosRun, what: string): ApplicationFailure {
+  const text = `${run.stderr}\n${run.stdout}`.trim();
+  const firstLine = text.split('\n').find((l) => l.trim() !== '') ?? `exit ${run.code}`;
+  const message = `${what}: ${text.replace(/\s*\n\s*/g, ' ').slice(0, 600) || firstLine}`;
+  const code = GRPC_CODE.exec(text)?.[1];
+  switch (code) {
+    case 'Unavailable':
+      return retryable('connection', message);
+    case 'DeadlineExceeded':
+      return retryable('timeout', message);
+    case 'ResourceExhausted':
+      return retryable('throttled', message);
+    case 'InvalidArgument':
+      return nonRetryable('validation', message);
+    case 'AlreadyExists':
+      return nonRetryable('conflict', message);
+    case 'NotFound':
+      return nonRetryable('notFound', message);
+    case 'PermissionDenied':
+    case 'Unauthenticated':
+    case 'Unimplemented':
+      return nonRetryable('client', message);
+    case 'FailedPrecondition':
+      return retryable('server', message);
+    default:
+      break;
+  }
+  if (/connection refused|no route to host|i\/o timeout|connection reset|EOF/i.test(text)) {
+    return retryable('connection', message);
+  }
+  if (/unknown flag|unknown command|accepts \d+ arg|required flag/i.test(text)) return nonRetryable('client', message);
+  return retryable('server', message);
+}
+
+function inActivity(): Context | undefined {
+  try {
+    return Context.current();
+  } catch {
+    return undefined;
+  }
+}
+
+function heartbeat(details: unknown): void {
+  inActivity()?.heartbeat(details);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function isLoopback(address: string): boolean {
+  const host = address.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+export function createTalosActivities(deps: TalosDeps) {
+  const pollMs = deps.pollMs ?? 2000;
+
+  /** The address talosctl dials for an inventory address. */
+  function dial(address: string): string {
+    const mapped = deps.addressMap?.[address] ?? address;
+    if (deps.loopbackOnly && !isLoopback(mapped)) {
+      throw nonRetryable(
+        'validation',
+        `refusing to dial ${address}: no loopback mapping for it (this worker only dials loopback)`,
+      );
+    }
+    return mapped;
+  }
+
+  /** A private 0700 folder for talosctl's files, removed after `body`. */
+  async function withTemp<T>(body: (dir: string) => Promise<T>): Promise<T> {
+    const dir = await fs.mkdtemp(path.join(deps.tmpDir ?? os.tmpdir(), 'labwright-talos-'));
+    await fs.chmod(dir, 0o700);
+    try {
+      return await body(dir);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  async function materialize(dir: string, name: string, ref: SecretRef): Promise<string> {
+    const file = path.join(dir, name);
+    await fs.writeFile(file, await deps.secrets.resolve(ref), { mode: 0o600 });
+    return file;
+  }
+
+  /** Runs talosctl; heartbeats while it runs; never throws for a non-zero exit. */
+  function run(args: string[], opts: { timeoutMs?: number; cwd?: string } = {}): Promise<TalosRun> {
+    return new Promise((resolve, reject) => {
+      const ctx = inActivity();
+      const child = execFile(
+        deps.talosctl,
+        args,
+        {
+          cwd: opts.cwd,
+          env: deps.env ?? process.env,
+          timeout: opts.timeoutMs ?? 120_000,
+          maxBuffer: 16 * 1024 * 1024,
+          killSignal: 'SIGTERM',
+        },
+        (err, stdout, stderr) => {
+          clearInterval(beat);
+          ctx?.cancellationSignal.removeEventListener('abort', onCancel);
+          if (err && typeof (err as NodeJS.ErrnoException).code === 'string') {
+            const code = (err as NodeJS.ErrnoException).code;
+            if (code === 'ENOENT') {
+              reject(nonRetryable('validation', `talosctl not found at ${deps.talosctl}`));
+              return;
+            }
+          }
+          if (err && (err as { killed?: boolean }).killed) {
+            reject(retryable('timeout', `talosctl ${args[0]} ${args[1] ?? ''} did not finish in time`));
+            return;
+          }
+          const code = err ? Number((err as { code?: unknown }).code ?? 1) : 0;
+          resolve({ code: Number.isFinite(code) ? code : 1, stdout: String(stdout), stderr: String(stderr) });
+        },
+      );
+      const beat = setInterval(() => heartbeat({ talosctl: args.slice(0, 2).join(' ') }), 5000);
+      const onCancel = (): void => {
+        child.kill('SIGTERM');
+      };
+      ctx?.cancellationSignal.addEventListener('abort', onCancel);
+    });
+  }
+
+  async function must(
+    args: string[],
+    what: string,
+    opts: { timeoutMs?: number; cwd?: string } = {},
+  ): Promise<TalosRun> {
+    const result = await run(args, opts);
+    if (result.code !== 0) throw classifyTalosctl(result, what);
+    return result;
+  }
+
+  /** `-e`/`-n` for one node, authenticated through a talosconfig. */
+  const nodeArgs = (address: string, talosconfigFile: string): string[] => {
+    const a = dial(address);
+    return ['--talosconfig', talosconfigFile, '-e', a, '-n', a];
+  };
+
+  async function probe(address: string, talosconfig?: SecretRef): Promise<NodeProbe> {
+    const a = dial(address);
+    const stage = (r: TalosRun): { stage?: string; ready?: boolean } => {
+      const status = parseJsonStream(r.stdout)[0] as { spec?: { stage?: string; status?: { ready?: boolean } } };
+      return { stage: status?.spec?.stage, ready: status?.spec?.status?.ready };
+    };
+    return withTemp(async (dir) => {
+      const details: string[] = [];
+      if (talosconfig && (await deps.secrets.exists(talosconfig))) {
+        const tc = await materialize(dir, 'talosconfig', talosconfig);
+        const r = await run(['--talosconfig', tc, '-e', a, '-n', a, 'get', 'machinestatus', '-o', 'json'], {
+          timeoutMs: 30_000,
+        });
+        if (r.code === 0) {
+          const s = stage(r);
+          return { mode: 'configured', ...s, detail: `stage ${s.stage ?? 'unknown'}` };
+        }
+        details.push(r.stderr.trim().split('\n')[0] ?? '');
+      }
+      const r = await run(['-n', a, '-e', a, 'get', 'machinestatus', '-o', 'json', '--insecure'], {
+        timeoutMs: 30_000,
+      });
+      if (r.code === 0) {
+        const s = stage(r);
+        if (s.stage === 'maintenance') return { mode: 'maintenance', ...s, detail: 'maintenance mode' };
+        return { mode: 'configured', ...s, detail: `stage ${s.stage ?? 'unknown'} (insecure)` };
+      }
+      details.push(r.stderr.trim().split('\n')[0] ?? '');
+      return { mode: 'unreachable', detail: details.filter(Boolean).join('; ') || 'no answer' };
+    });
+  }
+
+  return {
+    /** The worker's inventory (as loaded), for workflows started without one; validated by them. */
+    async talosLabInventory(): Promise<unknown> {
+      if (deps.inventory === undefined) {
+        throw nonRetryable('validation', 'this worker has no inventory: give the workflow one in its input');
+      }
+      return deps.inventory;
+    },
+
+    /** talosctl's own version (`version --client`), for notes and the secrets' contract. */
+    async talosClientVersion(): Promise<string> {
+      const r = await must(['version', '--client', '--short'], 'talosctl version --client');
+      return /Talos (v\S+)/.exec(r.stdout)?.[1] ?? r.stdout.trim();
+    },
+
+    /** The Talos version a configured node runs (`version --json`). */
+    async talosServerVersion(args: { address: string; talosconfig: SecretRef }): Promise<string> {
+      return withTemp(async (dir) => {
+        const tc = await materialize(dir, 'talosconfig', args.talosconfig);
+        const r = await must(
+          [...nodeArgs(args.address, tc), 'version', '--json'],
+          `talosctl version on ${args.address}`,
+        );
+        const msg = parseJsonStream(r.stdout)[0] as { version?: { tag?: string } } | undefined;
+        return msg?.version?.tag ?? 'unknown';
+      });
+    },
+
+    /**
+     * Generates the cluster's secrets bundle once (`gen secrets`) and a talosconfig from it
+     * (`gen config --output-types talosconfig`); reuses both when the store has them.
+     */
+    async talosEnsureSecrets(args: {
+      cluster: string;
+      endpoint: string;
+      /** Joining a node: the cluster's secrets must exist already (PreconditionFailed otherwise). */
+      mustExist?: boolean;
+    }): Promise<{ secrets: { store: string }; talosconfig: { store: string }; created: string[] }> {
+      const secretsName = talosStore.secrets(args.cluster);
+      const tcName = talosStore.talosconfig(args.cluster);
+      const created: string[] = [];
+      if (args.mustExist && !(await deps.secrets.exists({ store: secretsName }))) {
+        throw nonRetryable(
+          'precondition',
+          `cluster ${args.cluster} has no Talos secrets in the secret store (${secretsName}): bootstrap it first (talos-bootstrap/${args.cluster})`,
+        );
+      }
+      await withTemp(async (dir) => {
+        let secretsFile: string;
+        if (await deps.secrets.exists({ store: secretsName })) {
+          secretsFile = await materialize(dir, 'secrets.yaml', { store: secretsName });
+        } else {
+          secretsFile = path.join(dir, 'secrets.yaml');
+          await must(['gen', 'secrets', '-o', secretsFile], 'talosctl gen secrets');
+          await deps.secrets.put(secretsName, await fs.readFile(secretsFile, 'utf8'));
+          created.push('secrets');
+        }
+        if (!(await deps.secrets.exists({ store: tcName }))) {
+          const out = path.join(dir, 'talosconfig');
+          await must(
+            [
+              'gen',
+              'config',
+              args.cluster,
+              args.endpoint,
+              '--with-secrets',
+              secretsFile,
+              '--output-types',
+              'talosconfig',
+              '-o',
+              out,
+            ],
+            'talosctl gen config (talosconfig)',
+            { cwd: dir },
+          );
+          await deps.secrets.put(tcName, await fs.readFile(out, 'utf8'));
+          created.push('talosconfig');
+        }
+      });
+      return { secrets: { store: secretsName }, talosconfig: { store: tcName }, created };
+    },
+
+    /**
+     * Generates one node's machine config from the cluster's secrets (`gen config` with the
+     * node's patches), validates it (`validate --mode metal --strict`) and stores it. The output
+     * is deterministic for the same secrets and inputs, so a re-run stores the same bytes.
+     */
+    async talosGenNodeConfig(args: {
+      cluster: string;
+      endpoint: string;
+      kubernetesVersion: string;
+      talosVersion: string;
+      node: Pick<NodePlan, 'name' | 'role'>;
+      /** Patches (YAML or JSON): the node's own first, then the cluster's. */
+      patches: string[];
+    }): Promise<{ config: { store: string }; sha256: string; changed: boolean }> {
+      const name = talosStore.nodeConfig(args.cluster, args.node.name);
+      return withTemp(async (dir) => {
+        const secretsFile = await materialize(dir, 'secrets.yaml', { store: talosStore.secrets(args.cluster) });
+        const patchArgs: string[] = [];
+        for (const [i, patch] of args.patches.entries()) {
+          const file = path.join(dir, `patch-${i}.yaml`);
+          await fs.writeFile(file, patch, { mode: 0o600 });
+          patchArgs.push('--config-patch', `@${file}`);
+        }
+        const out = path.join(dir, 'machine.yaml');
+        const contract = /^v?(\d+\.\d+)/.exec(args.talosVersion)?.[1];
+        await must(
+          [
+            'gen',
+            'config',
+            args.cluster,
+            args.endpoint,
+            '--with-secrets',
+            secretsFile,
+            '--kubernetes-version',
+            args.kubernetesVersion,
+            ...(contract ? ['--talos-version', `v${contract}`] : []),
+            '--output-types',
+            args.node.role,
+            '-o',
+            out,
+            '--with-docs=false',
+            '--with-examples=false',
+            ...patchArgs,
+          ],
+          `talosctl gen config for ${args.node.name}`,
+          { cwd: dir },
+        );
+        const validation = await run(['validate', '--config', out, '--mode', 'metal', '--strict']);
+        if (validation.code !== 0) {
+          throw nonRetryable(
+            'validation',
+            `machine config of ${args.node.name} is invalid: ${(validation.stderr || validation.stdout).trim()}`,
+          );
+        }
+        const text = await fs.readFile(out, 'utf8');
+        const sha256 = createHash('sha256').update(text).digest('hex');
+        const ref = { store: name };
+        const before = (await deps.secrets.exists(ref)) ? await deps.secrets.resolve(ref) : undefined;
+        if (before !== text) await deps.secrets.put(name, text);
+        return { config: ref, sha256, changed: before !== text };
+      });
+    },
+
+    /** Where a node is: in maintenance mode, configured (with its stage), or not answering. */
+    async talosProbe(args: { address: string; talosconfig?: SecretRef }): Promise<NodeProbe> {
+      return probe(args.address, args.talosconfig);
+    },
+
+    /**
+     * Waits until the node's Talos API answers, in maintenance mode or already configured,
+     * heartbeating. Gives up with a retryable TimeoutError after `timeoutSeconds`.
+     */
+    async talosWaitForApi(args: {
+      address: string;
+      talosconfig?: SecretRef;
+      timeoutSeconds: number;
+      /** Also wait for this stage when configured (e.g. `running` after an apply). */
+      stage?: string;
+    }): Promise<NodeProbe> {
+      const deadline = Date.now() + args.timeoutSeconds * 1000;
+      let last: NodeProbe = { mode: 'unreachable', detail: 'not asked yet' };
+      for (;;) {
+        last = await probe(args.address, args.talosconfig);
+        heartbeat({ address: args.address, ...last });
+        const wanted =
+          last.mode === 'maintenance' ||
+          (last.mode === 'configured' && (args.stage === undefined || last.stage === args.stage));
+        if (wanted) return last;
+        if (Date.now() > deadline) {
+          throw retryable(
+            'timeout',
+            `Talos API of ${args.address} not ${args.stage ?? 'up'} after ${args.timeoutSeconds}s: ${last.detail}`,
+          );
+        }
+        const ctx = inActivity();
+        await (ctx ? Promise.race([sleep(pollMs), ctx.cancelled]) : sleep(pollMs));
+      }
+    },
+
+    /**
+     * Applies a stored machine config. In maintenance mode: `apply-config --insecure`. On a
+     * configured node: a `--dry-run` first, and nothing is applied when it reports no changes.
+     */
+    async talosApplyConfig(args: {
+      address: string;
+      config: SecretRef;
+      insecure: boolean;
+      talosconfig: SecretRef;
+    }): Promise<{ applied: boolean; detail: string }> {
+      return withTemp(async (dir) => {
+        const cfg = await materialize(dir, 'machine.yaml', args.config);
+        const what = `talosctl apply-config on ${args.address}`;
+        if (args.insecure) {
+          const a = dial(args.address);
+          const r = await must(['apply-config', '--insecure', '-n', a, '-e', a, '-f', cfg], what);
+          return { applied: true, detail: `${r.stdout}${r.stderr}`.trim() || 'applied in maintenance mode' };
+        }
+        const tc = await materialize(dir, 'talosconfig', args.talosconfig);
+        const dry = await must(
+          [...nodeArgs(args.address, tc), 'apply-config', '-f', cfg, '--dry-run'],
+          `${what} --dry-run`,
+        );
+        // talosctl prints the mode details (and the dry run's config diff) on stderr.
+        if (/Config diff:\s*No changes\./.test(`${dry.stdout}\n${dry.stderr}`)) {
+          return { applied: false, detail: 'no changes' };
+        }
+        const r = await must([...nodeArgs(args.address, tc), 'apply-config', '-f', cfg], what);
+        return { applied: true, detail: `${r.stdout}${r.stderr}`.trim() || 'applied' };
+      });
+    },
+
+    /** `etcd members` on a control plane; an empty list when etcd is not running there yet. */
+    async talosEtcdMembers(args: {
+      address: string;
+      talosconfig: SecretRef;
+    }): Promise<{ members: EtcdMember[]; warning?: string }> {
+      return withTemp(async (dir) => {
+        const tc = await materialize(dir, 'talosconfig', args.talosconfig);
+        const r = await must(
+          [...nodeArgs(args.address, tc), 'etcd', 'members'],
+          `talosctl etcd members on ${args.address}`,
+        );
+        const warning = r.stderr.trim();
+        return { members: parseEtcdMembers(r.stdout), ...(warning ? { warning } : {}) };
+      });
+    },
+
+    /**
+     * Bootstraps etcd on one control plane, guarded: if etcd already has members there, nothing
+     * is done; AlreadyExists (the etcd data directory is not empty) means it was done before.
+     * Only `bootstrapped` means this call did it.
+     */
+    async talosBootstrap(args: {
+      address: string;
+      talosconfig: SecretRef;
+    }): Promise<{ outcome: 'bootstrapped' | 'already-member' | 'already-exists'; members: number }> {
+      return withTemp(async (dir) => {
+        const tc = await materialize(dir, 'talosconfig', args.talosconfig);
+        const node = nodeArgs(args.address, tc);
+        const before = await must([...node, 'etcd', 'members'], `talosctl etcd members on ${args.address}`);
+        const members = parseEtcdMembers(before.stdout);
+        if (members.length > 0) return { outcome: 'already-member', members: members.length };
+        const r = await run([...node, 'bootstrap']);
+        if (r.code === 0) return { outcome: 'bootstrapped', members: 1 };
+        if (/code = AlreadyExists/.test(r.stderr)) return { outcome: 'already-exists', members: 0 };
+        throw classifyTalosctl(r, `talosctl bootstrap on ${args.address}`);
+      });
+    },
+
+    /**
+     * (issue 7) Recovers etcd from a snapshot file on the worker through Talos's recover path:
+     * `talosctl bootstrap --recover-from=<snapshot>` on one control plane. Guarded: a node whose
+     * etcd has members is refused (PreconditionFailed: Talos only recovers into an empty etcd,
+     * after the control planes' EPHEMERAL was wiped); `recovered` means this call did it.
+     */
+    async talosRecoverEtcd(args: {
+      address: string;
+      talosconfig: SecretRef;
+      snapshot: string;
+      skipHashCheck?: boolean;
+    }): Promise<{ outcome: 'recovered'; members: number }> {
+      return withTemp(async (dir) => {
+        const tc = await materialize(dir, 'talosconfig', args.talosconfig);
+        const node = nodeArgs(args.address, tc);
+        const before = await must([...node, 'etcd', 'members'], `talosctl etcd members on ${args.address}`);
+        const members = parseEtcdMembers(before.stdout);
+        if (members.length > 0) {
+          throw nonRetryable(
+            'precondition',
+            `etcd on ${args.address} has ${members.length} member(s): recovering from a snapshot needs an empty etcd ` +
+              '(reset the control planes with --system-labels-to-wipe=EPHEMERAL first)',
+          );
+        }
+        const flags = [`--recover-from=${args.snapshot}`, ...(args.skipHashCheck ? ['--recover-skip-hash-check'] : [])];
+        await must([...node, 'bootstrap', ...flags], `talosctl bootstrap --recover-from on ${args.address}`, {
+          timeoutMs: 600_000,
+        });
+        return { outcome: 'recovered', members: 1 };
+      });
+    },
+
+    /** `talosctl health` from the first control plane, over the given nodes. */
+    async talosHealth(args: {
+      address: string;
+      talosconfig: SecretRef;
+      controlPlanes: string[];
+      workers: string[];
+      timeoutSeconds: number;
+    }): Promise<{ output: string }> {
+      return withTemp(async (dir) => {
+        const tc = await materialize(dir, 'talosconfig', args.talosconfig);
+        const r = await must(
+          [
+            ...nodeArgs(args.address, tc),
+            'health',
+            '--wait-timeout',
+            `${args.timeoutSeconds}s`,
+            '--control-plane-nodes',
+            args.controlPlanes.map(dial).join(','),
+            ...(args.workers.length > 0 ? ['--worker-nodes', args.workers.map(dial).join(',')] : []),
+          ],
+          `talosctl health via ${args.address}`,
+          { timeoutMs: (args.timeoutSeconds + 30) * 1000 },
+        );
+        return { output: `${r.stdout}${r.stderr}`.trim().split('\n').slice(-3).join('\n') };
+      });
+    },
+
+    /**
+     * Fetches an admin kubeconfig (`talosctl kubeconfig`) into the store. Kept as it is when the
+     * store has one already and `refresh` is not set (a new one would carry a new client cert).
+     */
+    async talosKubeconfig(args: {
+      cluster: string;
+      address: string;
+      talosconfig: SecretRef;
+      refresh?: boolean;
+    }): Promise<{ kubeconfig: { store: string }; fetched: boolean }> {
+      const name = talosStore.kubeconfig(args.cluster);
+      if (!args.refresh && (await deps.secrets.exists({ store: name }))) {
+        return { kubeconfig: { store: name }, fetched: false };
+      }
+      return withTemp(async (dir) => {
+        const tc = await materialize(dir, 'talosconfig', args.talosconfig);
+        const out = path.join(dir, 'kubeconfig');
+        await must(
+          [...nodeArgs(args.address, tc), 'kubeconfig', out, '--force', '--merge=false'],
+          `talosctl kubeconfig from ${args.address}`,
+        );
+        await deps.secrets.put(name, await fs.readFile(out, 'utf8'));
+        return { kubeconfig: { store: name }, fetched: true };
+      });
+    },
+  };
+}
+
+export type TalosActivities = ReturnType<typeof createTalosActivities>;
+
+/**
+ * Talos deps from the worker's environment:
+ *   LABWRIGHT_TALOSCTL              path of talosctl (default: `talosctl` on PATH)
+ *   LABWRIGHT_TALOS_ADDRESS_MAP     JSON object, inventory address -> address to dial
+ *   LABWRIGHT_SIMULATED=1           dial loopback only (the simulated lab)
+ */
+export function talosDepsFromEnv(lab: { inventory: unknown; secrets: SecretStore; env: NodeJS.ProcessEnv }): TalosDeps {
+  let addressMap: Record<string, string> | undefined;
+  const raw = lab.env.LABWRIGHT_TALOS_ADDRESS_MAP;
+  if (raw) {
+    try {
+      addressMap = JSON.parse(raw) as Record<string, string>;
+    } catch {
+      throw new Error('LABWRIGHT_TALOS_ADDRESS_MAP is not a JSON object of address -> address');
+    }
+  }
+  return {
+    talosctl: lab.env.LABWRIGHT_TALOSCTL ?? 'talosctl',
+    secrets: lab.secrets,
+    inventory: lab.inventory,
+    ...(addressMap ? { addressMap } : {}),
+    loopbackOnly: lab.env.LABWRIGHT_SIMULATED === '1',
+  };
+}

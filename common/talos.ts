@@ -1,0 +1,314 @@
+/**
+ * The Talos contract shared by the `talosBootstrap` and `gpuNodeJoin` workflows and the Talos
+ * activities: input schema, the per-node plan derived from the inventory, the machine-config
+ * patches each node gets, and the names under which secrets live in the secret store.
+ *
+ * Pure: no I/O, so workflows validate and plan deterministically before any side effect.
+ */
+import { z } from 'zod';
+import {
+  inventorySchema,
+  nameSchema,
+  type Cluster,
+  type ClusterNode,
+  type Gpu,
+  type Inventory,
+} from '../hardware/schema.js';
+import { nonRetryable } from './errors.js';
+import { parseInput } from './validation.js';
+
+// ------------------------------------------------------------------ inputs
+
+/** An Image Factory schematic ID: sha256 hex of the schematic (its extensions). */
+export const schematicSchema = z
+  .string()
+  .regex(/^[0-9a-f]{64}$/, 'expected an Image Factory schematic ID (64 hex digits)');
+
+export const talosBootstrapInputSchema = z.strictObject({
+  /** The inventory's cluster to bootstrap, e.g. `home`. */
+  cluster: nameSchema,
+  /**
+   * The lab inventory as YAML or JSON gives it. Left out: the worker's own inventory
+   * (LABWRIGHT_INVENTORY), read by an activity. Validated in full by the workflow either way.
+   */
+  inventory: z.record(z.string(), z.unknown()).optional(),
+  /**
+   * Schematic with the NVIDIA extensions (nonfree-kmod-nvidia, nvidia-container-toolkit) for GPU
+   * workers' installer image; its tag is always the cluster's talosVersion, so extension and
+   * Talos versions match.
+   */
+  nvidiaSchematic: schematicSchema.optional(),
+  /** How long to wait for each node's Talos API and for the cluster to become healthy (seconds). */
+  waitSeconds: z.int().min(10).max(7200).default(1800),
+});
+export type TalosBootstrapInput = z.input<typeof talosBootstrapInputSchema>;
+
+export function talosBootstrapWorkflowId(cluster: string): string {
+  return `talos-bootstrap/${cluster}`;
+}
+
+// ------------------------------------------------------------------ plan
+
+export type TalosRole = 'controlplane' | 'worker';
+
+export interface VmPlacement {
+  host: string;
+  node: string;
+  vmid: number;
+  mac: string;
+  cores: number;
+  memoryMiB: number;
+  diskGiB: number;
+  storage: string;
+  bridge: string;
+  vlan?: number;
+}
+
+/** One node as the workflows work with it. */
+export interface NodePlan {
+  name: string;
+  role: TalosRole;
+  /** The node's address in the inventory (the Talos API and kubelet address). */
+  ip: string;
+  /** Prefix length of the node's network (from a VLAN's CIDR that holds the IP; 24 otherwise). */
+  prefix: number;
+  gateway: string;
+  kind: 'vm' | 'metal';
+  arch: 'amd64' | 'arm64';
+  /** What boots a metal node (e.g. metal-arm64.raw.xz); VMs boot the cluster's template. */
+  image?: string;
+  installDisk: string;
+  labels: Record<string, string>;
+  taints: Array<{ key: string; value?: string; effect: string }>;
+  vm?: VmPlacement;
+  gpu?: Gpu;
+}
+
+export interface ClusterPlan {
+  name: string;
+  talosVersion: string;
+  kubernetesVersion: string;
+  endpoint: string;
+  /** The inventory's template (name, host, node) VMs are cloned from. */
+  template: { name: string; host: string; node: string };
+  controlPlane: NodePlan[];
+  workers: NodePlan[];
+  /** Extra patches (YAML) from the inventory, applied to every node. */
+  patches: string[];
+}
+
+/** Validates a raw inventory in full; a failure names every offending field. */
+export function parseInventory(raw: unknown): Inventory {
+  return parseInput(inventorySchema, raw, 'inventory');
+}
+
+function ipToInt(ip: string): number {
+  return ip.split('.').reduce((acc, octet) => acc * 256 + Number(octet), 0);
+}
+
+function intToIp(n: number): string {
+  return [24, 16, 8, 0].map((shift) => Math.floor(n / 2 ** shift) % 256).join('.');
+}
+
+/** The network of `ip`: a VLAN's CIDR that holds it, or its /24; the gateway is the first host. */
+export function networkOf(ip: string, vlans: Inventory['proxmox']['vlans']): { prefix: number; gateway: string } {
+  const addr = ipToInt(ip);
+  for (const vlan of vlans) {
+    const [base, bits] = vlan.cidr.split('/');
+    const prefix = Number(bits);
+    const size = 2 ** (32 - prefix);
+    const start = ipToInt(base!) - (ipToInt(base!) % size);
+    if (addr >= start && addr < start + size) return { prefix, gateway: intToIp(start + 1) };
+  }
+  return { prefix: 24, gateway: intToIp(addr - (addr % 256) + 1) };
+}
+
+function planNode(node: ClusterNode, role: TalosRole, inv: Inventory): NodePlan {
+  const net = networkOf(node.ip, inv.proxmox.vlans);
+  const gpu = node.gpu === undefined ? undefined : inv.gpus.find((g) => g.name === node.gpu);
+  const common = {
+    name: node.name,
+    role,
+    ip: node.ip,
+    prefix: net.prefix,
+    gateway: net.gateway,
+    installDisk: node.installDisk,
+    labels: node.labels,
+    taints: node.taints,
+    ...(gpu ? { gpu } : {}),
+  };
+  if (node.kind === 'metal') {
+    return { ...common, kind: 'metal', arch: node.arch, ...(node.image ? { image: node.image } : {}) };
+  }
+  return {
+    ...common,
+    kind: 'vm',
+    arch: 'amd64',
+    vm: {
+      host: node.host,
+      node: node.node,
+      vmid: node.vmid,
+      mac: node.mac.toLowerCase(),
+      cores: node.cores,
+      memoryMiB: node.memoryMiB,
+      diskGiB: node.diskGiB,
+      storage: node.storage,
+      bridge: node.bridge,
+      ...(node.vlan !== undefined ? { vlan: node.vlan } : {}),
+    },
+  };
+}
+
+/** The plan of one cluster of a validated inventory; an unknown cluster is a ValidationError. */
+export function planCluster(inv: Inventory, clusterName: string): ClusterPlan {
+  const cluster: Cluster | undefined = inv.clusters[clusterName];
+  if (!cluster) {
+    const known = Object.keys(inv.clusters).join(', ') || 'none';
+    throw nonRetryable(
+      'validation',
+      `invalid input: cluster: no cluster ${clusterName} in the inventory (known: ${known})`,
+    );
+  }
+  const template = inv.templates.find((t) => t.name === cluster.template)!;
+  return {
+    name: clusterName,
+    talosVersion: cluster.talosVersion,
+    kubernetesVersion: cluster.kubernetesVersion.replace(/^v/, ''),
+    endpoint: cluster.endpoint,
+    template: { name: template.name, host: template.host, node: template.node },
+    controlPlane: cluster.controlPlane.map((n) => planNode(n, 'controlplane', inv)),
+    workers: cluster.workers.map((n) => planNode(n, 'worker', inv)),
+    patches: cluster.patches,
+  };
+}
+
+// ------------------------------------------------------------------ VM config
+
+/** Tags every VM labwright made for a Talos cluster carries (PVE tags). */
+export function vmTags(cluster: string, role: TalosRole): string[] {
+  return ['labwright', 'talos', `cluster-${cluster}`, role];
+}
+
+/** The `hostpci0` value for a GPU: by resource mapping when one covers it, by address otherwise. */
+export function hostpciValue(gpu: Gpu): string {
+  return gpu.mappingId ? `mapping=${gpu.mappingId},pcie=1` : `${gpu.pciAddress},pcie=1`;
+}
+
+/** The PVE config keys a node's VM must have (compared before writing, so a re-run writes nothing). */
+export function vmConfigFor(
+  plan: NodePlan,
+  cluster: string,
+): {
+  name: string;
+  tags: string[];
+  cores: number;
+  memoryMiB: number;
+  net: Record<number, string>;
+  machine?: string;
+  bios?: 'ovmf';
+  hostpci?: Record<number, string>;
+  onboot: boolean;
+  agent: string;
+} {
+  const vm = plan.vm!;
+  const net = `virtio=${vm.mac.toUpperCase()},bridge=${vm.bridge}${vm.vlan !== undefined ? `,tag=${vm.vlan}` : ''}`;
+  return {
+    name: plan.name,
+    tags: vmTags(cluster, plan.role),
+    cores: vm.cores,
+    memoryMiB: vm.memoryMiB,
+    net: { 0: net },
+    onboot: true,
+    agent: '1',
+    ...(plan.gpu ? { machine: 'q35', bios: 'ovmf' as const, hostpci: { 0: hostpciValue(plan.gpu) } } : {}),
+  };
+}
+
+// ------------------------------------------------------------------ machine config patches
+
+/** The NVIDIA kernel modules Talos's nonfree-kmod-nvidia extension ships. */
+export const NVIDIA_KERNEL_MODULES = ['nvidia', 'nvidia_uvm', 'nvidia_drm', 'nvidia_modeset'];
+
+/** containerd drop-in that makes the nvidia runtime (nvidia-container-toolkit extension) the default. */
+export const NVIDIA_RUNTIME_PART = `[plugins]
+  [plugins."io.containerd.cri.v1.runtime"]
+    [plugins."io.containerd.cri.v1.runtime".containerd]
+      default_runtime_name = "nvidia"
+`;
+
+export function installerImage(plan: NodePlan, talosVersion: string, nvidiaSchematic?: string): string {
+  if (plan.gpu?.vendor === 'nvidia' && nvidiaSchematic) {
+    return `factory.talos.dev/installer/${nvidiaSchematic}:${talosVersion}`;
+  }
+  return `ghcr.io/siderolabs/installer:${talosVersion}`;
+}
+
+/**
+ * The strategic-merge patches (JSON, which Talos reads as YAML) that make the generic role config
+ * this node's: hostname, install disk and image, static address, node labels and taints, and for
+ * NVIDIA GPU workers the kernel modules, the BPF sysctl and the nvidia default runtime.
+ */
+export function nodePatches(plan: NodePlan, talosVersion: string, nvidiaSchematic?: string): string[] {
+  const iface =
+    plan.kind === 'vm' ? { deviceSelector: { hardwareAddr: plan.vm!.mac } } : { deviceSelector: { physical: true } };
+  const machine: Record<string, unknown> = {
+    install: { disk: plan.installDisk, image: installerImage(plan, talosVersion, nvidiaSchematic) },
+    network: {
+      hostname: plan.name,
+      interfaces: [
+        {
+          ...iface,
+          dhcp: false,
+          addresses: [`${plan.ip}/${plan.prefix}`],
+          routes: [{ network: '0.0.0.0/0', gateway: plan.gateway }],
+        },
+      ],
+    },
+  };
+  if (Object.keys(plan.labels).length > 0) machine.nodeLabels = plan.labels;
+  if (plan.taints.length > 0) {
+    machine.nodeTaints = Object.fromEntries(
+      plan.taints.map((t) => [t.key, t.value === undefined ? t.effect : `${t.value}:${t.effect}`]),
+    );
+  }
+  const patches = [JSON.stringify({ machine })];
+  if (plan.gpu?.vendor === 'nvidia') {
+    patches.push(
+      JSON.stringify({
+        machine: {
+          kernel: { modules: NVIDIA_KERNEL_MODULES.map((name) => ({ name })) },
+          sysctls: { 'net.core.bpf_jit_harden': '1' },
+          files: [{ op: 'create', path: '/etc/cri/conf.d/20-customization.part', content: NVIDIA_RUNTIME_PART }],
+        },
+      }),
+    );
+  }
+  return patches;
+}
+
+// ------------------------------------------------------------------ secret store names
+
+/** Where a cluster's Talos material lives in the secret store; only these names travel. */
+export const talosStore = {
+  secrets: (cluster: string) => `talos/${cluster}/secrets.yaml`,
+  talosconfig: (cluster: string) => `talos/${cluster}/talosconfig`,
+  nodeConfig: (cluster: string, node: string) => `talos/${cluster}/nodes/${node}.yaml`,
+  kubeconfig: (cluster: string) => `talos/${cluster}/kubeconfig`,
+};
+
+// ------------------------------------------------------------------ results
+
+export interface TalosBootstrapResult {
+  cluster: string;
+  /** The Kubernetes API endpoint of the cluster. */
+  endpoint: string;
+  kubeconfig: { store: string };
+  talosconfig: { store: string };
+  /** Which control plane etcd was bootstrapped on, and whether this run did it. */
+  etcd: { node: string; bootstrappedByThisRun: boolean };
+  /** Everything this run changed; empty when the cluster was already as the inventory says. */
+  changes: string[];
+  /** Things an operator should know (metal images, GPU workers left to gpu-node-join). */
+  notes: string[];
+  summary: string;
+}

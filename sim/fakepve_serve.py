@@ -1,0 +1,239 @@
+"""Serve fakepve (pinned in scripts/python-peers.txt) for labwright's tests and simulated lab.
+
+fakepve's own command line (`fakepve guests.json`) serves a fake whose faults can only be set from
+the guests file before it starts; its runtime switches (`pve.fail()`, `pve.backup()`, config locks,
+slow guests) are Python methods for tests that run in the same process. labwright's tests drive it
+from Node, in another process, so this launcher fills exactly that gap and nothing else:
+
+- API tokens: `--token-file` holds `user@realm!tokenid=secret` lines (kept off the command line);
+- extra cluster nodes: `--nodes pve1,pve2`;
+- a control endpoint, `POST /_labwright/control` with a JSON body `{"op": ..., ...}`, that calls
+  the fake's own scenario methods. It needs the same API token as the API and is served on the
+  same loopback address. The operations are listed in OPS below.
+
+Everything else is fakepve's as shipped (`fakepve.__main__` reads the guests file the same way).
+"""
+
+import argparse
+import asyncio
+import json
+import re  # (labwright issue 7) the archive's VMID
+import sys
+
+from aiohttp import web
+
+from fakepve import FakePve, qemu, settle
+from fakepve.model import FakeVm
+from fakepve.model import PveError  # (labwright issue 7) qmrestore's errors
+
+# Attributes every VM made after a `vm_defaults` call starts with (start_secs, shutdown_secs, agent, ...).
+VM_DEFAULTS = {}
+VM_ATTRS = ('start_secs', 'stop_secs', 'shutdown_secs', 'start_error', 'agent', 'agent_hangs', 'acpi')
+
+
+class DefaultedVm(FakeVm):
+    """A FakeVm that starts with VM_DEFAULTS: clones and new VMs pick up the test's slow or agent settings."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for key, value in VM_DEFAULTS.items():
+            setattr(self, key, value)
+
+
+# fakepve's clone and create build their VMs with qemu.FakeVm.
+qemu.FakeVm = DefaultedVm
+
+
+def vm_view(vm):
+    return {'vmid': vm.vmid, 'name': vm.name, 'node': vm.node, 'status': vm.status, 'template': bool(vm.template),
+            'lock': vm.lock, 'config': vm.config}
+
+
+async def control(pve, body):
+    op = body.get('op')
+    if op == 'fail':
+        # A fault on requests whose path ends with `suffix` (or matches a schema template with {}):
+        # PVE's catalogued error by name (`error`), or a status and message of your own.
+        pve.fail(body['method'], body['suffix'], status=body.get('status'), message=body.get('message'),
+                 error=body.get('error'), times=body.get('times'))
+        return None
+    if op == 'clear_failures':
+        pve.failures.clear()
+        return None
+    if op == 'lock':
+        # A lock left on the VM, as an interrupted or running backup, snapshot or clone leaves it.
+        pve.snapshot_lock(int(body['vmid']), body.get('lock', 'backup'))
+        return None
+    if op == 'unlock':
+        pve.unlock(int(body['vmid']))
+        return None
+    if op == 'backup':
+        # A vzdump task that holds the lock `backup` for `secs` PVE seconds.
+        return await pve.backup(int(body['vmid']), secs=float(body.get('secs', 30)))
+    if op == 'vm':
+        vm = pve.guest(int(body['vmid']))
+        if vm is None:
+            raise web.HTTPNotFound(text='no VM {0}'.format(body['vmid']))
+        for key in VM_ATTRS:
+            if key in body:
+                setattr(vm, key, body[key])
+        return vm_view(vm)
+    if op == 'vm_defaults':
+        VM_DEFAULTS.clear()
+        VM_DEFAULTS.update((k, v) for k, v in body.get('defaults', {}).items() if k in VM_ATTRS)
+        return dict(VM_DEFAULTS)
+    if op == 'time_scale':
+        pve.time_scale = float(body['value'])
+        return None
+    if op == 'store_backup':
+        # A backup archive on a storage, as vzdump leaves it: vzdump-qemu-<vmid>-<time>.vma.zst
+        pve.store_file(body['storage'], body['name'], int(body.get('size', 1024 ** 3)), content='backup')
+        # (labwright issue 7) the archive's owner VMID (content listings filter by it, as PVE's
+        # do) and, when given, its creation time (epoch seconds) for backups of a given age.
+        vol = pve.storages[body['storage']]['volumes']['backup/' + body['name']]
+        owner = re.match(r'^vzdump-qemu-(\d+)-', body['name'])
+        if owner:
+            vol['vmid'] = int(owner.group(1))
+        if body.get('ctime') is not None:
+            vol['ctime'] = int(body['ctime'])
+        return None
+    if op == 'vms':
+        return [vm_view(vm) for vm in pve.vms]
+    if op == 'requests':
+        return [{'method': m, 'path': p} for m, p, _b in pve.requests]
+    if op == 'settle':
+        await settle()
+        return None
+    if op == 'pci_devices':
+        # (labwright issue 6) The PCI devices GET /nodes/{node}/hardware/pci lists for one node, in
+        # PVE's shape ({id, class, vendor, device, iommugroup, ...}); fakepve has no hardware data.
+        PCI_DEVICES[body['node']] = list(body['devices'])
+        return None
+    if op == 'pci_mappings':
+        # (labwright issue 6) The PCI resource mappings GET /cluster/mapping/pci lists.
+        PCI_MAPPINGS[:] = list(body['mappings'])
+        return None
+    raise web.HTTPBadRequest(text='unknown op {0!r}'.format(op))
+
+
+# (labwright issue 6) Hardware data fakepve lacks: PCI devices per node and PCI resource mappings,
+# set through the control ops `pci_devices` and `pci_mappings`. Until set, fakepve's own synthesised
+# sample answers, as before.
+PCI_DEVICES = {}
+PCI_MAPPINGS = []
+
+
+class ControlledPve(FakePve):
+    def _routes_labwright_pci(self):
+        async def devices(values, user):
+            if values['node'] in PCI_DEVICES:
+                return PCI_DEVICES[values['node']]
+            return self._complete_or_sample('/nodes/{node}/hardware/pci', values)
+
+        async def mappings(values, user):
+            if PCI_MAPPINGS:
+                return PCI_MAPPINGS
+            return self._complete_or_sample('/cluster/mapping/pci', values)
+        return [('GET', '/nodes/{node}/hardware/pci', devices), ('GET', '/cluster/mapping/pci', mappings)]
+
+    def _complete_or_sample(self, template, values):
+        from fakepve import schema as pve_schema, shapes
+        returns = pve_schema.load().paths[template]['GET'].get('returns') or {}
+        return shapes.build(template, returns, self._sample_context(values), 'GET')
+
+    async def _qm_create(self, v, user):
+        # (labwright issue 7) qmrestore: fakepve refuses `archive`. A restore here needs the
+        # archive (a `store_backup` volume) on its storage and a free VMID; it makes a stopped VM
+        # with the config of the VM the archive was taken of (when that VM still exists), the
+        # given name and config keys, locked `create` while its `qmrestore` task runs.
+        archive = v.get('archive')
+        if not archive:
+            return await super()._qm_create(v, user)
+        node, vmid = v['node'], int(v['vmid'])
+        sid, _, volname = str(archive).partition(':')
+        emsg = 'unable to restore VM {0} -'.format(vmid)
+        if sid not in self.storages or volname not in self._volumes(sid):
+            raise PveError(500, "{0} can't find archive '{1}'".format(emsg, archive))
+        if self._qm_taken(vmid):
+            other = self.guest(vmid)
+            raise PveError(500, "{0} VM {1} already exists on node '{2}'".format(emsg, vmid, other.node))
+        owner = re.match(r'^backup/vzdump-qemu-(\d+)-', volname)
+        source = self.vm(int(owner.group(1))) if owner else None
+        conf = dict((k, x) for k, x in (source.config if source else {}).items() if k not in ('lock', 'name'))
+        conf.update((k, x) for k, x in v.items() if k not in qemu.CREATE_ONLY)
+        vm = qemu.FakeVm(vmid, conf.get('name') or 'VM {0}'.format(vmid), node=node)
+        vm.config = conf
+        self._qm_lock(vm, 'create')
+        self.vms.append(vm)
+
+        async def body():
+            vm.name = conf.get('name') or vm.name
+            self._qm_lock(vm, None)
+            return 'restored {0} to VM {1}'.format(archive, vmid)
+        return await self.task(node, 'qmrestore', vmid, user, body, vm=vm)
+
+    def _build_app(self):
+        app = super()._build_app()
+        # Routes registered after the catch-all still match: it only covers /api2/...
+        app.router.add_post('/_labwright/control', self._control)
+        return app
+
+    async def _control(self, request):
+        # The middleware has authenticated the request (API token or ticket) before it gets here.
+        try:
+            body = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(text='expected a JSON body') from None
+        try:
+            return web.json_response({'data': await control(self, body)})
+        except (KeyError, TypeError, ValueError) as e:
+            raise web.HTTPBadRequest(text='{0}: {1}'.format(type(e).__name__, e)) from None
+
+
+async def serve(args):
+    pve = ControlledPve(user=args.user, password=args.password, host=args.host, port=args.port)
+    pve.time_scale = args.time_scale
+    for node in filter(None, args.nodes.split(',')):
+        pve.add_node(node)
+    with open(args.token_file) as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                tokenid, _, secret = line.partition('=')
+                pve.apitokens[tokenid] = secret
+    with open(args.guests) as fh:
+        for guest in json.load(fh)['guests']:
+            vm = pve.add_vm(guest['vmid'], guest['name'], node=guest.get('node', 'pve1'),
+                            status=guest.get('status', 'stopped'), config=guest.get('config', {}),
+                            template=guest.get('template', False), lock=guest.get('lock'))
+            for key in VM_ATTRS:
+                if key in guest:
+                    setattr(vm, key, guest[key])
+    await pve.start(args.cert, args.key)
+    print('fakepve listening on {0}'.format(pve.url), flush=True)
+    await asyncio.Event().wait()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('guests')
+    parser.add_argument('--host', default='127.0.0.1')
+    parser.add_argument('--port', type=int, required=True)
+    parser.add_argument('--user', default='root@pam')
+    parser.add_argument('--password', required=True)
+    parser.add_argument('--token-file', required=True)
+    parser.add_argument('--nodes', default='pve1')
+    parser.add_argument('--time-scale', type=float, default=0.0)
+    parser.add_argument('--cert', required=True)
+    parser.add_argument('--key', required=True)
+    args = parser.parse_args()
+    if args.host not in ('127.0.0.1', 'localhost') and not args.host.startswith('127.'):
+        sys.exit('fakepve_serve: refusing to listen on {0}: loopback only'.format(args.host))
+    try:
+        asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,276 @@
+/**
+ * What fluxBootstrap and drRestore need in the simulated lab, on top of the Proxmox and Kubernetes
+ * peers (it starts after both):
+ *
+ * - the inventory's Flux credentials as secret-store references (placeholder values), and a "lab
+ *   repository checkout" holding the Flux components manifest (test/fixtures/flux);
+ * - something to restore: VM 150 `hass` with a vzdump archive an hour old on `unraid-backup`, and
+ *   namespace `home-automation` with PVC `zigbee2mqtt` backed up by a Volsync ReplicationSource;
+ * - the controllers no simulated cluster runs, played every second in its kube-apiserver: Flux's
+ *   Deployments Available, GitRepository and Kustomization `flux-system` Ready at SIM_REVISION,
+ *   ReplicationDestinations' manual triggers answered, labwright's verification Jobs completed;
+ * - example inputs in `<sim dir>/examples/` (flux-bootstrap.json, dr-drill.json, dr-restore.json).
+ */
+import { promises as fs } from 'node:fs';
+import https from 'node:https';
+import path from 'node:path';
+import {
+  AppsV1Api,
+  BatchV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  KubeConfig,
+  PatchStrategy,
+  setHeaderOptions,
+} from '@kubernetes/client-node';
+import { projectRoot } from '../lib/paths.js';
+import { completeJob, completeReplicationDestination, setFluxReady } from '../test/harness/kube-controllers.js';
+import type { PeerStarter } from './index.js';
+
+export const SIM_REVISION = 'main@sha1:5e1f0c0ffee5e1f0c0ffee5e1f0c0ffee5e1f0c0';
+const KUBECONFIG_STORE = 'kubeconfig/home';
+const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+
+type Draft = Record<string, unknown>;
+
+export const fluxDrSimPeer: PeerStarter = async (ctx) => {
+  const inv = ctx.inventory as Draft & { proxmox: { hosts: Draft[] }; clusters?: Record<string, Draft> };
+  const dir = path.join(ctx.dir, 'flux-dr');
+  await fs.mkdir(dir, { recursive: true });
+
+  // Flux: credentials as store references, and a checkout with the components manifest.
+  const flux = inv.clusters?.home?.flux as Draft | undefined;
+  if (flux) {
+    flux.gitCredentials = await ctx.secrets.put('flux/home/deploy-key', 'simulated deploy key\n');
+    flux.sopsAgeKey = await ctx.secrets.put('flux/home/age.key', 'AGE-SECRET-KEY-1SIMULATED\n');
+  }
+  const repo = path.join(dir, 'lab-repo');
+  const fluxDir = path.join(repo, 'clusters', 'home', 'flux-system');
+  await fs.mkdir(fluxDir, { recursive: true });
+  await fs.copyFile(
+    path.join(projectRoot, 'test', 'fixtures', 'flux', 'gotk-components.yaml'),
+    path.join(fluxDir, 'gotk-components.yaml'),
+  );
+
+  // Proxmox: VM 150 and an archive of it, through the fake's API and control endpoint.
+  const host = inv.proxmox.hosts[0]!;
+  const pve = pveCaller(
+    String(host.apiUrl),
+    await ctx.secrets.resolve(host.token as { store: string }),
+    await fs.readFile(String(host.caFile)),
+  );
+  await pve('POST', '/api2/json/nodes/pve1/qemu', {
+    vmid: 150,
+    name: 'hass',
+    cores: 2,
+    memory: 2048,
+    agent: 1,
+    net0: 'virtio,bridge=vmbr0,tag=80',
+  });
+  const ctime = Math.floor(Date.now() / 1000) - 3600;
+  await pve(
+    'POST',
+    '/_labwright/control',
+    { op: 'store_backup', storage: 'unraid-backup', name: 'vzdump-qemu-150-sim.vma.zst', size: 2 * 1024 ** 3, ctime },
+    true,
+  );
+
+  // Kubernetes: an app whose PVC Volsync backs up.
+  const kc = new KubeConfig();
+  kc.loadFromString(await ctx.secrets.resolve({ store: KUBECONFIG_STORE }));
+  const core = kc.makeApiClient(CoreV1Api);
+  const custom = kc.makeApiClient(CustomObjectsApi);
+  const ns = 'home-automation';
+  await core.createNamespace({ body: { metadata: { name: ns } } });
+  await core.createNamespacedPersistentVolumeClaim({
+    namespace: ns,
+    body: {
+      metadata: { name: 'zigbee2mqtt' },
+      spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '1Gi' } } },
+    },
+  });
+  await core.createNamespacedSecret({
+    namespace: ns,
+    body: {
+      metadata: { name: 'zigbee2mqtt-restic' },
+      stringData: { RESTIC_REPOSITORY: 's3:http://minio.invalid/z2m', RESTIC_PASSWORD: 'simulated' },
+    },
+  });
+  const rs = { group: 'volsync.backube', version: 'v1alpha1', plural: 'replicationsources', namespace: ns };
+  await custom.createNamespacedCustomObject({
+    ...rs,
+    body: {
+      apiVersion: 'volsync.backube/v1alpha1',
+      kind: 'ReplicationSource',
+      metadata: { name: 'zigbee2mqtt', namespace: ns },
+      spec: {
+        sourcePVC: 'zigbee2mqtt',
+        trigger: { schedule: '0 * * * *' },
+        restic: { repository: 'zigbee2mqtt-restic', copyMethod: 'Snapshot' },
+      },
+    },
+  });
+  const syncedAt = new Date(Date.now() - 1800_000).toISOString().replace(/\.\d+Z$/, 'Z');
+  await custom.patchNamespacedCustomObjectStatus(
+    {
+      ...rs,
+      name: 'zigbee2mqtt',
+      body: { status: { lastSyncTime: syncedAt, latestMoverStatus: { result: 'Successful' } } },
+    },
+    mergePatch,
+  );
+
+  // Example inputs.
+  const examples = path.join(ctx.dir, 'examples');
+  await fs.mkdir(examples, { recursive: true });
+  const kubeconfig = { store: KUBECONFIG_STORE };
+  const targets = [
+    {
+      kind: 'pvc',
+      namespace: ns,
+      pvc: 'zigbee2mqtt',
+      sentinel: { path: '.labwright-sentinel', sha256: '0'.repeat(64) },
+    },
+    { kind: 'vm', name: 'hass', host: String(host.name), node: 'pve1', vmid: 150, backupStorage: 'unraid-backup' },
+  ];
+  const write = (name: string, value: unknown) =>
+    fs.writeFile(path.join(examples, name), `${JSON.stringify(value, null, 2)}\n`);
+  await write('flux-bootstrap.json', {
+    cluster: 'home',
+    kubeconfig,
+    labRepoDir: repo,
+    expectedRevision: SIM_REVISION,
+    pollSeconds: 2,
+  });
+  await write('dr-drill.json', { plan: 'home', mode: 'drill', kubeconfig, targets, pollSeconds: 2 });
+  await write('dr-restore.json', { plan: 'home', mode: 'restore', kubeconfig, targets: [targets[1]], pollSeconds: 2 });
+
+  // The controllers.
+  let stopped = false;
+  const loop = (async () => {
+    while (!stopped) {
+      await playControllers(kc).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  })();
+  return {
+    name: 'flux-dr',
+    summary: `Flux repo checkout ${path.relative(projectRoot, repo)}; VM 150 with a backup; PVC ${ns}/zigbee2mqtt backed up; controllers played; inputs in ${path.relative(projectRoot, examples)}`,
+    env: {},
+    stop: async () => {
+      stopped = true;
+      await loop;
+    },
+  };
+};
+
+/** One round of the controllers the simulated cluster lacks. */
+async function playControllers(kc: KubeConfig): Promise<void> {
+  const apps = kc.makeApiClient(AppsV1Api);
+  const custom = kc.makeApiClient(CustomObjectsApi);
+  const t = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+  for (const d of (await apps.listNamespacedDeployment({ namespace: 'flux-system' }).catch(() => ({ items: [] })))
+    .items) {
+    if (d.status?.observedGeneration === d.metadata?.generation) continue;
+    await apps.patchNamespacedDeploymentStatus(
+      {
+        namespace: 'flux-system',
+        name: d.metadata!.name!,
+        body: {
+          status: {
+            observedGeneration: d.metadata?.generation,
+            replicas: 1,
+            readyReplicas: 1,
+            availableReplicas: 1,
+            updatedReplicas: 1,
+            conditions: [
+              {
+                type: 'Available',
+                status: 'True',
+                reason: 'MinimumReplicasAvailable',
+                message: 'simulated',
+                lastUpdateTime: t,
+                lastTransitionTime: t,
+              },
+            ],
+          },
+        },
+      },
+      mergePatch,
+    );
+  }
+  for (const [kind, group, plural] of [
+    ['GitRepository', 'source.toolkit.fluxcd.io', 'gitrepositories'],
+    ['Kustomization', 'kustomize.toolkit.fluxcd.io', 'kustomizations'],
+  ] as const) {
+    const obj = (await custom
+      .getNamespacedCustomObject({ group, version: 'v1', plural, namespace: 'flux-system', name: 'flux-system' })
+      .catch(() => undefined)) as
+      { metadata: { generation?: number }; status?: { observedGeneration?: number } } | undefined;
+    if (obj && obj.status?.observedGeneration !== obj.metadata.generation) {
+      await setFluxReady(kc, { kind, namespace: 'flux-system', name: 'flux-system', revision: SIM_REVISION });
+    }
+  }
+  const rds = (await custom.listClusterCustomObject({
+    group: 'volsync.backube',
+    version: 'v1alpha1',
+    plural: 'replicationdestinations',
+  })) as {
+    items: Array<{
+      metadata: { name: string; namespace: string };
+      spec?: { trigger?: { manual?: string } };
+      status?: { lastManualSync?: string };
+    }>;
+  };
+  for (const rd of rds.items) {
+    const manual = rd.spec?.trigger?.manual;
+    if (manual && rd.status?.lastManualSync !== manual) {
+      await completeReplicationDestination(kc, {
+        namespace: rd.metadata.namespace,
+        name: rd.metadata.name,
+        manualTrigger: manual,
+        result: 'Successful',
+      });
+    }
+  }
+  const jobs = await kc.makeApiClient(BatchV1Api).listJobForAllNamespaces({ labelSelector: 'labwright.dev/dr=true' });
+  for (const job of jobs.items) {
+    const done = (job.status?.conditions ?? []).some(
+      (c) => (c.type === 'Complete' || c.type === 'Failed') && c.status === 'True',
+    );
+    if (!done) await completeJob(kc, job.metadata!.namespace!, job.metadata!.name!, true);
+  }
+}
+
+function pveCaller(url: string, token: string, ca: Buffer) {
+  const agent = new https.Agent({ ca });
+  return (method: string, apiPath: string, body: Record<string, unknown>, json = false): Promise<unknown> =>
+    new Promise((resolve, reject) => {
+      const text = json
+        ? JSON.stringify(body)
+        : new URLSearchParams(Object.entries(body).map(([k, v]): [string, string] => [k, String(v)])).toString();
+      const req = https.request(
+        `${url}${apiPath}`,
+        {
+          method,
+          agent,
+          headers: {
+            Authorization: `PVEAPIToken=${token}`,
+            'Content-Type': json ? 'application/json' : 'application/x-www-form-urlencoded',
+          },
+        },
+        (res) => {
+          let out = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (out += c));
+          res.on('end', () =>
+            (res.statusCode ?? 0) >= 400
+              ? reject(new Error(`${method} ${apiPath}: ${res.statusCode} ${out}`))
+              : resolve(out),
+          );
+        },
+      );
+      req.on('error', reject);
+      req.end(text);
+    });
+}

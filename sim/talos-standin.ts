@@ -1,0 +1,606 @@
+/**
+ * A stand-in for the Talos nodes of a cluster, behind a `talosctl` that answers like the real one.
+ *
+ * What is real: `gen secrets`, `gen config` and `validate` run the real talosctl built from
+ * github.com/siderolabs/talos (scripts/ensure-talosctl.sh). What is stood in: every command that
+ * talks to a node (`get machinestatus`, `apply-config`, `bootstrap`, `etcd members`, `health`,
+ * `kubeconfig`, `version` of a node). Those go from the wrapper (sim/talos-standin-cli.mjs) to
+ * this process on loopback, which keeps each node's state and answers with talosctl's own output
+ * shapes and error texts:
+ *
+ * - a node answers only while its VM runs in PVE (asked from the PVE API on every command; metal
+ *   nodes are powered on unless a test says otherwise); a deleted VM is a wiped node;
+ * - without a config it is in maintenance mode: `--insecure` reads and `apply-config --insecure`
+ *   work, authenticated calls fail the TLS handshake;
+ * - after a config it installs and reboots (`bootMs`), then runs, authenticated only;
+ * - `bootstrap` on a control plane whose etcd is empty starts the cluster's etcd; a second one
+ *   answers `AlreadyExists: etcd data directory is not empty`, as machined does. Other control
+ *   planes join etcd once it exists;
+ * - once etcd exists, every running node registers its Node, Ready, in the test kube-apiserver
+ *   (as its kubelet would), with the labels of its machine config.
+ *
+ * Every call is recorded, so tests can count bootstraps and AlreadyExists answers.
+ */
+import { promises as fs } from 'node:fs';
+import https from 'node:https';
+import http from 'node:http';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { BatchV1Api } from '@kubernetes/client-node';
+import { completeJob, kubeConfigFor, markNodeReady } from '../test/harness/kube-controllers.js';
+import { projectRoot } from '../lib/paths.js';
+
+export interface StandinNodeSpec {
+  name: string;
+  /** The inventory's address. */
+  ip: string;
+  /** The loopback address talosctl is given for it (the activities' address map). */
+  address: string;
+  kind: 'vm' | 'metal';
+  arch: 'amd64' | 'arm64';
+  /** The PVE VM behind a VM node. */
+  vm?: { node: string; vmid: number };
+}
+
+export interface PveVmState {
+  node: string;
+  vmid: number;
+  status: string;
+}
+
+export interface TalosStandinOptions {
+  dir: string;
+  nodes: StandinNodeSpec[];
+  /** The real talosctl for gen/validate. */
+  realTalosctl: string;
+  /** PVE's VMs (node, vmid, status), asked before each answer. */
+  listVms(): Promise<PveVmState[]>;
+  /** The cluster's kube-apiserver: nodes register there, `talosctl kubeconfig` hands it out. */
+  kubeconfigPath?: string;
+  /** Install + reboot after a config is applied in maintenance mode (default 300 ms). */
+  bootMs?: number;
+  /**
+   * The simulated lab only: play the NVIDIA device plugin (nvidia.com/gpu: 1 on nodes whose
+   * config loads the nvidia modules) and the Job controller for their `gpu-smoke-<node>` Jobs
+   * (completed). Tests leave it off and play both themselves.
+   */
+  playGpuNodes?: boolean;
+}
+
+export interface StandinCall {
+  argv: string[];
+  command: string;
+  node?: string;
+  code: number;
+  stderr: string;
+}
+
+interface NodeState {
+  spec: StandinNodeSpec;
+  config?: string;
+  role?: 'controlplane' | 'worker';
+  labels: Record<string, string>;
+  nvidia: boolean;
+  gpuReported?: boolean;
+  configuredAt?: number;
+  registered: boolean;
+  registering?: Promise<void>;
+  /** For metal nodes: whether the machine is switched on. */
+  metalPowered: boolean;
+}
+
+export interface TalosStandin {
+  /** The `talosctl` to give the activities. */
+  talosctl: string;
+  url: string;
+  /** Inventory address -> loopback address, for the activities' address map. */
+  addressMap: Record<string, string>;
+  calls: StandinCall[];
+  /** Bootstrap calls that reached a node, with what each answered. */
+  bootstraps: Array<{ node: string; outcome: 'bootstrapped' | 'AlreadyExists' | 'refused' }>;
+  etcdMembers(): string[];
+  nodeState(name: string): { stage: string; configured: boolean; role?: string; registered: boolean };
+  /** The next successful bootstrap loses its reply (the caller sees a dropped connection). */
+  loseNextBootstrapReply(): void;
+  setMetalPower(name: string, on: boolean): void;
+  stop(): Promise<void>;
+}
+
+/** Loopback address for an inventory IPv4 address: 192.168.1.101 -> 127.<2nd>.<3rd>.<4th>... kept unique. */
+export function loopbackFor(ip: string): string {
+  const [, b, c, d] = ip.split('.');
+  return `127.${Number(b) % 256}.${Number(c)}.${Number(d)}`;
+}
+
+/** Lists PVE VMs through the real API with an API token (what the stand-in asks fakepve). */
+export function pveVmLister(opts: { url: string; token: string; ca: string | Buffer }): () => Promise<PveVmState[]> {
+  const agent = new https.Agent({ ca: opts.ca, keepAlive: true });
+  return () =>
+    new Promise((resolve, reject) => {
+      const req = https.request(
+        `${opts.url}/api2/json/cluster/resources?type=vm`,
+        { agent, headers: { Authorization: `PVEAPIToken=${opts.token}` } },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (text += c));
+          res.on('end', () => {
+            if (res.statusCode !== 200) {
+              reject(new Error(`PVE /cluster/resources: ${res.statusCode} ${text}`));
+              return;
+            }
+            const data = (JSON.parse(text) as { data: Array<{ node: string; vmid: number; status: string }> }).data;
+            resolve(data.map((v) => ({ node: v.node, vmid: Number(v.vmid), status: v.status })));
+          });
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+}
+
+interface Parsed {
+  words: string[];
+  flags: Map<string, string>;
+}
+
+const VALUE_FLAGS = new Map([
+  ['-n', 'nodes'],
+  ['--nodes', 'nodes'],
+  ['-e', 'endpoints'],
+  ['--endpoints', 'endpoints'],
+  ['--talosconfig', 'talosconfig'],
+  ['-f', 'file'],
+  ['--file', 'file'],
+  ['-o', 'output'],
+  ['--output', 'output'],
+  ['-m', 'mode'],
+  ['--mode', 'mode'],
+  ['--wait-timeout', 'wait-timeout'],
+  ['--control-plane-nodes', 'control-plane-nodes'],
+  ['--worker-nodes', 'worker-nodes'],
+  ['--init-node', 'init-node'],
+  ['--k8s-endpoint', 'k8s-endpoint'],
+  ['--timeout', 'timeout'],
+  ['--cert-fingerprint', 'cert-fingerprint'],
+]);
+
+function parseArgs(argv: string[]): Parsed {
+  const words: string[] = [];
+  const flags = new Map<string, string>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const eq = a.indexOf('=');
+    if (a.startsWith('--') && eq > 0) {
+      const key = VALUE_FLAGS.get(a.slice(0, eq)) ?? a.slice(2, eq);
+      flags.set(key, a.slice(eq + 1));
+    } else if (VALUE_FLAGS.has(a)) {
+      flags.set(VALUE_FLAGS.get(a)!, argv[++i] ?? '');
+    } else if (a === '-i' || a === '--insecure') flags.set('insecure', 'true');
+    else if (a.startsWith('-')) flags.set(a.replace(/^-+/, ''), 'true');
+    else words.push(a);
+  }
+  return { words, flags };
+}
+
+interface Answer {
+  node?: string;
+  stdout?: string;
+  stderr?: string;
+  code?: number;
+  write?: Record<string, string>;
+}
+
+const fail = (stderr: string): Answer => ({ stderr: `${stderr}\n`, code: 1 });
+const refused = (address: string): string =>
+  `rpc error: code = Unavailable desc = connection error: desc = "transport: Error while dialing: dial tcp ${address}:50000: connect: connection refused"`;
+const tlsRequired =
+  'rpc error: code = Unavailable desc = connection error: desc = "error reading server preface: remote error: tls: certificate required"';
+const unknownAuthority =
+  'rpc error: code = Unavailable desc = connection error: desc = "transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate signed by unknown authority"';
+
+function memberId(name: string): string {
+  let h = 0x811c9dc5;
+  for (const ch of name) h = Math.imul(h ^ ch.charCodeAt(0), 0x01000193) >>> 0;
+  return (h.toString(16) + '00000000').slice(0, 8) + (h ^ 0x5bd1e995).toString(16).padStart(8, '0').slice(0, 8);
+}
+
+export async function startTalosStandin(opts: TalosStandinOptions): Promise<TalosStandin> {
+  await fs.mkdir(opts.dir, { recursive: true });
+  const bootMs = opts.bootMs ?? 300;
+  const nodes = new Map<string, NodeState>();
+  for (const spec of opts.nodes) {
+    nodes.set(spec.address, { spec, labels: {}, nvidia: false, registered: false, metalPowered: true });
+  }
+  const byName = (name: string): NodeState | undefined => [...nodes.values()].find((n) => n.spec.name === name);
+  const members = new Set<string>();
+  const calls: StandinCall[] = [];
+  const bootstraps: TalosStandin['bootstraps'] = [];
+  let loseReply = false;
+  const kubeconfig = opts.kubeconfigPath ? await fs.readFile(opts.kubeconfigPath, 'utf8') : undefined;
+
+  /** Powered nodes, by PVE's VM state; a VM that is gone wipes its node (a fresh VM boots into maintenance). */
+  async function refresh(): Promise<Set<string>> {
+    const vms = await opts.listVms();
+    const running = new Set<string>();
+    for (const n of nodes.values()) {
+      if (n.spec.kind === 'metal') {
+        if (n.metalPowered) running.add(n.spec.address);
+        continue;
+      }
+      const vm = vms.find((v) => v.vmid === n.spec.vm!.vmid && v.node === n.spec.vm!.node);
+      if (!vm) {
+        n.config = undefined;
+        n.role = undefined;
+        n.configuredAt = undefined;
+        n.registered = false;
+        n.gpuReported = false;
+        members.delete(n.spec.name);
+      } else if (vm.status === 'running') running.add(n.spec.address);
+    }
+    return running;
+  }
+
+  const booted = (n: NodeState): boolean => n.config !== undefined && Date.now() - (n.configuredAt ?? 0) >= bootMs;
+
+  /** What kubelets and joining etcd members do on their own once etcd exists. */
+  async function reconcile(running: Set<string>): Promise<void> {
+    if (members.size === 0) return;
+    for (const n of nodes.values()) {
+      if (!running.has(n.spec.address) || !booted(n)) continue;
+      if (n.role === 'controlplane') members.add(n.spec.name);
+      if (!n.registered && !n.registering && opts.kubeconfigPath) {
+        n.registering = markNodeReady(opts.kubeconfigPath, n.spec.name, {
+          labels: { ...n.labels, 'kubernetes.io/arch': n.spec.arch },
+        })
+          .then(() => {
+            n.registered = true;
+          })
+          .catch(() => undefined)
+          .finally(() => {
+            n.registering = undefined;
+          });
+      } else if (n.registered && n.nvidia && opts.playGpuNodes && opts.kubeconfigPath && !n.registering) {
+        n.registering = playGpu(opts.kubeconfigPath, n)
+          .catch(() => undefined)
+          .finally(() => {
+            n.registering = undefined;
+          });
+      }
+    }
+  }
+
+  /** The device plugin's nvidia.com/gpu, and the smoke Job's pod finishing, for the simulated lab. */
+  async function playGpu(kubeconfigPath: string, n: NodeState): Promise<void> {
+    if (!n.gpuReported) {
+      await markNodeReady(kubeconfigPath, n.spec.name, {
+        gpus: 1,
+        labels: { ...n.labels, 'kubernetes.io/arch': n.spec.arch },
+      });
+      n.gpuReported = true;
+    }
+    const batch = kubeConfigFor(kubeconfigPath).makeApiClient(BatchV1Api);
+    const jobs = await batch.listJobForAllNamespaces({ fieldSelector: `metadata.name=gpu-smoke-${n.spec.name}` });
+    for (const job of jobs.items) {
+      if ((job.status?.conditions ?? []).some((c) => c.status === 'True')) continue;
+      await completeJob(kubeconfigPath, job.metadata!.namespace!, job.metadata!.name!, true);
+    }
+  }
+
+  const timer = setInterval(() => {
+    refresh()
+      .then(reconcile)
+      .catch(() => undefined);
+  }, 200);
+
+  function stageOf(n: NodeState, running: Set<string>): string {
+    if (!running.has(n.spec.address)) return 'off';
+    if (n.config === undefined) return 'maintenance';
+    return booted(n) ? 'running' : 'installing';
+  }
+
+  function machineStatus(n: NodeState, stage: string, address: string): string {
+    const ready = stage === 'running' && n.registered && (n.role !== 'controlplane' || members.has(n.spec.name));
+    const unmet = ready ? [] : [{ name: 'nodeReady', reason: 'node is not ready' }];
+    return `${JSON.stringify(
+      {
+        node: address,
+        metadata: {
+          namespace: 'runtime',
+          type: 'MachineStatuses.runtime.talos.dev',
+          id: 'machine',
+          version: 1,
+          owner: 'runtime.MachineStatusController',
+          phase: 'running',
+        },
+        spec: { stage, status: { ready, unmetConditions: unmet } },
+      },
+      null,
+      4,
+    )}\n`;
+  }
+
+  async function answer(argv: string[], files: Record<string, string>): Promise<Answer> {
+    const { words, flags } = parseArgs(argv);
+    const command = words.join(' ');
+    const insecure = flags.get('insecure') === 'true';
+    const target = (flags.get('nodes') ?? flags.get('endpoints') ?? '').split(',')[0] ?? '';
+    const n = nodes.get(target);
+    const running = await refresh();
+    await reconcile(running);
+    if (!n) return fail(`${words[0]}: ${refused(target)}`);
+    const stage = stageOf(n, running);
+    const withNode = { node: n.spec.name };
+    if (!insecure && !(flags.get('talosconfig') && files[flags.get('talosconfig')!])) {
+      return { ...withNode, ...fail(`failed to open config file "${flags.get('talosconfig') ?? ''}": no such file`) };
+    }
+    const reach = (prefix: string): Answer | undefined => {
+      if (stage === 'off' || stage === 'installing') return fail(`${prefix}${refused(target)}`);
+      if (insecure && stage !== 'maintenance') return fail(`${prefix}${tlsRequired}`);
+      if (!insecure && stage === 'maintenance') return fail(`${prefix}${unknownAuthority}`);
+      return undefined;
+    };
+
+    if (words[0] === 'get' && words[1]?.toLowerCase().startsWith('machinestatus')) {
+      const err = reach('');
+      if (err) return { ...withNode, ...err };
+      if (flags.get('output') === 'json') return { ...withNode, stdout: machineStatus(n, stage, target) };
+      return {
+        ...withNode,
+        stdout: `NODE         NAMESPACE   TYPE            ID        VERSION   STAGE   READY\n${target}   runtime     MachineStatus   machine   1         ${stage}   ${stage === 'running'}\n`,
+      };
+    }
+
+    if (words[0] === 'version') {
+      const err = reach('error getting version: ');
+      if (err) return { ...withNode, ...err };
+      if (insecure) {
+        return {
+          ...withNode,
+          ...fail(
+            'error getting version: rpc error: code = Unimplemented desc = API is not implemented in maintenance mode',
+          ),
+        };
+      }
+      const msg = {
+        metadata: { hostname: target },
+        version: { tag: 'v1.11.5', sha: 'standin', goVersion: 'go1.24.9', os: 'linux', arch: n.spec.arch },
+        platform: { name: n.spec.kind === 'vm' ? 'nocloud' : 'metal', mode: 'metal' },
+        features: { rbac: true },
+      };
+      if (flags.get('json') === 'true') return { ...withNode, stdout: `${JSON.stringify(msg)}\n` };
+      return {
+        ...withNode,
+        stdout: `Client:\n\tTag:         v1.11.5\nServer:\n\tNODE:        ${target}\n\tTag:         v1.11.5\n`,
+      };
+    }
+
+    if (words[0] === 'apply-config') {
+      const file = flags.get('file');
+      const text = file ? files[file] : undefined;
+      if (!file || text === undefined)
+        return { ...withNode, ...fail(`failed to read configuration from "${file}": no such file`) };
+      const err = reach('error applying new configuration: ');
+      if (err) return { ...withNode, ...err };
+      let doc: { machine?: { type?: string; nodeLabels?: Record<string, string> } };
+      try {
+        doc = parseYaml(text) as typeof doc;
+      } catch (e) {
+        return {
+          ...withNode,
+          ...fail(
+            `error applying new configuration: rpc error: code = InvalidArgument desc = configuration validation failed: ${(e as Error).message}`,
+          ),
+        };
+      }
+      const role =
+        doc?.machine?.type === 'controlplane' ? 'controlplane' : doc?.machine?.type === 'worker' ? 'worker' : undefined;
+      if (!role) {
+        return {
+          ...withNode,
+          ...fail(
+            'error applying new configuration: rpc error: code = InvalidArgument desc = configuration validation failed: machine type is not set',
+          ),
+        };
+      }
+      if (flags.get('dry-run') === 'true') {
+        const diff = n.config === text ? 'No changes.' : '--- a\n+++ b\n(config changed)';
+        return {
+          ...withNode,
+          stderr: `Dry run summary:\nApplied configuration without a reboot (skipped in dry-run).\nConfig diff:\n\n${diff}\n`,
+        };
+      }
+      const first = n.config === undefined;
+      n.config = text;
+      n.role = role;
+      n.labels = doc.machine?.nodeLabels ?? {};
+      n.nvidia = /(^|\n)\s*- name: nvidia\s*(\n|$)/.test(text);
+      if (first) n.configuredAt = Date.now();
+      return { ...withNode, stderr: first ? '' : 'Applied configuration without a reboot\n' };
+    }
+
+    if (command === 'etcd members') {
+      const err = reach('error getting members: ');
+      if (err) return { ...withNode, ...err };
+      if (n.role !== 'controlplane') {
+        return {
+          ...withNode,
+          ...fail(
+            `error getting members: 1 error occurred:\n\t* ${target}: rpc error: code = Unimplemented desc = member list is only available on control plane nodes\n`,
+          ),
+        };
+      }
+      if (!members.has(n.spec.name)) {
+        return {
+          ...withNode,
+          stderr: `WARNING: 1 error occurred:\n\t* ${target}: rpc error: code = Unavailable desc = connection error: desc = "transport: Error while dialing: dial tcp 127.0.0.1:2379: connect: connection refused"\n\n`,
+        };
+      }
+      const rows = [...members].map((name) => {
+        const m = byName(name)!;
+        return `${target}   ${memberId(name)}   ${name}   https://${m.spec.ip}:2380   https://${m.spec.ip}:2379   false`;
+      });
+      return { ...withNode, stdout: `NODE   ID   HOSTNAME   PEER URLS   CLIENT URLS   LEARNER\n${rows.join('\n')}\n` };
+    }
+
+    if (words[0] === 'bootstrap') {
+      const err = reach('error executing bootstrap: ');
+      if (err) return { ...withNode, ...err };
+      if (n.role !== 'controlplane') {
+        bootstraps.push({ node: n.spec.name, outcome: 'refused' });
+        return {
+          ...withNode,
+          ...fail(
+            `error executing bootstrap: 1 error occurred:\n\t* ${target}: rpc error: code = FailedPrecondition desc = bootstrap can only be performed on a control plane node\n`,
+          ),
+        };
+      }
+      if (members.has(n.spec.name)) {
+        bootstraps.push({ node: n.spec.name, outcome: 'AlreadyExists' });
+        return {
+          ...withNode,
+          ...fail(
+            `error executing bootstrap: 1 error occurred:\n\t* ${target}: rpc error: code = AlreadyExists desc = etcd data directory is not empty\n`,
+          ),
+        };
+      }
+      bootstraps.push({ node: n.spec.name, outcome: 'bootstrapped' });
+      members.add(n.spec.name);
+      await reconcile(running);
+      if (loseReply) {
+        loseReply = false;
+        return {
+          ...withNode,
+          ...fail('error executing bootstrap: rpc error: code = Unavailable desc = error reading from server: EOF'),
+        };
+      }
+      return withNode;
+    }
+
+    if (words[0] === 'health') {
+      const err = reach('');
+      if (err) return { ...withNode, ...err };
+      const waitMs = Math.min(parseDuration(flags.get('wait-timeout') ?? '20m'), 60_000);
+      const cps = (flags.get('control-plane-nodes') ?? '').split(',').filter(Boolean);
+      const workers = (flags.get('worker-nodes') ?? '').split(',').filter(Boolean);
+      const deadline = Date.now() + waitMs;
+      let problem = '';
+      for (;;) {
+        const now = await refresh();
+        await reconcile(now);
+        problem = healthProblem(cps, workers, now);
+        if (!problem || Date.now() > deadline) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      const lines = [
+        `discovered nodes: ["${[...cps, ...workers].join('" "')}"]`,
+        `waiting for etcd to be healthy: ${members.size > 0 ? 'OK' : '...'}`,
+        `waiting for etcd members to be consistent across nodes: ${problem.startsWith('etcd') ? '...' : 'OK'}`,
+        `waiting for all k8s nodes to report ready: ${problem ? '...' : 'OK'}`,
+      ];
+      if (problem) return { ...withNode, stderr: `${lines.join('\n')}\nhealthcheck error: ${problem}\n`, code: 1 };
+      return { ...withNode, stderr: `${lines.join('\n')}\n` };
+    }
+
+    if (words[0] === 'kubeconfig') {
+      const err = reach('');
+      if (err) return { ...withNode, ...err };
+      if (n.role !== 'controlplane' || members.size === 0 || !kubeconfig) {
+        return {
+          ...withNode,
+          ...fail(
+            `1 error occurred:\n\t* ${target}: rpc error: code = FailedPrecondition desc = kubeconfig is not available yet\n`,
+          ),
+        };
+      }
+      const out = words[1] ?? path.join(process.cwd(), 'kubeconfig');
+      return { ...withNode, write: { [out]: kubeconfig } };
+    }
+
+    return {
+      ...withNode,
+      ...fail(`unknown command "${words[0] ?? ''}" for "talosctl" (the stand-in answers: ${command})`),
+    };
+  }
+
+  function healthProblem(cps: string[], workers: string[], running: Set<string>): string {
+    if (members.size === 0) return 'etcd is not bootstrapped';
+    for (const a of [...cps, ...workers]) {
+      const n = nodes.get(a);
+      if (!n) return `node ${a} is not known`;
+      if (!running.has(a) || !booted(n)) return `node ${a} is not running`;
+      if (cps.includes(a) && !members.has(n.spec.name)) return `etcd member ${n.spec.name} has not joined`;
+      if (!n.registered) return `k8s node ${n.spec.name} is not ready`;
+    }
+    return '';
+  }
+
+  const server = http.createServer((req, res) => {
+    let text = '';
+    req.setEncoding('utf8');
+    req.on('data', (c: string) => (text += c));
+    req.on('end', () => {
+      const { argv, files } = JSON.parse(text) as { argv: string[]; files: Record<string, string> };
+      answer(argv, files)
+        .catch((err: unknown) => fail(`talos stand-in: ${(err as Error).message}`))
+        .then((a) => {
+          const { words } = parseArgs(argv);
+          calls.push({ argv, command: words.join(' '), node: a.node, code: a.code ?? 0, stderr: a.stderr ?? '' });
+          res.writeHead(200, { 'content-type': 'application/json' });
+          res.end(JSON.stringify({ stdout: a.stdout, stderr: a.stderr, code: a.code ?? 0, write: a.write }));
+        })
+        .catch(() => res.destroy());
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+
+  const talosctl = path.join(opts.dir, 'talosctl');
+  const cli = path.join(projectRoot, 'sim', 'talos-standin-cli.mjs');
+  await fs.writeFile(
+    talosctl,
+    `#!/bin/sh\n# talosctl for labwright's tests and simulated lab: see sim/talos-standin.ts\n` +
+      `LABWRIGHT_TALOS_STANDIN_URL='${url}' LABWRIGHT_TALOSCTL_REAL='${opts.realTalosctl}' exec '${process.execPath}' '${cli}' "$@"\n`,
+    { mode: 0o755 },
+  );
+
+  return {
+    talosctl,
+    url,
+    addressMap: Object.fromEntries(opts.nodes.map((n) => [n.ip, n.address])),
+    calls,
+    bootstraps,
+    etcdMembers: () => [...members],
+    nodeState: (name) => {
+      const n = byName(name);
+      if (!n) throw new Error(`no node ${name}`);
+      return {
+        stage: n.config === undefined ? 'maintenance' : booted(n) ? 'running' : 'installing',
+        configured: n.config !== undefined,
+        ...(n.role ? { role: n.role } : {}),
+        registered: n.registered,
+      };
+    },
+    loseNextBootstrapReply: () => {
+      loseReply = true;
+    },
+    setMetalPower: (name, on) => {
+      const n = byName(name);
+      if (!n || n.spec.kind !== 'metal') throw new Error(`no metal node ${name}`);
+      n.metalPowered = on;
+    },
+    stop: async () => {
+      clearInterval(timer);
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await Promise.allSettled([...nodes.values()].map((n) => n.registering ?? Promise.resolve()));
+    },
+  };
+}
+
+function parseDuration(text: string): number {
+  let ms = 0;
+  for (const m of text.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) {
+    ms += Number(m[1]) * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'] ?? 0);
+  }
+  return ms;
+}

@@ -1,0 +1,430 @@
+// drRestore on the real dev server, fakepve and the run's shared kube-apiserver; the test plays
+// VolSync's mover (completeReplicationDestination) and the Job controller (completeJob).
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CoreV1Api, CustomObjectsApi, BatchV1Api } from '@kubernetes/client-node';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DrPlan, DrReport, DrStatus } from '../common/dr-restore.js';
+import { recordHistory } from './harness/histories.js';
+import { appWithBackups, startDrLab, storeVmBackup, type DrLab } from './harness/dr-lab.js';
+import { completeJob, completeReplicationDestination, kubeConfigFor } from './harness/kube-controllers.js';
+import { sharedKube } from './harness/kube.js';
+import { testClient, uniqueName, withWorker } from './harness/temporal.js';
+
+const SHA = 'a'.repeat(64);
+let lab: DrLab;
+
+beforeAll(async () => {
+  lab = await startDrLab();
+});
+afterAll(async () => {
+  await lab?.stop();
+});
+
+/** Requests that change something in PVE (the API, not the fake's control endpoint). */
+async function pveWrites(): Promise<number> {
+  const requests = await lab.pve.fake.control<Array<{ method: string; path: string }>>({ op: 'requests' });
+  return requests.filter((r) => r.method !== 'GET' && r.path.startsWith('/api2/')).length;
+}
+const kc = () => kubeConfigFor(sharedKube().kubeconfigPath);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function pvc(namespace: string, name: string, over: Record<string, unknown> = {}) {
+  return {
+    kind: 'pvc',
+    namespace,
+    pvc: name,
+    sentinel: { path: '.labwright-sentinel', sha256: SHA },
+    minSize: '512Mi',
+    ...over,
+  };
+}
+const hass = { kind: 'vm', name: 'hass', host: 'pve1', node: 'pve1', vmid: 120, backupStorage: 'unraid-backup' };
+
+function input(plan: string, mode: 'drill' | 'restore', targets: unknown[], over: Record<string, unknown> = {}) {
+  return {
+    plan,
+    mode,
+    kubeconfig: sharedKube().kubeconfig,
+    inventory: lab.inventory,
+    targets,
+    maxBackupAge: '1d',
+    pollSeconds: 0.2,
+    syncTimeoutSeconds: 60,
+    jobTimeoutSeconds: 60,
+    agentTimeoutSeconds: 30,
+    ...over,
+  };
+}
+
+async function getObject(
+  apiVersion: string,
+  plural: string,
+  namespace: string,
+  name: string,
+): Promise<Record<string, unknown> | undefined> {
+  const [group, version] = apiVersion.split('/') as [string, string];
+  return kc()
+    .makeApiClient(CustomObjectsApi)
+    .getNamespacedCustomObject({ group, version, plural, namespace, name })
+    .then(
+      (o) => o as Record<string, unknown>,
+      () => undefined,
+    );
+}
+
+/**
+ * Plays VolSync and the Job controller for a drill or restore in `ns` until `done`: each
+ * ReplicationDestination's manual trigger is answered, each verification Job finished.
+ */
+function playControllers(ns: () => string, done: Promise<unknown>, opts: { jobSucceeds?: boolean } = {}) {
+  let stop = false;
+  void done.finally(() => (stop = true));
+  const answered = new Set<string>();
+  return (async () => {
+    while (!stop) {
+      const rds = (await kc()
+        .makeApiClient(CustomObjectsApi)
+        .listNamespacedCustomObject({
+          group: 'volsync.backube',
+          version: 'v1alpha1',
+          plural: 'replicationdestinations',
+          namespace: ns(),
+        })
+        .catch(() => ({ items: [] }))) as {
+        items: Array<{ metadata: { name: string }; spec: { trigger: { manual: string } } }>;
+      };
+      for (const rd of rds.items) {
+        if (answered.has(`rd/${rd.metadata.name}`)) continue;
+        answered.add(`rd/${rd.metadata.name}`);
+        await completeReplicationDestination(sharedKube(), {
+          namespace: ns(),
+          name: rd.metadata.name,
+          manualTrigger: rd.spec.trigger.manual,
+          result: 'Successful',
+        });
+      }
+      const jobs = await kc()
+        .makeApiClient(BatchV1Api)
+        .listNamespacedJob({ namespace: ns() })
+        .catch(() => ({ items: [] }));
+      for (const job of jobs.items) {
+        const name = job.metadata!.name!;
+        if (answered.has(`job/${name}`)) continue;
+        answered.add(`job/${name}`);
+        await completeJob(sharedKube(), ns(), name, opts.jobSucceeds ?? true);
+      }
+      await sleep(100);
+    }
+  })();
+}
+
+async function gone(fn: () => Promise<unknown>): Promise<boolean> {
+  return fn().then(
+    (o) => Boolean((o as { metadata?: { deletionTimestamp?: unknown } }).metadata?.deletionTimestamp),
+    () => true,
+  );
+}
+
+describe('drRestore', () => {
+  it('drills two PVCs and one VM: restores into scratch space, verifies, cleans up everything, reports RTO and RPO', async () => {
+    const app = await appWithBackups(['zigbee2mqtt', 'paperless'], 2 * 3600);
+    await storeVmBackup(lab, 120, 3 * 3600);
+    const plan = uniqueName('home');
+    const scratch = `dr-drill-${plan}`;
+    const client = await testClient();
+    let isolatedNic: string | undefined;
+    const report = await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
+      const handle = await client.workflow.start('drRestore', {
+        taskQueue,
+        workflowId: `dr-drill/${plan}`,
+        args: [input(plan, 'drill', [pvc(app, 'zigbee2mqtt'), pvc(app, 'paperless'), hass])],
+      });
+      const result = handle.result();
+      const controllers = playControllers(() => scratch, result);
+      // The drill VM as it boots: in the drill range, its NIC's link down.
+      const watchVm = (async () => {
+        for (let i = 0; i < 300 && !isolatedNic; i++) {
+          const vm = (await lab.pve.fake.vms()).find((v) => v.vmid >= 8900 && v.vmid <= 8999 && v.status === 'running');
+          if (vm) isolatedNic = String(vm.config.net0);
+          await sleep(100);
+        }
+      })();
+      const r = await result;
+      await controllers;
+      await watchVm;
+      await recordHistory(handle as WorkflowHandle, 'dr-restore-drill');
+      return r as DrReport;
+    });
+
+    expect(report.ok).toBe(true);
+    expect(report.targets.map((t) => t.target)).toEqual([
+      `pvc ${app}/zigbee2mqtt`,
+      `pvc ${app}/paperless`,
+      'vm hass (120)',
+    ]);
+    for (const t of report.targets) {
+      expect(t.ok).toBe(true);
+      expect(t.rtoMs).toBeGreaterThan(0);
+    }
+    // RPO: the age of the backup used (2 h for the PVCs, 3 h for the VM), measured at the restore.
+    expect(report.targets[0]!.rpoMs).toBeGreaterThanOrEqual(2 * 3600_000);
+    expect(report.targets[0]!.rpoMs).toBeLessThan(2 * 3600_000 + 120_000);
+    expect(report.targets[2]!.rpoMs).toBeGreaterThanOrEqual(3 * 3600_000);
+    expect(report.maxRpoMs).toBe(report.targets[2]!.rpoMs);
+    expect(report.totalRtoMs).toBeGreaterThanOrEqual(Math.max(...report.targets.map((t) => t.rtoMs!)));
+    expect(report.targets[0]!.verification).toMatch(/sentinel \.labwright-sentinel sha256 ok/);
+    expect(report.targets[0]!.restoredBytes).toBe(1024 ** 3);
+    expect(report.targets[2]!.verification).toMatch(/VM 89\d\d booted, guest agent answers \(192\.0\.2\.10\)/);
+    expect(report.summary).toMatch(/drill .*: 3 target\(s\) restored and verified; RTO \S+, RPO 3h/);
+
+    // Isolated: the drill VM's NIC was link_down and off VLAN 80.
+    expect(isolatedNic).toMatch(/link_down=1/);
+    expect(isolatedNic).not.toMatch(/tag=80/);
+
+    // Everything the drill made is gone: the VM, and every object in the scratch namespace.
+    expect((await lab.pve.fake.vms()).filter((v) => v.vmid >= 8900 && v.vmid <= 8999)).toEqual([]);
+    expect(report.cleanedUp.filter((c) => c.startsWith('LEFT'))).toEqual([]);
+    const core = kc().makeApiClient(CoreV1Api);
+    for (const name of ['zigbee2mqtt', 'paperless']) {
+      expect(
+        await getObject('volsync.backube/v1alpha1', 'replicationdestinations', scratch, `restore-${name}`),
+      ).toBeUndefined();
+      expect(await gone(() => core.readNamespacedPersistentVolumeClaim({ namespace: scratch, name }))).toBe(true);
+      expect(await gone(() => core.readNamespacedSecret({ namespace: scratch, name: `${name}-restic` }))).toBe(true);
+    }
+    const snapshots = (await kc().makeApiClient(CustomObjectsApi).listNamespacedCustomObject({
+      group: 'snapshot.storage.k8s.io',
+      version: 'v1',
+      plural: 'volumesnapshots',
+      namespace: scratch,
+    })) as { items: unknown[] };
+    expect(snapshots.items).toEqual([]);
+    expect((await kc().makeApiClient(BatchV1Api).listNamespacedJob({ namespace: scratch })).items).toEqual([]);
+    // No namespace controller runs here: a deleted namespace stays Terminating.
+    expect(await gone(() => core.readNamespace({ name: scratch }))).toBe(true);
+    // The source is untouched: VM 120 still runs, the app's PVCs are there.
+    expect((await lab.pve.fake.vms()).find((v) => v.vmid === 120)).toMatchObject({ name: 'hass', status: 'running' });
+    expect(
+      (await core.readNamespacedPersistentVolumeClaim({ namespace: app, name: 'paperless' })).metadata
+        ?.deletionTimestamp,
+    ).toBeUndefined();
+  });
+
+  it('a restore computes and shows the plan, waits for approval, and touches nothing without it', async () => {
+    const app = await appWithBackups(['grafana'], 3600);
+    await storeVmBackup(lab, 120, 1800);
+    const plan = uniqueName('restore');
+    const client = await testClient();
+    const writesBefore = await pveWrites();
+    const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
+      const handle = await client.workflow.start('drRestore', {
+        taskQueue,
+        workflowId: `dr-restore/${plan}`,
+        args: [input(plan, 'restore', [pvc(app, 'grafana'), hass], { approvalTimeout: '4s' })],
+      });
+      let shown: DrPlan | null = null;
+      for (let i = 0; i < 100 && !shown; i++) {
+        shown = await handle.query<DrPlan | null>('plan');
+        if (!shown) await sleep(100);
+      }
+      expect(shown).not.toBeNull();
+      expect(shown!.items.map((i) => [i.target, i.overwrites])).toEqual([
+        [`pvc ${app}/grafana`, `the data of PVC ${app}/grafana`],
+        ['vm hass (120)', 'VM 120 (hass) on pve1/pve1: destroyed and replaced'],
+      ]);
+      expect(shown!.items[1]!.backup.id).toMatch(/^unraid-backup:backup\/vzdump-qemu-120-/);
+      expect(shown!.items[1]!.backup.ageMs).toBeGreaterThanOrEqual(1800_000);
+      expect((await handle.query<DrStatus>('drStatus')).phase).toBe('awaiting-approval');
+      // An approval of another plan (a stale digest) is not an approval.
+      await handle.signal('approve', { digest: 'deadbeef', by: 'someone' });
+      await sleep(500);
+      const status = await handle.query<DrStatus>('drStatus');
+      expect(status.phase).toBe('awaiting-approval');
+      expect(status.rejectedApprovals).toEqual([
+        { digest: 'deadbeef', by: 'someone', why: `the plan's digest is ${shown!.digest}, not deadbeef` },
+      ]);
+      return handle.result().catch((e: unknown) => e);
+    });
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('PreconditionFailed');
+    expect(cause.message).toMatch(/^restore .* not approved within 4s; nothing was touched$/);
+    // Nothing touched: no PVE writes, VM 120 as it was, no ReplicationDestination in the app namespace.
+    const writesAfter = await pveWrites();
+    expect(writesAfter).toBe(writesBefore);
+    expect((await lab.pve.fake.vms()).find((v) => v.vmid === 120)).toMatchObject({ name: 'hass', status: 'running' });
+    const rds = (await kc().makeApiClient(CustomObjectsApi).listNamespacedCustomObject({
+      group: 'volsync.backube',
+      version: 'v1alpha1',
+      plural: 'replicationdestinations',
+      namespace: app,
+    })) as { items: unknown[] };
+    expect(rds.items).toEqual([]);
+  });
+
+  it('an approved restore replaces the real VM from its backup and verifies it', async () => {
+    await storeVmBackup(lab, 120, 600);
+    const plan = uniqueName('restore-ok');
+    const client = await testClient();
+    const report = await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
+      const handle = await client.workflow.start('drRestore', {
+        taskQueue,
+        workflowId: `dr-restore/${plan}`,
+        args: [input(plan, 'restore', [hass])],
+      });
+      let shown: DrPlan | null = null;
+      for (let i = 0; i < 100 && !shown; i++) {
+        shown = await handle.query<DrPlan | null>('plan');
+        if (!shown) await sleep(100);
+      }
+      const before = (await lab.pve.fake.vms()).find((v) => v.vmid === 120);
+      expect(before?.config.onboot).toBeDefined(); // the original VM, untouched so far
+      await handle.signal('approve', { digest: shown!.digest, by: 'operator', comment: 'hass disk died' });
+      return (await handle.result()) as DrReport;
+    });
+    expect(report.ok).toBe(true);
+    expect(report.targets[0]).toMatchObject({ target: 'vm hass (120)', ok: true, restoredTo: 'VM 120 on pve1/pve1' });
+    expect(report.targets[0]!.backup.id).toMatch(/^unraid-backup:backup\/vzdump-qemu-120-/);
+    expect(report.targets[0]!.rpoMs).toBeGreaterThanOrEqual(600_000);
+    const vm = (await lab.pve.fake.vms()).find((v) => v.vmid === 120);
+    expect(vm).toMatchObject({ name: 'hass', status: 'running' });
+  });
+
+  it('fails before anything is touched when a backup is missing or too old, naming each', async () => {
+    const app = await appWithBackups(['mosquitto'], 3 * 86_400);
+    const plan = uniqueName('stale');
+    const client = await testClient();
+    const writesBefore = await pveWrites();
+    const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow
+        .execute('drRestore', {
+          taskQueue,
+          workflowId: `dr-drill/${plan}`,
+          args: [input(plan, 'drill', [pvc(app, 'mosquitto'), { ...hass, name: 'nas', vmid: 130 }])],
+        })
+        .catch((e: unknown) => e),
+    );
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('PreconditionFailed');
+    expect(cause.message).toMatch(
+      new RegExp(`pvc ${app}/mosquitto: the newest backup is 3d\\S* old, older than maxBackupAge 1d`),
+    );
+    expect(cause.message).toContain('vm nas (130): no backup of VM 130 on pve1/unraid-backup');
+    expect(cause.message).toMatch(/nothing was touched$/);
+    const core = kc().makeApiClient(CoreV1Api);
+    expect(
+      await core.readNamespace({ name: `dr-drill-${plan}` }).then(
+        () => 'exists',
+        () => 'absent',
+      ),
+    ).toBe('absent');
+    const writesAfter = await pveWrites();
+    expect(writesAfter).toBe(writesBefore);
+  });
+
+  it('marks the drill failed with the reason when verification fails, and still cleans up', async () => {
+    const app = await appWithBackups(['immich'], 600);
+    const plan = uniqueName('badverify');
+    const scratch = `dr-drill-${plan}`;
+    const client = await testClient();
+    const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
+      const handle = await client.workflow.start('drRestore', {
+        taskQueue,
+        workflowId: `dr-drill/${plan}`,
+        args: [input(plan, 'drill', [pvc(app, 'immich')])],
+      });
+      const result = handle.result().catch((e: unknown) => e);
+      await playControllers(() => scratch, result, { jobSucceeds: false });
+      return result;
+    });
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('PreconditionFailed');
+    expect(cause.message).toMatch(
+      /^drill .* FAILED: pvc .*\/immich: verification of .*\/immich failed: Job .*verify-immich-\S+ failed: BackoffLimitExceeded/,
+    );
+    const report = (cause.details?.[0] as { report: DrReport }).report;
+    expect(report.ok).toBe(false);
+    expect(report.cleanedUp.length).toBeGreaterThan(0);
+    expect(report.cleanedUp.filter((c) => c.startsWith('LEFT'))).toEqual([]);
+    expect(
+      await getObject('volsync.backube/v1alpha1', 'replicationdestinations', scratch, 'restore-immich'),
+    ).toBeUndefined();
+    expect((await kc().makeApiClient(BatchV1Api).listNamespacedJob({ namespace: scratch })).items).toEqual([]);
+  });
+
+  it('cleans up what a drill made when the drill is cancelled midway', async () => {
+    const app = await appWithBackups(['frigate'], 600);
+    await storeVmBackup(lab, 120, 600);
+    const plan = uniqueName('cancel');
+    const scratch = `dr-drill-${plan}`;
+    const client = await testClient();
+    await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
+      const handle = await client.workflow.start('drRestore', {
+        taskQueue,
+        workflowId: `dr-drill/${plan}`,
+        args: [input(plan, 'drill', [pvc(app, 'frigate'), hass])],
+      });
+      // Nobody plays VolSync: the drill waits on its sync, with the namespace, Secret, RD and VM made.
+      for (let i = 0; i < 200; i++) {
+        const rd = await getObject('volsync.backube/v1alpha1', 'replicationdestinations', scratch, 'restore-frigate');
+        const vmUp = (await lab.pve.fake.vms()).some((v) => v.vmid >= 8900 && v.vmid <= 8999 && v.status === 'running');
+        if (rd && vmUp) break;
+        await sleep(100);
+      }
+      await handle.cancel();
+      const err = await handle.result().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(WorkflowFailedError);
+      expect((await handle.describe()).status.name).toBe('CANCELLED');
+    });
+    expect(
+      await getObject('volsync.backube/v1alpha1', 'replicationdestinations', scratch, 'restore-frigate'),
+    ).toBeUndefined();
+    const core = kc().makeApiClient(CoreV1Api);
+    expect(await gone(() => core.readNamespacedSecret({ namespace: scratch, name: 'frigate-restic' }))).toBe(true);
+    expect(await gone(() => core.readNamespace({ name: scratch }))).toBe(true);
+    expect((await lab.pve.fake.vms()).filter((v) => v.vmid >= 8900 && v.vmid <= 8999)).toEqual([]);
+  });
+
+  it('drills an etcd snapshot: intact passes, a corrupt one fails with the reason', async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-etcd-'));
+    try {
+      // A bbolt file starts with a meta page whose magic 0xED0CDAED sits at offset 16.
+      const page = Buffer.alloc(4 * 1024 ** 2);
+      page.writeUInt32LE(0xed0cdaed, 16);
+      await fs.writeFile(path.join(dir, 'etcd-2026.snapshot'), page);
+      const client = await testClient();
+      const target = { kind: 'etcd', cluster: 'home', snapshotDir: dir };
+      const ok = (await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+        client.workflow.execute('drRestore', {
+          taskQueue,
+          workflowId: `dr-drill/${uniqueName('etcd')}`,
+          args: [input(uniqueName('etcd'), 'drill', [target])],
+        }),
+      )) as DrReport;
+      expect(ok.ok).toBe(true);
+      expect(ok.targets[0]).toMatchObject({ target: 'etcd home', restoredBytes: 4 * 1024 ** 2 });
+      expect(ok.targets[0]!.verification).toMatch(/^snapshot intact: bbolt database, 4194304 bytes/);
+
+      await fs.writeFile(path.join(dir, 'etcd-2027.snapshot'), Buffer.alloc(4 * 1024 ** 2, 1));
+      const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+        client.workflow
+          .execute('drRestore', {
+            taskQueue,
+            workflowId: `dr-drill/${uniqueName('etcd')}`,
+            args: [input(uniqueName('etcd'), 'drill', [target])],
+          })
+          .catch((e: unknown) => e),
+      );
+      const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+      expect(cause.message).toMatch(/etcd home: etcd snapshot .*etcd-2027\.snapshot: not an etcd \(bbolt\) database/);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,283 @@
+// fluxBootstrap on the real dev server and the run's shared kube-apiserver; the test plays the
+// Deployment controller, source-controller and kustomize-controller through the status subresource.
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { AppsV1Api, CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { parse as parseYaml } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createDrReportActivities } from '../activities/dr-reports.js';
+import { createKubernetesActivities } from '../activities/kubernetes.js';
+import type { FluxBootstrapResult, FluxStatus } from '../common/flux-bootstrap.js';
+import type { Progress } from '../common/progress.js';
+import { projectRoot } from '../lib/paths.js';
+import { SecretStore } from '../lib/secrets.js';
+import { recordHistory } from './harness/histories.js';
+import { kubeConfigFor, setFluxReady } from './harness/kube-controllers.js';
+import { sharedKube } from './harness/kube.js';
+import { testClient, uniqueName, withWorker } from './harness/temporal.js';
+
+const REV = 'main@sha1:1111111111111111111111111111111111111111';
+const REV2 = 'main@sha1:2222222222222222222222222222222222222222';
+const MANIFEST = path.join(projectRoot, 'test', 'fixtures', 'flux', 'gotk-components.yaml');
+const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+
+let dir: string;
+let secrets: SecretStore;
+let activities: Record<string, (...args: never[]) => Promise<unknown>>;
+let inventory: Record<string, unknown>;
+
+beforeAll(async () => {
+  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-flux-test-'));
+  secrets = new SecretStore(path.join(dir, 'secrets'));
+  await secrets.put(
+    'flux/deploy-key',
+    '-----BEGIN OPENSSH PRIVATE KEY-----\ntest-only\n-----END OPENSSH PRIVATE KEY-----\n',
+  );
+  await secrets.put(
+    'flux/known-hosts',
+    'github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n',
+  );
+  await secrets.put('flux/age.key', 'AGE-SECRET-KEY-1TESTONLY\n');
+  activities = {
+    ...createKubernetesActivities({ secrets, pollMs: 100 }),
+    ...createDrReportActivities({ dir: path.join(dir, 'reports') }),
+  };
+  inventory = parseYaml(await fs.readFile(path.join(projectRoot, 'hardware', 'lab.example.yaml'), 'utf8')) as Record<
+    string,
+    unknown
+  >;
+});
+afterAll(async () => {
+  await fs.rm(dir, { recursive: true, force: true });
+});
+
+function input(over: Record<string, unknown> = {}) {
+  return {
+    cluster: 'home',
+    inventory,
+    kubeconfig: sharedKube().kubeconfig,
+    componentsManifest: MANIFEST,
+    gitCredentials: { identity: { store: 'flux/deploy-key' }, known_hosts: { store: 'flux/known-hosts' } },
+    sopsAgeKey: { store: 'flux/age.key' },
+    expectedRevision: REV,
+    pollSeconds: 0.2,
+    controllersTimeoutSeconds: 30,
+    readyTimeoutSeconds: 60,
+    slowAfterSeconds: 2,
+    ...over,
+  };
+}
+
+/** The Deployment controller: every Deployment in flux-system Available at its generation. */
+async function makeDeploymentsAvailable(names: string[]): Promise<void> {
+  const apps = kubeConfigFor(sharedKube().kubeconfigPath).makeApiClient(AppsV1Api);
+  for (const name of names) {
+    const d = await apps.readNamespacedDeployment({ namespace: 'flux-system', name });
+    const t = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+    await apps.patchNamespacedDeploymentStatus(
+      {
+        namespace: 'flux-system',
+        name,
+        body: {
+          status: {
+            observedGeneration: d.metadata?.generation,
+            replicas: 1,
+            updatedReplicas: 1,
+            readyReplicas: 1,
+            availableReplicas: 1,
+            conditions: [
+              {
+                type: 'Available',
+                status: 'True',
+                reason: 'MinimumReplicasAvailable',
+                message: 'Deployment has minimum availability.',
+                lastUpdateTime: t,
+                lastTransitionTime: t,
+              },
+              {
+                type: 'Progressing',
+                status: 'True',
+                reason: 'NewReplicaSetAvailable',
+                message: `ReplicaSet "${name}-1" has successfully progressed.`,
+                lastUpdateTime: t,
+                lastTransitionTime: t,
+              },
+            ],
+          },
+        },
+      },
+      mergePatch,
+    );
+  }
+}
+
+async function exists(kind: 'GitRepository' | 'Kustomization'): Promise<boolean> {
+  const api = kubeConfigFor(sharedKube().kubeconfigPath).makeApiClient(CustomObjectsApi);
+  const res =
+    kind === 'GitRepository'
+      ? { group: 'source.toolkit.fluxcd.io', version: 'v1', plural: 'gitrepositories' }
+      : { group: 'kustomize.toolkit.fluxcd.io', version: 'v1', plural: 'kustomizations' };
+  return api.getNamespacedCustomObject({ ...res, namespace: 'flux-system', name: 'flux-system' }).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check().catch(() => false))) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe('fluxBootstrap', () => {
+  let first: FluxBootstrapResult;
+
+  it('applies the components, waits for the controllers, makes the secrets, and is Ready at the revision (slow reported, not failed)', async () => {
+    const client = await testClient();
+    await withWorker({ activities }, async ({ taskQueue }) => {
+      const handle = await client.workflow.start('fluxBootstrap', {
+        taskQueue,
+        workflowId: `flux-bootstrap/home-${uniqueName('t')}`,
+        args: [input()],
+      });
+      // The Deployment controller: the controllers come up once the manifest is applied.
+      const apps = kubeConfigFor(sharedKube().kubeconfigPath).makeApiClient(AppsV1Api);
+      await until('the controllers Deployments', async () => {
+        const list = await apps.listNamespacedDeployment({ namespace: 'flux-system' });
+        return list.items.length === 2;
+      });
+      // Nothing is Ready before the controllers are Available.
+      expect(await exists('GitRepository')).toBe(false);
+      await makeDeploymentsAvailable(['source-controller', 'kustomize-controller']);
+
+      // The controllers take their time: past slowAfterSeconds the run says slow, and goes on.
+      await until('the sync objects', async () => (await exists('GitRepository')) && (await exists('Kustomization')));
+      await until(
+        'the slow warning',
+        async () => (await handle.query<FluxStatus>('fluxStatus')).state === 'slow',
+        15_000,
+      );
+      const progress = await handle.query<Progress>('progress');
+      expect(progress.steps.find((s) => s.name === 'wait for Ready')?.detail).toMatch(/^SLOW /);
+      expect((await handle.describe()).status.name).toBe('RUNNING');
+
+      // source-controller fetches an old revision first: not Ready at the expected one yet.
+      await setFluxReady(sharedKube(), {
+        kind: 'GitRepository',
+        namespace: 'flux-system',
+        name: 'flux-system',
+        revision: 'main@sha1:0000000000000000000000000000000000000000',
+      });
+      await new Promise((r) => setTimeout(r, 600));
+      expect((await handle.describe()).status.name).toBe('RUNNING');
+      await setFluxReady(sharedKube(), {
+        kind: 'GitRepository',
+        namespace: 'flux-system',
+        name: 'flux-system',
+        revision: REV,
+      });
+      await setFluxReady(sharedKube(), {
+        kind: 'Kustomization',
+        namespace: 'flux-system',
+        name: 'flux-system',
+        revision: REV,
+      });
+      first = await handle.result();
+      await recordHistory(handle as WorkflowHandle, 'flux-bootstrap');
+    });
+
+    expect(first.revision).toBe(REV);
+    expect(first.slow).toBe(true);
+    expect(first.unchanged).toEqual([]);
+    expect(first.changed).toEqual(
+      expect.arrayContaining([
+        'Namespace flux-system created',
+        'Deployment flux-system/source-controller created',
+        'Deployment flux-system/kustomize-controller created',
+        'Secret flux-system/flux-system created',
+        'Secret flux-system/sops-age created',
+        'GitRepository flux-system/flux-system created',
+        'Kustomization flux-system/flux-system created',
+      ]),
+    );
+    expect(first.controllers.sort()).toEqual(['kustomize-controller', 'source-controller']);
+
+    // What the API server has: secrets with the referenced values, the sync objects as wanted.
+    const kc = kubeConfigFor(sharedKube().kubeconfigPath);
+    const git = await kc
+      .makeApiClient(CoreV1Api)
+      .readNamespacedSecret({ namespace: 'flux-system', name: 'flux-system' });
+    expect(Object.keys(git.data ?? {}).sort()).toEqual(['identity', 'known_hosts']);
+    expect(Buffer.from(git.data!.identity!, 'base64').toString()).toContain('test-only');
+    const ks = (await kc.makeApiClient(CustomObjectsApi).getNamespacedCustomObject({
+      group: 'kustomize.toolkit.fluxcd.io',
+      version: 'v1',
+      plural: 'kustomizations',
+      namespace: 'flux-system',
+      name: 'flux-system',
+    })) as { spec: Record<string, unknown> };
+    expect(ks.spec).toMatchObject({
+      path: './clusters/home',
+      prune: true,
+      sourceRef: { kind: 'GitRepository', name: 'flux-system' },
+      decryption: { provider: 'sops', secretRef: { name: 'sops-age' } },
+    });
+  });
+
+  it('changes nothing when run again (the upgrade path) and lists every object unchanged', async () => {
+    expect(first).toBeDefined();
+    const client = await testClient();
+    const again = await withWorker({ activities }, async ({ taskQueue }) =>
+      client.workflow.execute('fluxBootstrap', {
+        taskQueue,
+        workflowId: `flux-bootstrap/home-${uniqueName('again')}`,
+        args: [input()],
+      }),
+    );
+    expect(again.changed).toEqual([]);
+    expect(again.unchanged).toHaveLength(first.changed.length);
+    expect(again.unchanged).toEqual(
+      expect.arrayContaining(['Namespace flux-system', 'Kustomization flux-system/flux-system']),
+    );
+    expect(again.revision).toBe(REV);
+    expect(again.slow).toBe(false);
+    expect(again.summary).toMatch(/nothing changed/);
+  });
+
+  it('fails with the controller message when the Kustomization reports Ready=False at the revision', async () => {
+    const client = await testClient();
+    const err = await withWorker({ activities }, async ({ taskQueue }) => {
+      const handle = await client.workflow.start('fluxBootstrap', {
+        taskQueue,
+        workflowId: `flux-bootstrap/home-${uniqueName('bad')}`,
+        args: [input({ expectedRevision: REV2 })],
+      });
+      await until('the wait', async () => (await handle.query<FluxStatus>('fluxStatus')).state === 'waiting');
+      await setFluxReady(sharedKube(), {
+        kind: 'GitRepository',
+        namespace: 'flux-system',
+        name: 'flux-system',
+        revision: REV2,
+      });
+      await setFluxReady(sharedKube(), {
+        kind: 'Kustomization',
+        namespace: 'flux-system',
+        name: 'flux-system',
+        revision: REV2,
+        ready: false,
+        message: 'kustomize build failed: accumulating resources: open apps/missing.yaml: no such file or directory',
+      });
+      return handle.result().catch((e: unknown) => e);
+    });
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('PreconditionFailed');
+    expect(cause.message).toContain('Kustomization flux-system/flux-system Ready=False (ReconciliationFailed)');
+    expect(cause.message).toContain('open apps/missing.yaml: no such file or directory');
+  });
+});

@@ -1,0 +1,160 @@
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { BatchV1Api, CoreV1Api } from '@kubernetes/client-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { GpuNodeJoinResult } from '../common/gpu-node-join.js';
+import { recordHistory } from './harness/histories.js';
+import { completeJob, kubeConfigFor, markNodeReady } from './harness/kube-controllers.js';
+import { startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
+import { testClient, uniqueName, withWorker } from './harness/temporal.js';
+
+/** One control plane and the two GPU workers of the example lab. */
+function oneCpTwoGpus(home: Draft): void {
+  home.controlPlane = (home.controlPlane as Draft[]).slice(0, 1);
+  home.workers = (home.workers as Draft[]).filter((w) => w.gpu !== undefined);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+describe('gpuNodeJoin on fakepve, the Talos stand-in and a real kube-apiserver', () => {
+  let lab: TalosLab;
+  let core: CoreV1Api;
+  let batch: BatchV1Api;
+
+  beforeAll(async () => {
+    lab = await startTalosLab({ cluster: oneCpTwoGpus });
+    core = kubeConfigFor(lab.kube).makeApiClient(CoreV1Api);
+    batch = kubeConfigFor(lab.kube).makeApiClient(BatchV1Api);
+    // The cluster the GPU nodes join: bootstrapped by the real workflow.
+    const client = await testClient();
+    await withWorker({ activities: lab.activities }, ({ taskQueue }) =>
+      client.workflow.execute('talosBootstrap', {
+        taskQueue,
+        workflowId: `talos-bootstrap/home-${uniqueName('gpu')}`,
+        args: [{ cluster: 'home', inventory: lab.inventory, waitSeconds: 60 }],
+      }),
+    );
+  });
+  afterAll(async () => {
+    await lab?.stop();
+  });
+
+  /** Plays the NVIDIA device plugin and the Job controller for `node` until `stop` says so. */
+  function playCluster(node: string, jobSucceeds: boolean): { stop: () => void; done: Promise<void> } {
+    let stopped = false;
+    const done = (async () => {
+      let gpus = false;
+      while (!stopped) {
+        const n = await core.readNode({ name: node }).catch(() => undefined);
+        if (n && !gpus && (n.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True')) {
+          await markNodeReady(lab.kube, node, { gpus: 1 });
+          gpus = true;
+        }
+        const job = await batch
+          .readNamespacedJob({ namespace: 'default', name: `gpu-smoke-${node}` })
+          .catch(() => undefined);
+        if (job && !(job.status?.conditions ?? []).some((c) => c.status === 'True')) {
+          await completeJob(lab.kube, 'default', `gpu-smoke-${node}`, jobSucceeds);
+        }
+        await sleep(150);
+      }
+    })();
+    return { stop: () => (stopped = true), done };
+  }
+
+  async function join(node: string): Promise<GpuNodeJoinResult | WorkflowFailedError> {
+    const client = await testClient();
+    return withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
+      const handle = await client.workflow.start('gpuNodeJoin', {
+        taskQueue,
+        workflowId: `gpu-node-join/${node}-${uniqueName('j')}`,
+        args: [{ cluster: 'home', node, inventory: lab.inventory, waitSeconds: 30 }],
+      });
+      const result = await handle.result().catch((e: unknown) => e as WorkflowFailedError);
+      if (!(result instanceof WorkflowFailedError)) await recordHistory(handle, 'gpu-node-join');
+      return result;
+    });
+  }
+
+  it('fails before touching anything when the GPU is attached to another VM', async () => {
+    await lab.fake.api('POST', '/nodes/pve1/qemu', {
+      vmid: 150,
+      name: 'windows-gaming',
+      hostpci0: 'mapping=a5000,pcie=1',
+      memory: 4096,
+    });
+    const writesBefore = (await lab.pveWrites()).length;
+    const callsBefore = lab.standin.calls.length;
+    try {
+      const err = await join('talos-gpu-a5000');
+      expect(err).toBeInstanceOf(WorkflowFailedError);
+      const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+      expect(cause.type).toBe('PreconditionFailed');
+      expect(cause.nonRetryable).toBe(true);
+      expect(cause.message).toContain(
+        'gpus[0]: GPU rtx-a5000 (0000:01:00.0) is attached to VM 150 (windows-gaming) on pve1',
+      );
+      expect((await lab.pveWrites()).length).toBe(writesBefore);
+      expect(lab.standin.calls.slice(callsBefore)).toEqual([]);
+      expect((await lab.fake.vms()).some((v) => v.vmid === 211)).toBe(false);
+    } finally {
+      await lab.fake.api('DELETE', '/nodes/pve1/qemu/150');
+    }
+  });
+
+  it('joins the GPU worker: passthrough VM, Ready node with labels and taints, GPU allocatable, smoke Job', async () => {
+    const player = playCluster('talos-gpu-a5000', true);
+    const result = await join('talos-gpu-a5000').finally(() => player.stop());
+    await player.done;
+    expect(result).not.toBeInstanceOf(WorkflowFailedError);
+    const ok = result as GpuNodeJoinResult;
+    expect(ok.summary).toBe('talos-gpu-a5000 joined home with RTX A5000 (0000:01:00.0); smoke Job completed');
+
+    const vm = (await lab.fake.vms()).find((v) => v.vmid === 211)!;
+    expect(vm.status).toBe('running');
+    expect(vm.config).toMatchObject({ machine: 'q35', bios: 'ovmf', hostpci0: 'mapping=a5000,pcie=1' });
+
+    const node = await core.readNode({ name: 'talos-gpu-a5000' });
+    expect(node.metadata?.labels).toMatchObject({
+      'nvidia.com/gpu.present': 'true',
+      'gpu.labwright.dev/model': 'rtx-a5000',
+    });
+    // (node.kubernetes.io/not-ready is the API server's own admission taint; no controller lifts it here.)
+    expect(node.spec?.taints).toContainEqual({ key: 'nvidia.com/gpu', value: 'true', effect: 'NoSchedule' });
+    const job = await batch.readNamespacedJob({ namespace: 'default', name: 'gpu-smoke-talos-gpu-a5000' });
+    expect(job.spec?.template.spec?.containers[0]?.resources?.limits).toEqual({ 'nvidia.com/gpu': '1' });
+
+    // The machine config the node got is the GPU worker's: NVIDIA modules and the nvidia runtime.
+    const config = await lab.secrets.resolve({ store: 'talos/home/nodes/talos-gpu-a5000.yaml' });
+    expect(config).toMatch(/name: nvidia_uvm/);
+    expect(config).toMatch(/default_runtime_name = "nvidia"/);
+  });
+
+  it('undoes a join that fails after the VM exists: no VM, no node, the GPU free', async () => {
+    const player = playCluster('talos-gpu-a2000', false);
+    const err = await join('talos-gpu-a2000').finally(() => player.stop());
+    await player.done;
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const failure = (err as WorkflowFailedError).cause?.cause as ApplicationFailure;
+    expect(failure).toBeInstanceOf(ApplicationFailure);
+    expect(failure.type).toBe('PreconditionFailed');
+    expect(failure.message).toMatch(/Job default\/gpu-smoke-talos-gpu-a2000 failed: BackoffLimitExceeded/);
+
+    // It got as far as a running VM and a Ready node before the smoke Job failed...
+    expect(lab.standin.calls.some((c) => c.node === 'talos-gpu-a2000' && c.command === 'apply-config')).toBe(true);
+    // ...and left nothing behind.
+    const vms = await lab.fake.vms();
+    expect(vms.some((v) => v.vmid === 212)).toBe(false);
+    expect(
+      vms.filter((v) => v.node === 'pve2' && Object.values(v.config).some((x) => String(x).includes('0000:01:00'))),
+    ).toEqual([]);
+    await expect(core.readNode({ name: 'talos-gpu-a2000' })).rejects.toMatchObject({ code: 404 });
+    await expect(
+      batch.readNamespacedJob({ namespace: 'default', name: 'gpu-smoke-talos-gpu-a2000' }),
+    ).rejects.toMatchObject({
+      code: 404,
+    });
+    // The other GPU node is untouched.
+    expect((await core.readNode({ name: 'talos-gpu-a5000' })).metadata?.name).toBe('talos-gpu-a5000');
+  });
+});

@@ -1,0 +1,134 @@
+/**
+ * The lab the DR tests run on: fakepve (a VM with backups on `unraid-backup`), the run's shared
+ * kube-apiserver with an app namespace whose PVCs Volsync backs up (ReplicationSources with the
+ * status VolSync writes), a secret store, and the activities wired to them. The tests play
+ * VolSync's mover and the Job controller (test/harness/kube-controllers.ts).
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
+import { createDrReportActivities } from '../../activities/dr-reports.js';
+import { createKubernetesActivities } from '../../activities/kubernetes.js';
+import { startFakePveLab, type FakePveLab } from './fakepve.js';
+import { kubeConfigFor } from './kube-controllers.js';
+import { sharedKube, testNamespace } from './kube.js';
+
+const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+
+export interface DrLab {
+  pve: FakePveLab;
+  reportsDir: string;
+  activities: Record<string, (...args: never[]) => Promise<unknown>>;
+  /** The inventory the workflows get: fakepve's hosts and the VMID ranges. */
+  inventory: Record<string, unknown>;
+  stop(): Promise<void>;
+}
+
+/** VM 120 `hass` on pve1, running, with a NIC on VLAN 80 and the guest agent. */
+export async function startDrLab(): Promise<DrLab> {
+  const pve = await startFakePveLab({
+    guests: [
+      {
+        vmid: 120,
+        name: 'hass',
+        node: 'pve1',
+        status: 'running',
+        config: { net0: 'virtio=BC:24:11:00:01:20,bridge=vmbr0,tag=80', cores: 2, memory: 2048, agent: '1', onboot: 1 },
+        agent: {},
+      },
+    ],
+  });
+  // VMs restored from archives boot with a guest agent that answers.
+  await pve.fake.control({ op: 'vm_defaults', defaults: { agent: {} } });
+  const reportsDir = path.join(pve.dir, 'reports');
+  return {
+    pve,
+    reportsDir,
+    activities: {
+      ...pve.proxmox,
+      ...createKubernetesActivities({ secrets: pve.secrets, pollMs: 100 }),
+      ...createDrReportActivities({ dir: reportsDir }),
+    },
+    inventory: { proxmox: pve.inventory.proxmox },
+    stop: () => pve.stop(),
+  };
+}
+
+/** A vzdump archive of `vmid` taken `ageSeconds` ago. */
+export async function storeVmBackup(
+  lab: DrLab,
+  vmid: number,
+  ageSeconds: number,
+  size = 64 * 1024 ** 2,
+): Promise<string> {
+  const ctime = Math.floor(Date.now() / 1000) - ageSeconds;
+  const stamp = new Date(ctime * 1000).toISOString().replace(/[-:]/g, '_').replace('T', '-').slice(0, 19);
+  const name = `vzdump-qemu-${vmid}-${stamp}.vma.zst`;
+  await lab.pve.fake.control({ op: 'store_backup', storage: 'unraid-backup', name, size, ctime });
+  return `unraid-backup:backup/${name}`;
+}
+
+/**
+ * An app namespace with PVCs backed up by Volsync (restic): each PVC, its restic repository
+ * Secret and its ReplicationSource whose last sync was `ageSeconds` ago.
+ */
+export async function appWithBackups(pvcs: string[], ageSeconds: number): Promise<string> {
+  const ns = await testNamespace('app');
+  const kc = kubeConfigFor(sharedKube().kubeconfigPath);
+  const core = kc.makeApiClient(CoreV1Api);
+  const custom = kc.makeApiClient(CustomObjectsApi);
+  for (const pvc of pvcs) {
+    await core.createNamespacedPersistentVolumeClaim({
+      namespace: ns,
+      body: {
+        metadata: { name: pvc },
+        spec: {
+          accessModes: ['ReadWriteOnce'],
+          resources: { requests: { storage: '2Gi' } },
+          storageClassName: 'ceph-block',
+        },
+      },
+    });
+    await core.createNamespacedSecret({
+      namespace: ns,
+      body: {
+        metadata: { name: `${pvc}-restic` },
+        stringData: { RESTIC_REPOSITORY: `s3:http://minio.invalid/volsync/${pvc}`, RESTIC_PASSWORD: 'test-only' },
+      },
+    });
+    const ref = { group: 'volsync.backube', version: 'v1alpha1', plural: 'replicationsources', namespace: ns };
+    await custom.createNamespacedCustomObject({
+      ...ref,
+      body: {
+        apiVersion: 'volsync.backube/v1alpha1',
+        kind: 'ReplicationSource',
+        metadata: { name: pvc, namespace: ns },
+        spec: {
+          sourcePVC: pvc,
+          trigger: { schedule: '0 * * * *' },
+          restic: { repository: `${pvc}-restic`, copyMethod: 'Snapshot', pruneIntervalDays: 7 },
+        },
+      },
+    });
+    const last = new Date(Date.now() - ageSeconds * 1000).toISOString().replace(/\.\d+Z$/, 'Z');
+    await custom.patchNamespacedCustomObjectStatus(
+      {
+        ...ref,
+        name: pvc,
+        body: {
+          status: {
+            lastSyncTime: last,
+            lastSyncDuration: '42s',
+            latestMoverStatus: { result: 'Successful', logs: 'snapshot saved' },
+          },
+        },
+      },
+      mergePatch,
+    );
+  }
+  return ns;
+}
+
+export async function readdirOrEmpty(dir: string): Promise<string[]> {
+  return fs.readdir(dir).catch(() => []);
+}

@@ -1,0 +1,105 @@
+/**
+ * EC2 peers for the llm-burst tests: moto behind the fault proxy, a fake model server for the
+ * instances (every private address maps to it), and helpers to look at moto directly.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { promises as fs } from 'node:fs';
+import { DescribeInstancesCommand, StopInstancesCommand, type EC2Client, type Instance } from '@aws-sdk/client-ec2';
+import { createEc2Activities } from '../../activities/ec2.js';
+import { parseAddressMap, TAG_POOL, type AddressResolver } from '../../common/llm-burst.js';
+import type { BurstPool } from '../../hardware/schema.js';
+import { cacheDir } from '../../lib/paths.js';
+import { SecretStore } from '../../lib/secrets.js';
+import {
+  ec2Env,
+  motoClient,
+  prepareBurstPool,
+  startFakeModelServer,
+  startMotoServer,
+  type FakeModelServer,
+  type MotoServer,
+} from '../../sim/ec2.js';
+import { startFaultProxy, type FaultProxy } from './fault-proxy.js';
+
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
+
+export const LAUNCH_TEMPLATE = 'llm-gpu-worker';
+
+export interface Ec2Peers {
+  moto: MotoServer;
+  faults: FaultProxy;
+  /** The model server every instance address maps to. */
+  model: FakeModelServer;
+  /** Environment for a worker: EC2 through the fault proxy, dummy keys, the address map. */
+  env: Record<string, string>;
+  resolve: AddressResolver;
+  /** Straight to moto, for assertions and for acting "behind labwright's back". */
+  sdk: EC2Client;
+  secrets: SecretStore;
+  activities(): ReturnType<typeof createEc2Activities>;
+  /** The pool's instances that are not terminated. */
+  instances(pool: string): Promise<Instance[]>;
+  stopOutside(instanceId: string): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** A burst pool like the example's, under a name no other test uses. */
+export function testPool(name: string, overrides: Partial<Record<keyof BurstPool, unknown>> = {}): BurstPool {
+  return {
+    name,
+    region: 'us-east-1',
+    instanceTypes: ['g5.xlarge', 'g5.2xlarge'],
+    market: 'spot-then-on-demand',
+    launchTemplate: { name: LAUNCH_TEMPLATE, version: '$Latest' },
+    securityGroupIds: [],
+    modelPort: 11434,
+    healthPath: '/api/tags',
+    idleTimeoutMinutes: 15,
+    hourlyPriceUsd: 1.006,
+    ...overrides,
+  } as BurstPool;
+}
+
+export async function startEc2Peers(): Promise<Ec2Peers> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-ec2-'));
+  const moto = await startMotoServer({ logFile: path.join(cacheDir, 'test-logs', `moto-${process.pid}.log`) });
+  const faults = await startFaultProxy(moto.endpoint);
+  const model = await startFakeModelServer({ name: 'burst' });
+  await prepareBurstPool(moto.endpoint, testPool('setup'));
+  const env = ec2Env(faults.url, model.port);
+  const resolve = parseAddressMap(env.LABWRIGHT_EC2_ADDRESS_MAP!);
+  const sdk = motoClient(moto.endpoint);
+  const secrets = new SecretStore(path.join(dir, 'secrets'), env);
+  return {
+    moto,
+    faults,
+    model,
+    env,
+    resolve,
+    sdk,
+    secrets,
+    activities: () => createEc2Activities({ secrets, env, resolveAddress: resolve, pollIntervalMs: 100 }),
+    instances: async (pool) => {
+      const out = await sdk.send(
+        new DescribeInstancesCommand({
+          Filters: [
+            { Name: `tag:${TAG_POOL}`, Values: [pool] },
+            { Name: 'instance-state-name', Values: ['pending', 'running', 'stopping', 'stopped'] },
+          ],
+        }),
+      );
+      return (out.Reservations ?? []).flatMap((r) => r.Instances ?? []);
+    },
+    stopOutside: async (instanceId) => {
+      await sdk.send(new StopInstancesCommand({ InstanceIds: [instanceId] }));
+    },
+    stop: async () => {
+      sdk.destroy();
+      await faults.stop();
+      await model.stop();
+      await moto.stop();
+      await fs.rm(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,189 @@
+/**
+ * The Talos lab the talos-bootstrap and gpu-node-join tests run on: fakepve (with the cluster's
+ * template on both PVE nodes and the GPUs' PCI devices), a real kube-apiserver, the Talos
+ * stand-in behind a talosctl whose gen/validate are the real talosctl, a secret store, and the
+ * activities of all three wired to them. Every inventory address is mapped to loopback.
+ */
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { createKubernetesActivities } from '../../activities/kubernetes.js';
+import { createProxmoxActivities, proxmoxDepsFromInventory } from '../../activities/proxmox.js';
+import { createTalosActivities } from '../../activities/talos.js';
+import { inventorySchema } from '../../hardware/schema.js';
+import { projectRoot } from '../../lib/paths.js';
+import { ensureTool } from '../../lib/processes.js';
+import { SecretStore } from '../../lib/secrets.js';
+import { startFakePve, type FakePve } from '../../sim/proxmox.js';
+import { loopbackFor, pveVmLister, startTalosStandin, type TalosStandin } from '../../sim/talos-standin.js';
+import { startKube, type KubeHandle } from './kube.js';
+
+export type Draft = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+export interface TalosLab {
+  dir: string;
+  fake: FakePve;
+  kube: KubeHandle;
+  standin: TalosStandin;
+  secrets: SecretStore;
+  /** The inventory the workflows get (raw, as YAML gives it), pointed at fakepve. */
+  inventory: Draft;
+  activities: Record<string, (...args: never[]) => Promise<unknown>>;
+  /** Non-GET requests fakepve has answered so far. */
+  pveWrites(): Promise<Array<{ method: string; path: string }>>;
+  stop(): Promise<void>;
+}
+
+export interface TalosLabOptions {
+  /** Edits the example inventory's `home` cluster before anything starts. */
+  cluster?: (home: Draft, inventory: Draft) => void;
+}
+
+/** PCI devices as a PVE host lists them, for the example lab's GPUs (and an audio function). */
+const PCI = {
+  pve1: [
+    {
+      id: '0000:01:00.0',
+      class: '0x030000',
+      vendor: '0x10de',
+      device: '0x2231',
+      vendor_name: 'NVIDIA Corporation',
+      device_name: 'GA102GL [RTX A5000]',
+      iommugroup: 14,
+    },
+    {
+      id: '0000:01:00.1',
+      class: '0x040300',
+      vendor: '0x10de',
+      device: '0x1aef',
+      vendor_name: 'NVIDIA Corporation',
+      device_name: 'GA102 High Definition Audio Controller',
+      iommugroup: 14,
+    },
+    {
+      id: '0000:0b:00.0',
+      class: '0x030000',
+      vendor: '0x10de',
+      device: '0x2702',
+      vendor_name: 'NVIDIA Corporation',
+      device_name: 'AD103 [GeForce RTX 4080 SUPER]',
+      iommugroup: 27,
+    },
+  ],
+  pve2: [
+    {
+      id: '0000:01:00.0',
+      class: '0x030000',
+      vendor: '0x10de',
+      device: '0x2531',
+      vendor_name: 'NVIDIA Corporation',
+      device_name: 'GA106 [RTX A2000]',
+      iommugroup: 12,
+    },
+  ],
+};
+
+export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLab> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-talos-lab-'));
+  const inventory = parseYaml(
+    await fs.readFile(path.join(projectRoot, 'hardware', 'lab.example.yaml'), 'utf8'),
+  ) as Draft;
+  opts.cluster?.(inventory.clusters.home, inventory);
+  const secrets = new SecretStore(path.join(dir, 'secrets'));
+  const realTalosctl = ensureTool('ensure-talosctl.sh');
+
+  const stops: Array<() => Promise<void>> = [];
+  const stop = async (): Promise<void> => {
+    for (const s of stops.reverse()) await s().catch(() => undefined);
+    await fs.rm(dir, { recursive: true, force: true });
+  };
+  try {
+    const template = { scsi0: 'local-lvm:base-9000-disk-0,size=8G', ostype: 'l26', cores: 2, memory: 2048 };
+    const fake = await startFakePve({
+      dir: path.join(dir, 'fakepve'),
+      nodes: ['pve1', 'pve2'],
+      guests: [
+        { vmid: 9000, name: 'talos-v1-11-5', node: 'pve1', template: true, config: template },
+        {
+          vmid: 9001,
+          name: 'talos-v1-11-5',
+          node: 'pve2',
+          template: true,
+          config: { ...template, scsi0: 'local-lvm:base-9001-disk-0,size=8G' },
+        },
+      ],
+    });
+    stops.push(() => fake.stop());
+    for (const [node, devices] of Object.entries(PCI)) {
+      await fake.control({ op: 'pci_devices', node, devices });
+    }
+    await fake.control({
+      op: 'pci_mappings',
+      mappings: [
+        { id: 'a5000', description: 'RTX A5000', map: ['node=pve1,path=0000:01:00.0,id=10de:2231,iommugroup=14'] },
+      ],
+    });
+    for (const host of inventory.proxmox.hosts as Draft[]) {
+      host.apiUrl = fake.url;
+      host.caFile = fake.caFile;
+      host.token = await secrets.put(`proxmox/${host.name}-token`, fake.token);
+    }
+
+    const kube = await startKube({ crdsDir: false });
+    stops.push(() => kube.stop());
+
+    const home = inventory.clusters.home as Draft;
+    const nodes = [...(home.controlPlane as Draft[]), ...((home.workers as Draft[]) ?? [])].map((n) => ({
+      name: n.name as string,
+      ip: n.ip as string,
+      address: loopbackFor(n.ip as string),
+      kind: n.kind as 'vm' | 'metal',
+      arch: (n.arch ?? 'amd64') as 'amd64' | 'arm64',
+      ...(n.kind === 'vm' ? { vm: { node: n.node as string, vmid: n.vmid as number } } : {}),
+    }));
+    const standin = await startTalosStandin({
+      dir: path.join(dir, 'talos'),
+      nodes,
+      realTalosctl,
+      listVms: pveVmLister({ url: fake.url, token: fake.token, ca: await fs.readFile(fake.caFile) }),
+      kubeconfigPath: kube.kubeconfigPath,
+    });
+    stops.push(() => standin.stop());
+
+    // The workers' deps are built from the validated inventory, as the worker does.
+    const parsed = inventorySchema.parse(inventory);
+    const pveDeps = proxmoxDepsFromInventory(parsed, secrets);
+    stops.push(async () => pveDeps.close());
+    const activities = {
+      ...createProxmoxActivities(pveDeps),
+      ...createTalosActivities({
+        talosctl: standin.talosctl,
+        secrets,
+        addressMap: standin.addressMap,
+        loopbackOnly: true,
+        pollMs: 200,
+        tmpDir: dir,
+      }),
+      ...createKubernetesActivities({ secrets, pollMs: 200 }),
+    } as unknown as TalosLab['activities'];
+
+    return {
+      dir,
+      fake,
+      kube,
+      standin,
+      secrets,
+      inventory,
+      activities,
+      pveWrites: async () =>
+        (await fake.control<Array<{ method: string; path: string }>>({ op: 'requests' })).filter(
+          (r) => r.method !== 'GET' && !r.path.startsWith('/_labwright'),
+        ),
+      stop,
+    };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}

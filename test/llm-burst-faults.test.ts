@@ -1,0 +1,327 @@
+/**
+ * llmBurst when things go wrong: a lost RunInstances response, throttling and 5xx, spot capacity
+ * refused, a 4xx launch, a worker killed with SIGKILL mid-life, limits, and continue-as-new.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import {
+  WithStartWorkflowOperation,
+  WorkflowUpdateFailedError,
+  type Client,
+  type WorkflowHandle,
+} from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { inject } from 'vitest';
+import { ec2Failure, isCapacityError } from '../activities/ec2.js';
+import {
+  acquireUpdate,
+  durationMs,
+  holdSignal,
+  llmBurstWorkflowId,
+  parseAddressMap,
+  shutdownNowSignal,
+  statusQuery,
+  type AcquireResult,
+  type LlmBurstInput,
+  type LlmBurstStatus,
+} from '../common/llm-burst.js';
+import { projectRoot } from '../lib/paths.js';
+import { stopProcess } from '../lib/processes.js';
+import { startEc2Peers, testPool, type Ec2Peers } from './harness/ec2.js';
+import { temporalAddress, testClient, uniqueName, withWorker } from './harness/temporal.js';
+
+let peers: Ec2Peers;
+let client: Client;
+
+beforeAll(async () => {
+  peers = await startEc2Peers();
+  client = await testClient();
+});
+afterAll(async () => {
+  await peers?.stop();
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** @temporalio/worker's default stickyQueueScheduleToStartTimeout, which workers/worker.ts keeps. */
+const STICKY_TIMEOUT_MS = 10_000;
+
+const idFor = (taskQueue: string, pool: string) => `${llmBurstWorkflowId(pool)}-${taskQueue}`;
+
+function acquire(taskQueue: string, input: LlmBurstInput, deadlineSeconds = 30): Promise<AcquireResult> {
+  return client.workflow.executeUpdateWithStart(acquireUpdate, {
+    args: [{ deadlineSeconds }],
+    startWorkflowOperation: new WithStartWorkflowOperation('llmBurst', {
+      workflowId: idFor(taskQueue, input.pool.name),
+      taskQueue,
+      args: [input],
+      workflowIdConflictPolicy: 'USE_EXISTING',
+    }),
+  });
+}
+
+const status = (h: WorkflowHandle): Promise<LlmBurstStatus> => h.query(statusQuery);
+const states = async (pool: string) => (await peers.instances(pool)).map((i) => i.State?.Name);
+const isSpot = (p: URLSearchParams) => p.get('InstanceMarketOptions.MarketType') === 'spot';
+const poolTagged = (pool: string) => (p: URLSearchParams) => [...p.values()].includes(pool);
+
+describe('EC2 error classification', () => {
+  const sdkError = (name: string, status: number) =>
+    Object.assign(new Error(`${name} happened`), { name, $metadata: { httpStatusCode: status } });
+
+  it('retries throttling and 5xx, not 4xx; capacity is its own kind', () => {
+    const cases: Array<[Error, string, boolean]> = [
+      [sdkError('RequestLimitExceeded', 503), 'ThrottledError', false],
+      [sdkError('Throttling', 400), 'ThrottledError', false],
+      [sdkError('InternalError', 500), 'ServerError', false],
+      [sdkError('Unavailable', 503), 'ServerError', false],
+      [sdkError('InvalidParameterValue', 400), 'ClientError', true],
+      [sdkError('UnauthorizedOperation', 403), 'ClientError', true],
+      [sdkError('InvalidLaunchTemplateName.NotFoundException', 400), 'ClientError', true],
+      [sdkError('InsufficientInstanceCapacity', 500), 'PreconditionFailed', true],
+      [sdkError('IncorrectInstanceState', 400), 'TimeoutError', false],
+      [Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }), 'ConnectionError', false],
+    ];
+    for (const [err, type, nonRetryable] of cases) {
+      const f = ec2Failure(err, 'RunInstances');
+      expect([err.name, f.type, f.nonRetryable]).toEqual([err.name, type, nonRetryable]);
+    }
+    expect(isCapacityError(sdkError('InsufficientInstanceCapacity', 500))).toBe(true);
+    expect(isCapacityError(sdkError('capacity-not-available', 400))).toBe(true);
+    expect(isCapacityError(sdkError('InternalError', 500))).toBe(false);
+  });
+
+  it('parses durations and refuses an address no map rule covers', () => {
+    expect([durationMs('30s'), durationMs('15m'), durationMs('1h30m'), durationMs(2), durationMs('soon')]).toEqual([
+      30_000,
+      900_000,
+      5_400_000,
+      2000,
+      undefined,
+    ]);
+    const resolve = parseAddressMap('10.0.0.5=127.0.0.1:4000');
+    expect(resolve('10.0.0.5', 11434)).toEqual({ host: '127.0.0.1', port: 4000 });
+    expect(() => resolve('10.0.0.6', 11434)).toThrow(/no rule for 10.0.0.6:11434/);
+  });
+});
+
+describe('llmBurst under faults', () => {
+  it('a RunInstances whose response is lost leaves exactly one instance; throttling and 5xx are retried', async () => {
+    const pool = uniqueName('lost');
+    const tagged = poolTagged(pool);
+    peers.faults.add({ action: 'RunInstances', when: tagged, fault: { kind: 'drop-after-apply' } });
+    peers.faults.add({ action: 'DescribeInstances', fault: { kind: 'throttle' }, times: 1 });
+    peers.faults.add({
+      action: 'DescribeInstanceStatus',
+      fault: { kind: 'error', status: 500, code: 'InternalError' },
+    });
+    try {
+      await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+        const result = await acquire(taskQueue, { pool: testPool(pool), idleTimeout: '30s' });
+        const instances = await peers.instances(pool);
+        expect(instances.map((i) => i.InstanceId)).toEqual([result.instanceId]);
+        expect(peers.faults.count('RunInstances', tagged)).toBe(1);
+        const dropped = peers.faults.calls.filter((c) => c.fault === 'drop-after-apply');
+        expect(dropped).toHaveLength(1);
+        expect(peers.faults.calls.filter((c) => c.fault === 'throttle')).toHaveLength(1);
+        expect(peers.faults.calls.filter((c) => c.fault === 'error')).toHaveLength(1);
+        const token = instances[0]!.Tags?.find((t) => t.Key === 'labwright:launch-token')?.Value;
+        expect(token).toMatch(new RegExp(`^${pool}-`));
+        const h = client.workflow.getHandle(idFor(taskQueue, pool));
+        expect((await status(h)).state).toBe('ready');
+        await h.terminate('test over');
+      });
+    } finally {
+      peers.faults.clearRules();
+    }
+  });
+
+  it('falls back to on-demand when spot capacity is refused', async () => {
+    const pool = uniqueName('spot');
+    const tagged = poolTagged(pool);
+    peers.faults.add({
+      action: 'RunInstances',
+      when: (p) => tagged(p) && isSpot(p),
+      fault: { kind: 'error', status: 500, code: 'InsufficientInstanceCapacity', message: 'no spot capacity' },
+      times: Infinity,
+    });
+    try {
+      await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+        const result = await acquire(taskQueue, { pool: testPool(pool), idleTimeout: '30s' });
+        const [instance] = await peers.instances(pool);
+        expect(instance?.InstanceId).toBe(result.instanceId);
+        expect(instance?.InstanceLifecycle).toBeUndefined(); // on-demand
+        expect(instance?.InstanceType).toBe('g5.xlarge');
+        const runs = peers.faults.calls.filter((c) => c.action === 'RunInstances' && tagged(c.params));
+        expect(runs.map((c) => [c.params.get('InstanceType'), isSpot(c.params)])).toEqual([
+          ['g5.xlarge', true],
+          ['g5.2xlarge', true],
+          ['g5.xlarge', false],
+        ]);
+        const h = client.workflow.getHandle(idFor(taskQueue, pool));
+        const s = await status(h);
+        expect(s.market).toBe('on-demand');
+        expect(s.events.map((e) => e.what).join('\n')).toContain('g5.xlarge spot: InsufficientInstanceCapacity');
+        await h.terminate('test over');
+      });
+    } finally {
+      peers.faults.clearRules();
+    }
+  });
+
+  it('a launch EC2 rejects (4xx) fails the start at once with the reason, and a spot-only pool gets no fallback', async () => {
+    const pool = uniqueName('reject');
+    const tagged = poolTagged(pool);
+    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+      const err = await acquire(taskQueue, {
+        pool: testPool(pool, { market: 'spot', launchTemplate: { name: 'no-such-template', version: '$Latest' } }),
+        idleTimeout: '30s',
+      }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(WorkflowUpdateFailedError);
+      const cause = (err as WorkflowUpdateFailedError).cause as ApplicationFailure;
+      expect(cause.type).toBe('PreconditionFailed');
+      expect(cause.message).toContain('could not start');
+      expect(cause.message).toContain('InvalidLaunchTemplateName.NotFoundException');
+      expect(peers.faults.count('RunInstances', tagged)).toBe(1); // 4xx: not retried
+      const h = client.workflow.getHandle(idFor(taskQueue, pool));
+      const s = await status(h);
+      expect(s.state).toBe('failed');
+      expect(s.reason).toContain('InvalidLaunchTemplateName.NotFoundException');
+      expect(await states(pool)).toEqual([]);
+      await h.terminate('test over');
+    });
+  });
+
+  it('stops on time although the worker was killed with SIGKILL while the instance was ready', async () => {
+    const pool = uniqueName('sigkill');
+    const taskQueue = uniqueName('tq-child');
+    const workers: ChildProcess[] = [];
+    const startWorker = async (): Promise<ChildProcess> => {
+      const child = spawn(process.execPath, ['--import', 'tsx', path.join(projectRoot, 'test/harness/ec2-worker.ts')], {
+        cwd: projectRoot,
+        env: {
+          ...process.env,
+          ...peers.env,
+          TEMPORAL_ADDRESS: temporalAddress(),
+          LABWRIGHT_TASK_QUEUE: taskQueue,
+          LABWRIGHT_WORKFLOW_BUNDLE: inject('workflowBundlePath'),
+          LABWRIGHT_EC2_POLL_MS: '100',
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      workers.push(child);
+      let output = '';
+      await new Promise<void>((resolve, reject) => {
+        child.stdout!.on('data', (d: Buffer) => {
+          output += d.toString();
+          if (output.includes('worker ready')) resolve();
+        });
+        child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+        child.once('exit', (code) => reject(new Error(`test worker exited (${code}):\n${output}`)));
+      });
+      return child;
+    };
+    try {
+      const first = await startWorker();
+      const input: LlmBurstInput = { pool: testPool(pool), idleTimeout: '6s', reconcileEvery: '30s' };
+      const result = await acquire(taskQueue, input);
+      const h = client.workflow.getHandle(idFor(taskQueue, pool));
+      const ready = await status(h);
+      expect(ready.state).toBe('ready');
+      const deadline = Date.parse(ready.idleDeadline!);
+
+      first.kill('SIGKILL');
+      await new Promise((r) => first.once('exit', r));
+      expect(first.signalCode).toBe('SIGKILL');
+      await sleep(2000);
+      expect(await states(pool)).toEqual(['running']); // nobody stopped it early
+
+      await startWorker();
+      await expect.poll(() => states(pool), { timeout: 20_000, interval: 200 }).toEqual(['stopped']);
+      // Never early; late by at most the dead worker's sticky-queue timeout: the timer's workflow task
+      // first goes to the killed worker's sticky queue and moves to the shared queue after
+      // stickyQueueScheduleToStartTimeout (the SDK's 10 s default), then the new worker stops it.
+      const late = Date.now() - deadline;
+      expect(late).toBeGreaterThanOrEqual(0);
+      expect(late).toBeLessThan(STICKY_TIMEOUT_MS + 3000);
+      const s = await status(h);
+      expect(s.state).toBe('stopped');
+      expect(s.instanceId).toBe(result.instanceId);
+      expect(s.reason).toBe('idle for 6s');
+      await h.terminate('test over');
+    } finally {
+      await Promise.all(workers.map((w) => stopProcess(w, 2000)));
+    }
+  });
+
+  it('a maximum running time stops a held instance, and a daily budget stops it and refuses restarts', async () => {
+    const maxPool = uniqueName('maxrun');
+    const budgetPool = uniqueName('budget');
+    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+      // Held, it would stay up forever; the maximum running time (3 s) ends the run and the hold.
+      await acquire(taskQueue, { pool: testPool(maxPool), idleTimeout: '1m', maxRunning: '3s' });
+      const hm = client.workflow.getHandle(idFor(taskQueue, maxPool));
+      await hm.signal(holdSignal);
+      await expect.poll(() => states(maxPool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
+      const sm = await status(hm);
+      expect(sm.state).toBe('stopped');
+      expect(sm.reason).toBe('maximum running time of 3s reached');
+      expect(sm.held).toBe(false);
+      expect(sm.runningSeconds).toBeGreaterThanOrEqual(3);
+
+      // $3600/h is $1/s: a $2.5 budget lasts 2.5 s, then it stops and refuses until tomorrow.
+      const budget = testPool(budgetPool, { hourlyPriceUsd: 3600, dailyBudgetUsd: 2.5 });
+      await acquire(taskQueue, { pool: budget, idleTimeout: '1m' });
+      const hb = client.workflow.getHandle(idFor(taskQueue, budgetPool));
+      await expect.poll(() => states(budgetPool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
+      const sb = await status(hb);
+      expect(sb.state).toBe('stopped');
+      expect(sb.reason).toMatch(/^daily budget of \$2\.50 reached \(\$2\.\d\d spent on \d{4}-\d\d-\d\d\)$/);
+      expect(sb.refusedUntil).toMatch(/T00:00:00\.000Z$/);
+      expect(sb.today.costUsd).toBeGreaterThanOrEqual(2.5);
+      const refused = await acquire(taskQueue, { pool: budget, idleTimeout: '1m' }).catch((e: unknown) => e);
+      expect(refused).toBeInstanceOf(WorkflowUpdateFailedError);
+      expect((refused as Error & { cause: Error }).cause.message).toContain('refuses to start: daily budget of $2.50');
+      expect(peers.faults.count('StartInstances', poolTagged(budgetPool))).toBe(0);
+      await Promise.all([hm.terminate('test over'), hb.terminate('test over')]);
+    });
+  });
+
+  it('continues as new carrying its state, and shutdownNow stops at once and fails waiting acquires', async () => {
+    const pool = uniqueName('can');
+    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+      const input: LlmBurstInput = {
+        pool: testPool(pool),
+        idleTimeout: '1m',
+        reconcileEvery: '200ms',
+        continueAsNewAfterEvents: 60,
+      };
+      const first = await acquire(taskQueue, input);
+      const h = client.workflow.getHandle(idFor(taskQueue, pool));
+      const firstRun = (await h.describe()).runId;
+      await expect.poll(async () => (await h.describe()).runId, { timeout: 15_000, interval: 300 }).not.toBe(firstRun);
+      const carried = await status(h);
+      expect(carried.state).toBe('ready');
+      expect(carried.instanceId).toBe(first.instanceId);
+      expect(carried.lastDemandAt).toBeDefined();
+      expect(carried.total.runningSeconds).toBeGreaterThan(0);
+      expect(carried.events.some((e) => e.what.startsWith('launched'))).toBe(true);
+      // The new run serves from the same instance without another launch.
+      const again = await acquire(taskQueue, input);
+      expect(again.instanceId).toBe(first.instanceId);
+      expect(peers.faults.count('RunInstances', poolTagged(pool))).toBe(1);
+
+      await h.signal(shutdownNowSignal, 'test');
+      await expect.poll(() => states(pool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
+      const s = await status(h);
+      expect(s.state).toBe('stopped');
+      expect(s.reason).toBe('shutdownNow: test');
+      // Demand before the shutdown does not bring it back; a new acquire does.
+      await sleep(500);
+      expect(await states(pool)).toEqual(['stopped']);
+      const back = await acquire(taskQueue, input);
+      expect(back.instanceId).toBe(first.instanceId);
+      await h.terminate('test over');
+    });
+  });
+});

@@ -1,0 +1,143 @@
+/**
+ * The llmBurst workflow on the real dev server against moto (through the fault proxy): the idle
+ * lifecycle, limits, reconciliation, lost responses, spot fallback and continue-as-new.
+ */
+import { WithStartWorkflowOperation, WorkflowFailedError, type Client, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  acquireUpdate,
+  demandSignal,
+  llmBurstWorkflowId,
+  statusQuery,
+  type AcquireResult,
+  type LlmBurstInput,
+  type LlmBurstStatus,
+} from '../common/llm-burst.js';
+import type { Progress } from '../common/progress.js';
+import { startEc2Peers, testPool, type Ec2Peers } from './harness/ec2.js';
+import { recordHistory } from './harness/histories.js';
+import { testClient, uniqueName, withWorker } from './harness/temporal.js';
+
+let peers: Ec2Peers;
+let client: Client;
+
+beforeAll(async () => {
+  peers = await startEc2Peers();
+  client = await testClient();
+});
+afterAll(async () => {
+  await peers?.stop();
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function acquire(taskQueue: string, input: LlmBurstInput, deadlineSeconds = 30): Promise<AcquireResult> {
+  return client.workflow.executeUpdateWithStart(acquireUpdate, {
+    args: [{ deadlineSeconds }],
+    startWorkflowOperation: new WithStartWorkflowOperation('llmBurst', {
+      workflowId: `${llmBurstWorkflowId(input.pool.name)}-${taskQueue}`,
+      taskQueue,
+      args: [input],
+      workflowIdConflictPolicy: 'USE_EXISTING',
+    }),
+  });
+}
+
+function handleFor(taskQueue: string, pool: string): WorkflowHandle {
+  return client.workflow.getHandle(`${llmBurstWorkflowId(pool)}-${taskQueue}`);
+}
+
+async function status(handle: WorkflowHandle): Promise<LlmBurstStatus> {
+  return handle.query(statusQuery);
+}
+
+async function instanceState(pool: string): Promise<string[]> {
+  return (await peers.instances(pool)).map((i) => i.State?.Name ?? '?');
+}
+
+describe('llmBurst on moto', () => {
+  it('starts one instance on a cold acquire, keeps it up while demand goes on, and stops it after idleTimeout', async () => {
+    const pool = uniqueName('pool');
+    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+      const input: LlmBurstInput = { pool: testPool(pool), idleTimeout: '4s', reconcileEvery: '2s' };
+      const before = peers.faults.count('RunInstances');
+      const result = await acquire(taskQueue, input);
+      expect(result.endpoint).toMatch(/^http:\/\/10\.\d+\.\d+\.\d+:11434$/);
+      expect(result.idleTimeoutMs).toBe(4000);
+      expect(await instanceState(pool)).toEqual(['running']);
+      expect(peers.faults.count('RunInstances') - before).toBe(1);
+
+      const handle = handleFor(taskQueue, pool);
+      const ready = await status(handle);
+      expect(ready.state).toBe('ready');
+      expect(ready.instanceId).toBe(result.instanceId);
+      expect(ready.endpoint).toBe(result.endpoint);
+      expect(ready.idleDeadline).toBeDefined();
+      expect((await handle.query<Progress>('progress')).current).toBe('serve');
+
+      // Demand every second for 8 s (twice the idle timeout): it stays up, no second start.
+      for (let i = 0; i < 8; i++) {
+        await handle.signal(demandSignal);
+        await sleep(1000);
+        expect(await instanceState(pool)).toEqual(['running']);
+      }
+      const kept = await status(handle);
+      expect(kept.state).toBe('ready');
+      expect(kept.runningSeconds).toBeGreaterThan(6);
+      expect(kept.costUsd).toBeGreaterThan(0);
+      expect(peers.faults.count('RunInstances') - before).toBe(1);
+      expect(peers.faults.count('StartInstances')).toBe(0);
+
+      // Silence: stopped (not terminated) within idleTimeout plus a few seconds of the last demand.
+      const lastDemand = Date.parse(kept.lastDemandAt!);
+      await expect.poll(() => instanceState(pool), { timeout: 12_000, interval: 250 }).toEqual(['stopped']);
+      const stoppedAfter = Date.now() - lastDemand;
+      expect(stoppedAfter).toBeGreaterThanOrEqual(4000);
+      expect(stoppedAfter).toBeLessThan(4000 + 4000);
+      const stopped = await status(handle);
+      expect(stopped.state).toBe('stopped');
+      expect(stopped.reason).toBe('idle for 4s');
+      expect(stopped.instanceId).toBe(result.instanceId);
+      expect(stopped.endpoint).toBeUndefined();
+      expect(stopped.total.runningSeconds).toBeGreaterThan(10);
+
+      // A new cold acquire starts the same stopped instance (its EBS keeps the models).
+      const again = await acquire(taskQueue, input);
+      expect(again.instanceId).toBe(result.instanceId);
+      expect(peers.faults.count('StartInstances')).toBe(1);
+      expect(peers.faults.count('RunInstances') - before).toBe(1);
+
+      // Cancelling retires the pool: stopped, nothing billing; its history is kept for replay.
+      await handle.cancel();
+      const final = (await handle.result()) as LlmBurstStatus;
+      expect(final.state).toBe('stopped');
+      expect(await instanceState(pool)).toEqual(['stopped']);
+      await recordHistory(handle, 'llm-burst');
+    });
+  });
+
+  it('fails at once on a bad pool definition, naming the fields, with no EC2 call', async () => {
+    const pool = uniqueName('badpool');
+    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+      const calls = peers.faults.calls.length;
+      const input = {
+        pool: { ...testPool(pool), region: 'mars', launchTemplate: undefined, instanceTypes: [] },
+        idleTimeout: 'soon',
+      };
+      const err = await client.workflow
+        .execute('llmBurst', { taskQueue, workflowId: `${llmBurstWorkflowId(pool)}-${taskQueue}`, args: [input] })
+        .catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(WorkflowFailedError);
+      const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+      expect(cause).toBeInstanceOf(ApplicationFailure);
+      expect(cause.type).toBe('ValidationError');
+      expect(cause.nonRetryable).toBe(true);
+      expect(cause.message).toContain('pool.region: expected an AWS region like us-east-1');
+      expect(cause.message).toContain('pool.instanceTypes');
+      expect(cause.message).toContain('pool.ami: a burst pool needs a launchTemplate or an ami');
+      expect(cause.message).toContain('idleTimeout: expected a positive duration');
+      expect(peers.faults.calls.length).toBe(calls);
+    });
+  });
+});

@@ -1,0 +1,237 @@
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { CoreV1Api } from '@kubernetes/client-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { TalosBootstrapResult } from '../common/talos.js';
+import type { Progress } from '../common/progress.js';
+import { recordHistory } from './harness/histories.js';
+import { kubeConfigFor } from './harness/kube-controllers.js';
+import { startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { inject } from 'vitest';
+import {
+  NAMESPACE,
+  temporalAddress,
+  testClient,
+  testDataConverter,
+  uniqueName,
+  withWorker,
+} from './harness/temporal.js';
+
+/**
+ * A worker that keeps no workflow cache: after it stops, the next one gets the workflow task at
+ * once (no sticky queue to time out) and replays the whole history, as a worker started after a
+ * crash does.
+ */
+async function startUncachedWorker(
+  activities: Record<string, (...args: never[]) => Promise<unknown>>,
+  taskQueue: string,
+): Promise<{ stop(): Promise<void> }> {
+  const connection = await NativeConnection.connect({ address: temporalAddress() });
+  const worker = await Worker.create({
+    connection,
+    namespace: NAMESPACE,
+    taskQueue,
+    dataConverter: testDataConverter,
+    activities,
+    workflowBundle: { codePath: inject('workflowBundlePath') },
+    maxCachedWorkflows: 0,
+    shutdownGraceTime: '1 second',
+  });
+  const running = worker.run().finally(() => connection.close());
+  return {
+    stop: async () => {
+      if (worker.getState() === 'RUNNING') worker.shutdown();
+      await running;
+    },
+  };
+}
+
+/** Three control planes, and two workers: a VM on the IoT VLAN and the Raspberry Pi (metal, arm64). */
+function threePlusTwo(home: Draft): void {
+  home.workers = (home.workers as Draft[]).filter((w) => ['talos-iot-1', 'rpi5'].includes(w.name as string));
+}
+
+describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserver', () => {
+  let lab: TalosLab;
+  const cluster = 'home';
+  let firstRun: TalosBootstrapResult;
+
+  beforeAll(async () => {
+    lab = await startTalosLab({ cluster: threePlusTwo });
+    // Installs the harness's quiet SDK runtime before the uncached workers below create theirs.
+    await withWorker({}, async () => undefined);
+  });
+  afterAll(async () => {
+    await lab?.stop();
+  });
+
+  it('bootstraps 3 control planes and 2 workers, restarted at every step, with exactly one etcd bootstrap', async () => {
+    const client = await testClient();
+    const taskQueue = uniqueName('talos');
+    // The worker is stopped and a new one started after the first completion of each kind of
+    // activity (so at every step); the bootstrap's reply is lost on the way back, as when the
+    // worker dies between the bootstrap and its record.
+    // One restart per step: after the first completion of the activity that ends it.
+    const stepEnds = new Set([
+      'pveListTemplates',
+      'pveSetConfig',
+      'pveStart',
+      'talosWaitForApi',
+      'talosEnsureSecrets',
+      'talosGenNodeConfig',
+      'talosApplyConfig',
+      'talosBootstrap',
+      'talosHealth',
+      'talosKubeconfig',
+    ]);
+    const seen = new Set<string>();
+    let restartWanted: (() => void) | undefined;
+    let restartSignal = new Promise<void>((r) => (restartWanted = r));
+    const activities = Object.fromEntries(
+      Object.entries(lab.activities).map(([name, fn]) => [
+        name,
+        async (...args: never[]) => {
+          const result = await fn(...args);
+          if (stepEnds.has(name) && !seen.has(name)) {
+            seen.add(name);
+            restartWanted?.();
+          }
+          return result;
+        },
+      ]),
+    );
+    lab.standin.loseNextBootstrapReply();
+
+    let worker = await startUncachedWorker(activities, taskQueue);
+    const handle = await client.workflow.start('talosBootstrap', {
+      taskQueue,
+      workflowId: `talos-bootstrap/${cluster}-${uniqueName('t')}`,
+      args: [{ cluster, inventory: lab.inventory, waitSeconds: 60 }],
+    });
+    let restarts = 0;
+    let finished = false;
+    const result = handle.result().finally(() => {
+      finished = true;
+      restartWanted?.();
+    });
+    while (!finished) {
+      await restartSignal;
+      restartSignal = new Promise<void>((r) => (restartWanted = r));
+      if (finished) break;
+      await worker.stop();
+      restarts++;
+      worker = await startUncachedWorker(activities, taskQueue);
+    }
+    firstRun = await result.catch(async (err: unknown) => {
+      await worker.stop();
+      throw err;
+    });
+
+    expect(restarts).toBeGreaterThanOrEqual(9);
+    // One bootstrap reached a node, it succeeded, and nothing ever answered AlreadyExists.
+    expect(lab.standin.bootstraps).toEqual([{ node: 'talos-cp-1', outcome: 'bootstrapped' }]);
+    expect(lab.standin.calls.filter((c) => /AlreadyExists/.test(c.stderr))).toEqual([]);
+    expect(lab.standin.etcdMembers().sort()).toEqual(['talos-cp-1', 'talos-cp-2', 'talos-cp-3']);
+
+    expect(firstRun.endpoint).toBe('https://192.168.1.100:6443');
+    expect(firstRun.kubeconfig).toEqual({ store: 'talos/home/kubeconfig' });
+    expect(firstRun.etcd.node).toBe('talos-cp-1');
+    expect(firstRun.changes).toEqual(
+      expect.arrayContaining(['cloned VM 201 (talos-cp-1)', 'cloned VM 221 (talos-iot-1)']),
+    );
+    expect(firstRun.notes.join('\n')).toMatch(
+      /rpi5 is bare metal \(arm64\): boot it from metal-arm64\.raw\.xz of Talos v1\.11\.5/,
+    );
+
+    // The VMs as PVE has them: cloned from the template on their own node, configured, running.
+    const vms = new Map((await lab.fake.vms()).map((v) => [v.vmid, v]));
+    for (const vmid of [201, 202, 203, 221]) expect(vms.get(vmid)?.status).toBe('running');
+    expect(vms.get(202)?.node).toBe('pve2');
+    expect(String(vms.get(221)?.config.net0)).toMatch(/BC:24:11:00:02:21.*bridge=vmbr0.*tag=80/i);
+    expect(vms.has(211)).toBe(false);
+
+    // Kubernetes (the real API server) has every node Ready, the Pi as arm64.
+    const core = kubeConfigFor(lab.kube).makeApiClient(CoreV1Api);
+    const nodes = (await core.listNode()).items;
+    expect(nodes.map((n) => n.metadata?.name).sort()).toEqual([
+      'rpi5',
+      'talos-cp-1',
+      'talos-cp-2',
+      'talos-cp-3',
+      'talos-iot-1',
+    ]);
+    expect(nodes.find((n) => n.metadata?.name === 'rpi5')?.metadata?.labels?.['kubernetes.io/arch']).toBe('arm64');
+    expect(
+      nodes.find((n) => n.metadata?.name === 'talos-iot-1')?.metadata?.labels?.['network.labwright.dev/vlan'],
+    ).toBe('iot');
+
+    // Secrets live in the store, and only their names travel.
+    expect(await lab.secrets.exists({ store: 'talos/home/secrets.yaml' })).toBe(true);
+    expect(await lab.secrets.resolve(firstRun.kubeconfig)).toContain(lab.kube.server);
+    const progress = await handle.query<Progress>('progress');
+    expect(progress.steps.filter((s) => s.status !== 'done')).toEqual([]);
+    const described = await handle.describe();
+    expect(described.memo).toMatchObject({ etcdBootstrapped: true, etcdNode: 'talos-cp-1' });
+    await recordHistory(handle, 'talos-bootstrap');
+    await worker.stop();
+  }, 180_000);
+
+  it('changes nothing when run again on the healthy cluster, and says so', async () => {
+    expect(firstRun).toBeDefined();
+    const client = await testClient();
+    const writesBefore = (await lab.pveWrites()).length;
+    const callsBefore = lab.standin.calls.length;
+    const result = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow.execute('talosBootstrap', {
+        taskQueue,
+        workflowId: `talos-bootstrap/${cluster}-${uniqueName('again')}`,
+        args: [{ cluster, inventory: lab.inventory, waitSeconds: 60 }],
+      }),
+    );
+    expect(result.changes).toEqual([]);
+    expect(result.summary).toBe('cluster home is already healthy at https://192.168.1.100:6443: nothing changed');
+    expect(result.etcd).toEqual({ node: 'talos-cp-1', bootstrappedByThisRun: false });
+    expect((await lab.pveWrites()).length).toBe(writesBefore);
+    const calls = lab.standin.calls.slice(callsBefore);
+    expect(calls.filter((c) => c.command === 'bootstrap')).toEqual([]);
+    expect(calls.filter((c) => c.command === 'apply-config' && !c.argv.includes('--dry-run'))).toEqual([]);
+    expect(lab.standin.bootstraps).toHaveLength(1);
+  });
+
+  it('fails at once on a bad PCI address and duplicate VMIDs, naming the fields, and touches nothing', async () => {
+    const client = await testClient();
+    const bad = structuredClone(lab.inventory);
+    bad.gpus[0].pciAddress = '0000:1:00.0';
+    bad.clusters.home.controlPlane[1].vmid = 201;
+    const called: string[] = [];
+    const activities = Object.fromEntries(
+      Object.entries(lab.activities).map(([name, fn]) => [
+        name,
+        async (...args: never[]) => {
+          called.push(name);
+          return fn(...args);
+        },
+      ]),
+    );
+    const err = await withWorker({ activities }, async ({ taskQueue }) =>
+      client.workflow
+        .execute('talosBootstrap', {
+          taskQueue,
+          workflowId: `talos-bootstrap/${cluster}-${uniqueName('bad')}`,
+          args: [{ cluster, inventory: bad }],
+        })
+        .catch((e: unknown) => e),
+    );
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause).toBeInstanceOf(ApplicationFailure);
+    expect(cause.type).toBe('ValidationError');
+    expect(cause.nonRetryable).toBe(true);
+    expect(cause.message).toContain('gpus[0].pciAddress: expected a PCI address like 0000:01:00.0');
+    expect(cause.message).toContain(
+      'clusters.home.controlPlane[1].vmid: duplicate vmid 201, also at clusters.home.controlPlane[0].vmid',
+    );
+    expect(called).toEqual([]);
+  });
+});

@@ -1,0 +1,796 @@
+/**
+ * DR restore: bring back PVCs (Volsync restic backups), VMs (Proxmox vzdump archives) and etcd
+ * (a `talosctl etcd snapshot`) from a plan of targets. ID `dr-restore/<plan>` (restore) or
+ * `dr-drill/<plan>` (drill). The runbook it replaces:
+ *
+ *   1. Validate the plan.
+ *   2. Check every target's backup before anything is touched: it exists, it is younger than
+ *      `maxBackupAge`, and it is not empty. Any problem fails the run here, naming each one.
+ *   3. Compute the plan (what is restored from which backup of what age, what it overwrites or
+ *      where it goes) and expose it (`plan` query).
+ *   4. restore mode: wait for the `approve` signal carrying the plan's digest; nothing is touched
+ *      without it (a `reject` signal or the approval timeout end the run untouched).
+ *   5. Restore each target, in parallel:
+ *      - PVC: a ReplicationDestination with a manual trigger; done when status.lastManualSync is
+ *        the trigger and latestMoverStatus.result is Successful. A drill restores into a scratch
+ *        namespace (a new PVC from the mover's VolumeSnapshot); a restore writes into the real
+ *        PVC (copyMethod Direct).
+ *      - VM: the newest archive restored to a VMID: a drill to a free VMID of the drill range,
+ *        with every NIC's link down (isolated); a restore replaces the VM at its own VMID.
+ *      - etcd: a restore recovers through Talos (`talosctl bootstrap --recover-from`); a drill
+ *        checks the snapshot's integrity (a scratch cluster is out of its scope).
+ *   6. Verify: a Job checks the PVC's sentinel checksum and size; the VM boots and its guest
+ *      agent answers; an undersized or empty result is refused.
+ *   7. A drill always cleans up what it created (also on failure and cancellation).
+ *   8. Report per target and in total: measured RTO and RPO (the age of the backup used), kept
+ *      for the next run, which reports the RTO trend.
+ */
+import * as wf from '@temporalio/workflow';
+import type { DrReportActivities } from '../activities/dr-reports.js';
+import type { createKubernetesActivities } from '../activities/kubernetes.js';
+import type { createProxmoxActivities, TaskOutcome } from '../activities/proxmox.js';
+import type { createTalosActivities } from '../activities/talos.js';
+import { apiCall, oneShot, waitFor } from '../common/activity-options.js';
+import {
+  DR_LABELS,
+  approveSignal,
+  drRestoreInputSchema,
+  drStatusQuery,
+  drillNamespace,
+  drillVmName,
+  dnsLabel,
+  formatBytes,
+  formatDuration,
+  isolatedNet,
+  planDigest,
+  planQuery,
+  quantityBytes,
+  rejectSignal,
+  replicationDestinationObject,
+  restoredPvcObject,
+  summarize,
+  targetLabel,
+  verifyJobObject,
+  type Approval,
+  type BackupInfo,
+  type DrPlan,
+  type DrReport,
+  type DrRestoreParsed,
+  type DrStatus,
+  type DrTarget,
+  type PlanItem,
+  type TargetReport,
+} from '../common/dr-restore.js';
+import { nonRetryable } from '../common/errors.js';
+import { ProgressTracker } from '../common/progress.js';
+import { runPveTask } from '../common/pve-tasks.js';
+import { RESOURCE_KEY } from '../common/search-attributes.js';
+import type { SecretRef } from '../common/secret-ref.js';
+import { parseInventory, planCluster, talosStore } from '../common/talos.js';
+import { parseInput } from '../common/validation.js';
+import type { Inventory } from '../hardware/schema.js';
+
+type Kube = ReturnType<typeof createKubernetesActivities>;
+type Pve = ReturnType<typeof createProxmoxActivities>;
+type Talos = ReturnType<typeof createTalosActivities>;
+
+const kube = wf.proxyActivities<Kube>(apiCall);
+const kubeWait = wf.proxyActivities<Kube>(waitFor);
+const pve = wf.proxyActivities<Pve>(apiCall);
+const pveWait = wf.proxyActivities<Pve>(waitFor);
+const talos = wf.proxyActivities<Talos>(apiCall);
+const talosOnce = wf.proxyActivities<Talos>(oneShot);
+const talosWait = wf.proxyActivities<Talos>(waitFor);
+const files = wf.proxyActivities<DrReportActivities>(apiCall);
+
+export const DR_RESTORE_STEPS = [
+  'validate',
+  'check backups',
+  'plan',
+  'approval',
+  'restore and verify',
+  'clean up',
+  'report',
+] as const;
+
+/** What the checks found for one target, used by its restore. */
+type Checked =
+  | {
+      target: Extract<DrTarget, { kind: 'pvc' }>;
+      backup: BackupInfo;
+      repository: string;
+      capacity: string;
+      accessModes: string[];
+      storageClassName?: string;
+    }
+  | { target: Extract<DrTarget, { kind: 'vm' }>; backup: BackupInfo; archive: string; currentName?: string }
+  | { target: Extract<DrTarget, { kind: 'etcd' }>; backup: BackupInfo; snapshot: string; address?: string };
+
+/** Something a drill made, removed again at the end. */
+type Made =
+  | { kind: 'k8s'; apiVersion: string; k8sKind: string; namespace?: string; name: string }
+  | { kind: 'vm'; host: string; node: string; vmid: number; name: string };
+
+export async function drRestore(raw: unknown): Promise<DrReport> {
+  const input = parseInput(drRestoreInputSchema, raw, 'dr-restore input');
+  const info = wf.workflowInfo();
+  wf.upsertSearchAttributes([{ key: RESOURCE_KEY, value: input.plan }]);
+  const progress = new ProgressTracker(DR_RESTORE_STEPS);
+  const status: DrStatus = { phase: 'checking', rejectedApprovals: [] };
+  let plan: DrPlan | null = null;
+  let approval: Approval | undefined;
+  let rejection: { by: string; reason: string } | undefined;
+  wf.setHandler(planQuery, () => plan);
+  wf.setHandler(drStatusQuery, () => status);
+  wf.setHandler(approveSignal, (a) => {
+    if (approval) return;
+    if (!plan || a.digest !== plan.digest) {
+      status.rejectedApprovals.push({
+        digest: a.digest,
+        by: a.by,
+        why: plan ? `the plan's digest is ${plan.digest}, not ${a.digest}` : 'no plan computed yet',
+      });
+      return;
+    }
+    approval = a;
+    status.approval = a;
+  });
+  wf.setHandler(rejectSignal, (r) => {
+    rejection ??= r;
+  });
+
+  const startedAt = Date.now();
+  const drill = input.mode === 'drill';
+  const kubeconfig: SecretRef = input.kubeconfig ?? { store: talosStore.kubeconfig(input.cluster) };
+  const talosconfig: SecretRef = input.talosconfig ?? { store: talosStore.talosconfig(input.cluster) };
+
+  // 1. validate: the inventory when a target needs it (VMIDs of the drill range, etcd nodes).
+  const inventory = await progress.run(
+    'validate',
+    async () => {
+      const needs = input.targets.some((t) => t.kind !== 'pvc');
+      return needs ? parseInventory(input.inventory ?? (await talos.talosLabInventory())) : undefined;
+    },
+    () => `${input.mode} of ${input.targets.length} target(s): ${input.targets.map(targetLabel).join(', ')}`,
+  );
+
+  // 2. backups: all targets checked, every problem named, before anything is touched.
+  const checked = await progress
+    .run(
+      'check backups',
+      async () => {
+        const results = await Promise.all(input.targets.map((t) => checkBackup(t, input, kubeconfig, inventory)));
+        const problems = results.filter((r): r is { problem: string } => 'problem' in r).map((r) => r.problem);
+        if (problems.length > 0) {
+          throw nonRetryable(
+            'precondition',
+            `${input.mode} ${input.plan}: ${problems.join('; ')}; nothing was touched`,
+            {
+              problems,
+            },
+          );
+        }
+        return results as Checked[];
+      },
+      (cs) => cs.map((c) => `${targetLabel(c.target)} ${formatDuration(c.backup.ageMs)} old`).join(', '),
+    )
+    .catch((err: unknown) => {
+      status.phase = 'failed';
+      status.detail = (err as Error).message;
+      progress.finishWith((err as Error).message);
+      throw err;
+    });
+
+  // 3. the plan: VMIDs of drill VMs are chosen here, once, and recorded with the plan.
+  const drillVmids = new Map<number, number>();
+  if (drill) {
+    for (const [i, c] of checked.entries()) {
+      if (c.target.kind !== 'vm') continue;
+      const vmid = await pve.pveNextFreeVmid({
+        host: c.target.host,
+        range: inventory!.proxmox.vmidRanges.drills,
+        exclude: [...drillVmids.values()],
+      });
+      drillVmids.set(i, vmid);
+    }
+  }
+  const namespace = drillNamespace(input.plan);
+  const items: PlanItem[] = checked.map((c, i) => planItem(c, drill, namespace, drillVmids.get(i)));
+  plan = { plan: input.plan, mode: input.mode, digest: planDigest(items), items, computedAt: new Date().toISOString() };
+  progress.done('plan', `digest ${plan.digest}: ${items.map((i) => `${i.target} -> ${i.into}`).join('; ')}`);
+
+  // 4. approval: a restore waits for it; nothing has been touched so far.
+  if (drill) {
+    progress.skip('approval', 'a drill touches only scratch space');
+  } else {
+    status.phase = 'awaiting-approval';
+    progress.start('approval', `waiting for approve with digest ${plan.digest} (labwright plan: query \`plan\`)`);
+    const got = await wf.condition(() => approval !== undefined || rejection !== undefined, input.approvalTimeout);
+    if (!approval) {
+      const why = rejection
+        ? `rejected by ${rejection.by}: ${rejection.reason}`
+        : `not approved within ${formatDuration(input.approvalTimeout)}`;
+      status.phase = 'failed';
+      progress.fail('approval', why);
+      progress.finishWith(`restore ${input.plan} ${why}; nothing was touched`);
+      throw nonRetryable('precondition', `restore ${input.plan} ${why}; nothing was touched`, { plan, timedOut: !got });
+    }
+    progress.done('approval', `approved by ${approval.by}${approval.comment ? `: ${approval.comment}` : ''}`);
+  }
+
+  // 5-7. restore and verify, in parallel; a drill removes whatever it made, whatever happens.
+  const restoreStart = Date.now();
+  status.phase = 'restoring';
+  const made: Made[] = [];
+  const cleanedUp: string[] = [];
+  let reports: TargetReport[] = [];
+  progress.start('restore and verify');
+  try {
+    if (drill && checked.some((c) => c.target.kind === 'pvc')) {
+      made.push({ kind: 'k8s', apiVersion: 'v1', k8sKind: 'Namespace', name: namespace });
+      await kube.k8sApply({
+        kubeconfig,
+        fieldManager: 'labwright',
+        manifests: JSON.stringify({
+          apiVersion: 'v1',
+          kind: 'Namespace',
+          metadata: { name: namespace, labels: { ...DR_LABELS, 'labwright.dev/plan': input.plan } },
+        }),
+      });
+    }
+    const settled = await Promise.allSettled(checked.map((c, i) => restoreTarget(c, i)));
+    reports = settled.map((s, i) => {
+      const c = checked[i]!;
+      if (s.status === 'fulfilled') return s.value;
+      if (wf.isCancellation(s.reason)) throw s.reason;
+      return {
+        target: targetLabel(c.target),
+        kind: c.target.kind,
+        ok: false,
+        backup: c.backup,
+        rpoMs: restoreStart - Date.parse(c.backup.takenAt),
+        restoredTo: plan!.items[i]!.into,
+        error: (s.reason as Error).message,
+      };
+    });
+    const failed = reports.filter((r) => !r.ok);
+    if (failed.length > 0) progress.fail('restore and verify', failed.map((r) => `${r.target}: ${r.error}`).join('; '));
+    else progress.done('restore and verify', reports.map((r) => `${r.target}: ${r.verification}`).join('; '));
+  } finally {
+    await wf.CancellationScope.nonCancellable(async () => {
+      if (!drill && made.length === 0) {
+        progress.skip('clean up', 'a restore keeps what it restored');
+        return;
+      }
+      status.phase = 'cleaning-up';
+      progress.start('clean up', `${made.length} object(s)`);
+      for (const m of [...made].reverse()) cleanedUp.push(await remove(m));
+      const left = cleanedUp.filter((c) => c.startsWith('LEFT'));
+      if (left.length > 0) progress.fail('clean up', left.join('; '));
+      else progress.done('clean up', cleanedUp.join(', ') || 'nothing to remove');
+    });
+  }
+
+  // 8. the report, kept for the next run's comparison.
+  const finishedAt = Date.now();
+  const failed = reports.filter((r) => !r.ok);
+  const previous = await files.drLastReport({ plan: input.plan, mode: input.mode, exceptRunId: info.runId });
+  const base: Omit<DrReport, 'summary'> = {
+    plan: input.plan,
+    mode: input.mode,
+    workflowId: info.workflowId,
+    runId: info.runId,
+    ok: failed.length === 0,
+    startedAt: new Date(startedAt).toISOString(),
+    finishedAt: new Date(finishedAt).toISOString(),
+    totalRtoMs: finishedAt - restoreStart,
+    maxRpoMs: Math.max(...reports.map((r) => r.rpoMs)),
+    targets: reports,
+    cleanedUp,
+    ...(failed.length > 0 ? { error: failed.map((r) => `${r.target}: ${r.error}`).join('; ') } : {}),
+    ...(previous
+      ? {
+          previous: {
+            workflowId: previous.workflowId,
+            finishedAt: previous.finishedAt,
+            ok: previous.ok,
+            totalRtoMs: previous.totalRtoMs,
+            maxRpoMs: previous.maxRpoMs,
+          },
+          rtoTrendMs: finishedAt - restoreStart - previous.totalRtoMs,
+        }
+      : {}),
+  };
+  const report: DrReport = { ...base, summary: summarize(base) };
+  await progress.run(
+    'report',
+    () => files.drSaveReport({ report }),
+    (r) => r.file,
+  );
+  progress.finishWith(report.summary);
+  status.phase = report.ok ? 'done' : 'failed';
+  status.detail = report.summary;
+  if (!report.ok) throw nonRetryable('precondition', report.summary, { report });
+  return report;
+
+  // ---------------------------------------------------------------- per target
+
+  async function restoreTarget(c: Checked, index: number): Promise<TargetReport> {
+    const t0 = Date.now();
+    const label = targetLabel(c.target);
+    const into = plan!.items[index]!.into;
+    const step = (detail: string): void => progress.detail('restore and verify', `${label}: ${detail}`);
+    let verification: string;
+    let restoredBytes: number | undefined;
+    if (c.target.kind === 'pvc') {
+      ({ verification, restoredBytes } = await restorePvc(c as Extract<Checked, { target: { kind: 'pvc' } }>, step));
+    } else if (c.target.kind === 'vm') {
+      ({ verification, restoredBytes } = await restoreVm(
+        c as Extract<Checked, { target: { kind: 'vm' } }>,
+        index,
+        step,
+      ));
+    } else {
+      ({ verification, restoredBytes } = await restoreEtcd(c as Extract<Checked, { target: { kind: 'etcd' } }>, step));
+    }
+    step(`verified: ${verification}`);
+    return {
+      target: label,
+      kind: c.target.kind,
+      ok: true,
+      backup: c.backup,
+      rtoMs: Date.now() - t0,
+      rpoMs: t0 - Date.parse(c.backup.takenAt),
+      restoredTo: into,
+      verification,
+      ...(restoredBytes !== undefined ? { restoredBytes } : {}),
+    };
+  }
+
+  async function restorePvc(
+    c: Extract<Checked, { target: { kind: 'pvc' } }>,
+    step: (d: string) => void,
+  ): Promise<{ verification: string; restoredBytes: number }> {
+    const t = c.target;
+    const ns = drill ? namespace : t.namespace;
+    const rdName = dnsLabel(`restore-${t.pvc}`);
+    const trigger = `labwright-${info.runId.slice(0, 8)}`;
+    const minBytes = quantityBytes(t.minSize)!;
+    let repository = c.repository;
+    if (drill) {
+      repository = dnsLabel(`${c.repository}`);
+      made.push({ kind: 'k8s', apiVersion: 'v1', k8sKind: 'Secret', namespace: ns, name: repository });
+      await kube.k8sCopySecret({
+        kubeconfig,
+        from: { namespace: t.namespace, name: c.repository },
+        to: { namespace: ns, name: repository },
+        labels: DR_LABELS,
+      });
+    }
+    step(`ReplicationDestination ${ns}/${rdName}, trigger ${trigger}`);
+    made.push({
+      kind: 'k8s',
+      apiVersion: 'volsync.backube/v1alpha1',
+      k8sKind: 'ReplicationDestination',
+      namespace: ns,
+      name: rdName,
+    });
+    await kube.k8sApply({
+      kubeconfig,
+      fieldManager: 'labwright',
+      manifests: JSON.stringify(
+        replicationDestinationObject({
+          name: rdName,
+          namespace: ns,
+          trigger,
+          repository,
+          plan: input.plan,
+          ...(drill ? {} : { direct: { destinationPVC: t.pvc } }),
+          capacity: c.capacity,
+          accessModes: c.accessModes,
+          ...((t.storageClassName ?? c.storageClassName)
+            ? { storageClassName: t.storageClassName ?? c.storageClassName }
+            : {}),
+          ...(t.volumeSnapshotClassName ? { volumeSnapshotClassName: t.volumeSnapshotClassName } : {}),
+        }),
+      ),
+    });
+
+    // The sync: a durable poll of the ReplicationDestination's status.
+    const deadline = Date.now() + input.syncTimeoutSeconds * 1000;
+    let rdStatus: RdStatus = {};
+    for (;;) {
+      const rd = await kube.k8sGetObject({
+        kubeconfig,
+        apiVersion: 'volsync.backube/v1alpha1',
+        kind: 'ReplicationDestination',
+        namespace: ns,
+        name: rdName,
+      });
+      rdStatus = ((rd.object?.status ?? {}) as RdStatus) ?? {};
+      if (rdStatus.lastManualSync === trigger && rdStatus.latestMoverStatus?.result === 'Successful') break;
+      const mover = rdStatus.latestMoverStatus?.result;
+      step(
+        `syncing (mover ${mover ?? 'not reported yet'}${mover === 'Failed' ? `: ${rdStatus.latestMoverStatus?.logs ?? ''}; Volsync retries` : ''})`,
+      );
+      if (Date.now() >= deadline) {
+        throw wf.ApplicationFailure.create({
+          type: 'TimeoutError',
+          nonRetryable: true,
+          message: `ReplicationDestination ${ns}/${rdName} did not sync within ${formatDuration(input.syncTimeoutSeconds * 1000)} (mover ${mover ?? 'silent'})`,
+        });
+      }
+      await wf.sleep(input.pollSeconds * 1000);
+    }
+
+    // The size: the mover's VolumeSnapshot (drill) or the restored PVC (restore).
+    let restoredBytes: number | undefined;
+    let claim = t.pvc;
+    if (drill) {
+      const image = rdStatus.latestImage;
+      if (!image?.name || image.kind !== 'VolumeSnapshot') {
+        throw nonRetryable(
+          'precondition',
+          `ReplicationDestination ${ns}/${rdName} synced but reports no VolumeSnapshot (latestImage)`,
+        );
+      }
+      made.push({
+        kind: 'k8s',
+        apiVersion: 'snapshot.storage.k8s.io/v1',
+        k8sKind: 'VolumeSnapshot',
+        namespace: ns,
+        name: image.name,
+      });
+      const snap = await kube.k8sGetObject({
+        kubeconfig,
+        apiVersion: 'snapshot.storage.k8s.io/v1',
+        kind: 'VolumeSnapshot',
+        namespace: ns,
+        name: image.name,
+      });
+      restoredBytes = quantityBytes((snap.object?.status as { restoreSize?: string } | undefined)?.restoreSize);
+      assertSize(`VolumeSnapshot ${ns}/${image.name}`, restoredBytes, minBytes);
+      claim = t.pvc;
+      made.push({ kind: 'k8s', apiVersion: 'v1', k8sKind: 'PersistentVolumeClaim', namespace: ns, name: claim });
+      await kube.k8sApply({
+        kubeconfig,
+        fieldManager: 'labwright',
+        manifests: JSON.stringify(
+          restoredPvcObject({
+            name: claim,
+            namespace: ns,
+            snapshot: image.name,
+            capacity: c.capacity,
+            accessModes: c.accessModes,
+            ...((t.storageClassName ?? c.storageClassName)
+              ? { storageClassName: t.storageClassName ?? c.storageClassName }
+              : {}),
+            plan: input.plan,
+          }),
+        ),
+      });
+    } else {
+      const pvc = await kube.k8sGetObject({
+        kubeconfig,
+        apiVersion: 'v1',
+        kind: 'PersistentVolumeClaim',
+        namespace: ns,
+        name: t.pvc,
+      });
+      const o = pvc.object as
+        | { status?: { capacity?: { storage?: string } }; spec?: { resources?: { requests?: { storage?: string } } } }
+        | undefined;
+      restoredBytes = quantityBytes(o?.status?.capacity?.storage ?? o?.spec?.resources?.requests?.storage);
+      assertSize(`PVC ${ns}/${t.pvc}`, restoredBytes, minBytes);
+    }
+
+    // The data: a Job checks the sentinel's checksum and the volume's size.
+    const jobName = dnsLabel(`verify-${t.pvc}-${info.runId.slice(0, 8)}`);
+    step(`verification Job ${ns}/${jobName}`);
+    made.push({ kind: 'k8s', apiVersion: 'batch/v1', k8sKind: 'Job', namespace: ns, name: jobName });
+    const job = verifyJobObject({
+      name: jobName,
+      namespace: ns,
+      pvc: claim,
+      image: input.verifyImage,
+      sentinelPath: t.sentinel.path,
+      sha256: t.sentinel.sha256,
+      minBytes,
+      plan: input.plan,
+    });
+    await kube.k8sCreateJob({ kubeconfig, job: job as Parameters<Kube['k8sCreateJob']>[0]['job'] });
+    try {
+      await kubeWait.k8sWaitJob({ kubeconfig, namespace: ns, name: jobName, timeoutSeconds: input.jobTimeoutSeconds });
+    } catch (err) {
+      throw nonRetryable('precondition', `verification of ${t.namespace}/${t.pvc} failed: ${causeMessage(err)}`);
+    }
+    return {
+      verification: `sentinel ${t.sentinel.path} sha256 ok (Job ${jobName}); ${formatBytes(restoredBytes!)} restored`,
+      restoredBytes: restoredBytes!,
+    };
+  }
+
+  async function restoreVm(
+    c: Extract<Checked, { target: { kind: 'vm' } }>,
+    index: number,
+    step: (d: string) => void,
+  ): Promise<{ verification: string; restoredBytes?: number }> {
+    const t = c.target;
+    const host = t.host;
+    const node = t.node;
+    const wait = (upid: string): Promise<TaskOutcome> => pveWait.pveWaitForTask({ host, upid });
+    const vmid = drill ? drillVmids.get(index)! : t.vmid;
+    const name = drill ? drillVmName(input.plan, t.name) : (c.currentName ?? t.name);
+    const ref = { host, node, vmid };
+    if (!drill && c.currentName !== undefined) {
+      step(`stopping and removing VM ${vmid} (${c.currentName})`);
+      const vm = await pve.pveGetVm(ref);
+      if (vm && vm.status !== 'stopped') await runPveTask(`stop VM ${vmid}`, () => pve.pveStop(ref), wait);
+      if (vm)
+        await runPveTask(`delete VM ${vmid}`, () => pve.pveDelete({ ...ref, guard: { name: c.currentName } }), wait);
+    }
+    step(`restoring ${c.archive} to VM ${vmid} (${name})`);
+    if (drill) made.push({ kind: 'vm', host, node, vmid, name });
+    await runPveTask(
+      `restore ${c.archive} to VM ${vmid}`,
+      () =>
+        pve.pveRestore({
+          ...ref,
+          archive: c.archive,
+          name,
+          ...(t.restoreStorage ? { storage: t.restoreStorage } : {}),
+          unique: drill,
+        }),
+      wait,
+    );
+    const restored = await pve.pveGetVm(ref);
+    if (!restored) throw nonRetryable('notFound', `VM ${vmid} is missing after its restore`);
+    if (drill) {
+      const net: Record<number, string> = {};
+      for (const [key, value] of Object.entries(restored.config)) {
+        const m = /^net(\d+)$/.exec(key);
+        if (m) net[Number(m[1])] = isolatedNet(String(value));
+      }
+      step(`isolating VM ${vmid}: ${Object.keys(net).length} NIC(s) link down`);
+      await pve.pveSetConfig({
+        ...ref,
+        guard: { name },
+        config: {
+          net,
+          onboot: false,
+          tags: ['labwright', 'dr-drill'],
+          description: `labwright DR drill ${input.plan} (${info.workflowId}); removed when the drill ends`,
+        },
+      });
+    }
+    step(`starting VM ${vmid}`);
+    await runPveTask(`start VM ${vmid}`, () => pve.pveStart(ref), wait, { okReasons: ['already-running'] });
+    step(`waiting for the guest agent of VM ${vmid}`);
+    let ifaces;
+    try {
+      ifaces = await pveWait.pveWaitForAgent({ ...ref, timeoutSeconds: input.agentTimeoutSeconds });
+    } catch (err) {
+      throw nonRetryable(
+        'precondition',
+        `VM ${vmid} (${name}) booted but its guest agent did not answer: ${causeMessage(err)}`,
+      );
+    }
+    const addresses = ifaces.filter((i) => i.name !== 'lo').flatMap((i) => i.ipv4);
+    return {
+      verification: `VM ${vmid} booted, guest agent answers (${addresses.join(', ') || 'no IPv4'})`,
+      ...(c.backup.size !== undefined ? { restoredBytes: c.backup.size } : {}),
+    };
+  }
+
+  async function restoreEtcd(
+    c: Extract<Checked, { target: { kind: 'etcd' } }>,
+    step: (d: string) => void,
+  ): Promise<{ verification: string; restoredBytes?: number }> {
+    step(`checking ${c.snapshot}`);
+    const check = await files.drCheckEtcdSnapshot({ path: c.snapshot });
+    if (!check.ok) throw nonRetryable('precondition', `etcd snapshot ${c.snapshot}: ${check.detail}`);
+    if (drill)
+      return {
+        verification: `snapshot intact: ${check.detail} (not recovered in a drill)`,
+        restoredBytes: c.backup.size,
+      };
+    step(`talosctl bootstrap --recover-from on ${c.address}`);
+    await talosOnce.talosRecoverEtcd({ address: c.address!, talosconfig, snapshot: c.snapshot });
+    const members = await talosWait.talosEtcdMembers({ address: c.address!, talosconfig });
+    if (members.members.length === 0)
+      throw nonRetryable('precondition', `etcd on ${c.address} has no members after the recovery`);
+    const api = await kube.k8sGetObject({ kubeconfig, apiVersion: 'v1', kind: 'Namespace', name: 'kube-system' });
+    if (!api.exists) throw nonRetryable('precondition', 'the Kubernetes API has no kube-system after the recovery');
+    return {
+      verification: `etcd recovered (${members.members.length} member(s)); the Kubernetes API answers`,
+      restoredBytes: c.backup.size,
+    };
+  }
+
+  /** Removes one thing a drill made; returns what happened, `LEFT ...` when it could not. */
+  async function remove(m: Made): Promise<string> {
+    try {
+      if (m.kind === 'k8s') {
+        const r = await kube.k8sDeleteObject({
+          kubeconfig,
+          apiVersion: m.apiVersion,
+          kind: m.k8sKind,
+          ...(m.namespace ? { namespace: m.namespace } : {}),
+          name: m.name,
+        });
+        return `${m.k8sKind} ${m.namespace ? `${m.namespace}/` : ''}${m.name}${r.deleted ? '' : ' (gone already)'}`;
+      }
+      const ref = { host: m.host, node: m.node, vmid: m.vmid };
+      const wait = (upid: string): Promise<TaskOutcome> => pveWait.pveWaitForTask({ host: m.host, upid });
+      const vm = await pve.pveGetVm(ref);
+      if (!vm) return `VM ${m.vmid} (gone already)`;
+      if (vm.name !== m.name) return `LEFT VM ${m.vmid}: it is ${vm.name}, not ${m.name}`;
+      if (vm.status !== 'stopped') await runPveTask(`stop VM ${m.vmid}`, () => pve.pveStop(ref), wait);
+      await runPveTask(`delete VM ${m.vmid}`, () => pve.pveDelete({ ...ref, guard: { name: m.name } }), wait);
+      return `VM ${m.vmid} (${m.name})`;
+    } catch (err) {
+      const what = m.kind === 'vm' ? `VM ${m.vmid}` : `${m.k8sKind} ${m.namespace ?? ''}/${m.name}`;
+      return `LEFT ${what}: ${causeMessage(err)}`;
+    }
+  }
+}
+
+interface RdStatus {
+  lastManualSync?: string;
+  lastSyncTime?: string;
+  latestMoverStatus?: { result?: string; logs?: string };
+  latestImage?: { kind?: string; name?: string };
+}
+
+function assertSize(what: string, bytes: number | undefined, min: number): void {
+  if (bytes === undefined || bytes === 0)
+    throw nonRetryable('precondition', `${what} is empty (no size reported): refused`);
+  if (bytes < min) {
+    throw nonRetryable(
+      'precondition',
+      `${what} holds ${formatBytes(bytes)}, less than the minimum ${formatBytes(min)}: refused`,
+    );
+  }
+}
+
+/** The innermost message of an activity failure (`ActivityFailure` wraps the activity's own). */
+function causeMessage(err: unknown): string {
+  let e = err as { message?: string; cause?: unknown } | undefined;
+  while (e?.cause && typeof e.cause === 'object') e = e.cause as typeof e;
+  return e?.message ?? String(err);
+}
+
+// ---------------------------------------------------------------- checks and plan
+
+async function checkBackup(
+  t: DrTarget,
+  input: DrRestoreParsed,
+  kubeconfig: SecretRef,
+  inventory: Inventory | undefined,
+): Promise<Checked | { problem: string }> {
+  const now = Date.now();
+  const label = targetLabel(t);
+  const tooOld = (takenAt: number): string | undefined =>
+    now - takenAt > input.maxBackupAge
+      ? `${label}: the newest backup is ${formatDuration(now - takenAt)} old, older than maxBackupAge ${formatDuration(input.maxBackupAge)}`
+      : undefined;
+  if (t.kind === 'pvc') {
+    const rsName = t.replicationSource ?? t.pvc;
+    const rs = await kube.k8sGetObject({
+      kubeconfig,
+      apiVersion: 'volsync.backube/v1alpha1',
+      kind: 'ReplicationSource',
+      namespace: t.namespace,
+      name: rsName,
+    });
+    if (!rs.exists) return { problem: `${label}: no ReplicationSource ${t.namespace}/${rsName}: no backup` };
+    const o = rs.object as { spec?: { restic?: { repository?: string } }; status?: RdStatus };
+    const last = o.status?.lastSyncTime;
+    if (!last) return { problem: `${label}: ReplicationSource ${t.namespace}/${rsName} has never completed a backup` };
+    const old = tooOld(Date.parse(last));
+    if (old) return { problem: old };
+    const repository = o.spec?.restic?.repository;
+    if (!repository) return { problem: `${label}: ReplicationSource ${t.namespace}/${rsName} is not a restic source` };
+    const pvc = await kube.k8sGetObject({
+      kubeconfig,
+      apiVersion: 'v1',
+      kind: 'PersistentVolumeClaim',
+      namespace: t.namespace,
+      name: t.pvc,
+    });
+    const spec = (pvc.object?.spec ?? {}) as {
+      accessModes?: string[];
+      storageClassName?: string;
+      resources?: { requests?: { storage?: string } };
+    };
+    const capacity = t.capacity ?? spec.resources?.requests?.storage;
+    if (!capacity) return { problem: `${label}: PVC ${t.namespace}/${t.pvc} does not exist and no capacity was given` };
+    return {
+      target: t,
+      backup: {
+        id: `ReplicationSource ${t.namespace}/${rsName} sync of ${last}`,
+        takenAt: new Date(Date.parse(last)).toISOString(),
+        ageMs: now - Date.parse(last),
+      },
+      repository,
+      capacity,
+      accessModes: spec.accessModes ?? ['ReadWriteOnce'],
+      ...(spec.storageClassName ? { storageClassName: spec.storageClassName } : {}),
+    };
+  }
+  if (t.kind === 'vm') {
+    const backups = await pve.pveListBackups({ host: t.host, node: t.node, storage: t.backupStorage, vmid: t.vmid });
+    const newest = backups[0];
+    if (!newest) return { problem: `${label}: no backup of VM ${t.vmid} on ${t.host}/${t.backupStorage}` };
+    const takenAt = newest.ctime * 1000;
+    const old = tooOld(takenAt);
+    if (old) return { problem: old };
+    const min = quantityBytes(t.minArchiveSize)!;
+    if (newest.size < min) {
+      return {
+        problem: `${label}: the newest backup ${newest.volid} holds ${formatBytes(newest.size)}, less than ${formatBytes(min)}: empty`,
+      };
+    }
+    const current = input.mode === 'restore' ? await pve.pveGetVm({ host: t.host, node: t.node, vmid: t.vmid }) : null;
+    return {
+      target: t,
+      backup: { id: newest.volid, takenAt: new Date(takenAt).toISOString(), ageMs: now - takenAt, size: newest.size },
+      archive: newest.volid,
+      ...(current ? { currentName: current.name } : {}),
+    };
+  }
+  const snap = await files.drNewestEtcdSnapshot({ dir: t.snapshotDir });
+  if (!snap) return { problem: `${label}: no etcd snapshot (*.snapshot, *.db) in ${t.snapshotDir}` };
+  const old = tooOld(snap.mtimeMs);
+  if (old) return { problem: old };
+  const min = quantityBytes(t.minSize)!;
+  if (snap.size < min)
+    return { problem: `${label}: ${snap.path} holds ${formatBytes(snap.size)}, less than ${formatBytes(min)}` };
+  let address: string | undefined;
+  if (input.mode === 'restore') {
+    const cluster = planCluster(inventory!, t.cluster);
+    const node = t.node ? cluster.controlPlane.find((n) => n.name === t.node) : cluster.controlPlane[0];
+    if (!node) return { problem: `${label}: ${t.node} is not a control plane of ${t.cluster}` };
+    address = node.ip;
+  }
+  return {
+    target: t,
+    backup: {
+      id: snap.path,
+      takenAt: new Date(snap.mtimeMs).toISOString(),
+      ageMs: now - snap.mtimeMs,
+      size: snap.size,
+    },
+    snapshot: snap.path,
+    ...(address ? { address } : {}),
+  };
+}
+
+function planItem(c: Checked, drill: boolean, namespace: string, drillVmid: number | undefined): PlanItem {
+  const base = { target: targetLabel(c.target), kind: c.target.kind, backup: c.backup };
+  const t = c.target;
+  if (t.kind === 'pvc') {
+    return drill
+      ? { ...base, into: `PVC ${namespace}/${t.pvc} (scratch namespace)` }
+      : { ...base, overwrites: `the data of PVC ${t.namespace}/${t.pvc}`, into: `PVC ${t.namespace}/${t.pvc}` };
+  }
+  if (t.kind === 'vm') {
+    const name = (c as Extract<Checked, { target: { kind: 'vm' } }>).currentName;
+    return drill
+      ? { ...base, into: `VM ${drillVmid} on ${t.host}/${t.node}, network isolated` }
+      : {
+          ...base,
+          overwrites: name
+            ? `VM ${t.vmid} (${name}) on ${t.host}/${t.node}: destroyed and replaced`
+            : `nothing (VM ${t.vmid} is absent)`,
+          into: `VM ${t.vmid} on ${t.host}/${t.node}`,
+        };
+  }
+  return drill
+    ? { ...base, into: 'nowhere: the snapshot is checked, not recovered' }
+    : {
+        ...base,
+        overwrites: `etcd of cluster ${t.cluster} (must be empty: EPHEMERAL wiped)`,
+        into: `etcd of ${t.cluster}`,
+      };
+}

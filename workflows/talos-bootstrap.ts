@@ -1,0 +1,371 @@
+/**
+ * Talos bootstrap: one Talos cluster of the inventory, from nothing (or from wherever an earlier
+ * run stopped) to a healthy Kubernetes API. One workflow per cluster, ID `talos-bootstrap/<cluster>`.
+ * The runbook it replaces:
+ *
+ *   1. Validate the inventory and the cluster's part of it.
+ *   2. Clone every VM node from the cluster's template and configure it (CPU, memory, NIC with
+ *      MAC and VLAN), in parallel; a VM that exists with the same name is kept.
+ *   3. Start the VMs.
+ *   4. Wait for each node's Talos API in maintenance mode (metal nodes, e.g. the Raspberry Pi,
+ *      are booted by hand from their image and waited for at their address).
+ *   5. Generate the cluster's secrets, or reuse them.
+ *   6. Generate and validate each node's machine config.
+ *   7. Apply them: `--insecure` in maintenance mode; on configured nodes only when a dry run
+ *      reports changes. Wait for each node to run.
+ *   8. Bootstrap etcd exactly once, on the first control plane: look at etcd membership first
+ *      and record the outcome durably (history and memo), so that a crash between the bootstrap
+ *      and its record never bootstraps twice.
+ *   9. Wait for Kubernetes: `talosctl health`, then every Node Ready through the API.
+ *  10. Store the admin kubeconfig and report the endpoint.
+ *
+ * GPU workers are left to `gpu-node-join/<node>` (PCI checks, smoke test, compensation).
+ */
+import * as wf from '@temporalio/workflow';
+import type { createKubernetesActivities } from '../activities/kubernetes.js';
+import type { createProxmoxActivities, VmDetails } from '../activities/proxmox.js';
+import type { createTalosActivities } from '../activities/talos.js';
+import { apiCall, oneShot, waitFor } from '../common/activity-options.js';
+import { nonRetryable } from '../common/errors.js';
+import { ProgressTracker } from '../common/progress.js';
+import { runPveTask } from '../common/pve-tasks.js';
+import { RESOURCE_KEY } from '../common/search-attributes.js';
+import {
+  nodePatches,
+  parseInventory,
+  planCluster,
+  talosBootstrapInputSchema,
+  vmConfigFor,
+  type ClusterPlan,
+  type NodePlan,
+  type TalosBootstrapResult,
+} from '../common/talos.js';
+import { parseInput } from '../common/validation.js';
+
+type Pve = ReturnType<typeof createProxmoxActivities>;
+type Talos = ReturnType<typeof createTalosActivities>;
+type Kube = ReturnType<typeof createKubernetesActivities>;
+
+const pve = wf.proxyActivities<Pve>(apiCall);
+const pveWait = wf.proxyActivities<Pve>(waitFor);
+const talos = wf.proxyActivities<Talos>(apiCall);
+const talosWait = wf.proxyActivities<Talos>(waitFor);
+const talosOnce = wf.proxyActivities<Talos>(oneShot);
+const kubeWait = wf.proxyActivities<Kube>(waitFor);
+
+export const TALOS_BOOTSTRAP_STEPS = [
+  'validate inventory',
+  'create VMs',
+  'start VMs',
+  'wait for maintenance mode',
+  'secrets',
+  'generate configs',
+  'apply configs',
+  'bootstrap etcd',
+  'wait for Kubernetes',
+  'store kubeconfig',
+] as const;
+
+export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult> {
+  const input = parseInput(talosBootstrapInputSchema, raw, 'talos-bootstrap input');
+  wf.upsertSearchAttributes([{ key: RESOURCE_KEY, value: input.cluster }]);
+  const progress = new ProgressTracker(TALOS_BOOTSTRAP_STEPS);
+  const changes: string[] = [];
+  const notes: string[] = [];
+
+  // 1. The inventory: the input's, or the worker's. Either way validated here, before any change.
+  const plan = await progress.run(
+    'validate inventory',
+    async () => {
+      const inventory = parseInventory(input.inventory ?? (await talos.talosLabInventory()));
+      return planCluster(inventory, input.cluster);
+    },
+    (p) => `${p.controlPlane.length} control planes, ${p.workers.length} workers`,
+  );
+  const gpuWorkers = plan.workers.filter((n) => n.gpu !== undefined);
+  for (const n of gpuWorkers) notes.push(`GPU worker ${n.name} is joined by gpu-node-join/${n.name}`);
+  const nodes = [...plan.controlPlane, ...plan.workers.filter((n) => n.gpu === undefined)];
+  const vms = nodes.filter((n) => n.kind === 'vm');
+  for (const n of nodes.filter((m) => m.kind === 'metal')) {
+    notes.push(
+      `${n.name} is bare metal (${n.arch}): boot it from ${n.image ?? `the Talos ${n.arch} image`} of Talos ${plan.talosVersion}; it is waited for at ${n.ip}`,
+    );
+  }
+  const first = plan.controlPlane[0]!;
+
+  // 2. Clone and configure every VM, in parallel; idempotent by VMID and name.
+  await progress.run(
+    'create VMs',
+    async () => {
+      const templates = await templatesByHost(plan, vms);
+      await Promise.all(vms.map((n) => ensureVm(plan, n, templates, changes)));
+    },
+    () => describeChanges(changes, 'VM', vms.length),
+  );
+
+  // 3. Start them.
+  await progress.run(
+    'start VMs',
+    async () => {
+      await Promise.all(
+        vms.map(async (n) => {
+          const vm = n.vm!;
+          const r = await runPveTask(
+            `start VM ${vm.vmid} (${n.name})`,
+            () => pve.pveStart({ host: vm.host, node: vm.node, vmid: vm.vmid }),
+            (upid) => pveWait.pveWaitForTask({ host: vm.host, upid }),
+            { okReasons: ['already-running'] },
+          );
+          if (r.outcome) changes.push(`started VM ${vm.vmid} (${n.name})`);
+        }),
+      );
+    },
+    () => `${vms.length} running`,
+  );
+
+  // 4. Each node's Talos API: maintenance mode, or already configured by an earlier run.
+  const talosconfigRef = { store: `talos/${plan.name}/talosconfig` };
+  const modes = await progress.run(
+    'wait for maintenance mode',
+    async () => {
+      const probes = await Promise.all(
+        nodes.map((n) =>
+          talosWait.talosWaitForApi({ address: n.ip, talosconfig: talosconfigRef, timeoutSeconds: input.waitSeconds }),
+        ),
+      );
+      return new Map(nodes.map((n, i) => [n.name, probes[i]!.mode]));
+    },
+    (m) => {
+      const waiting = [...m.values()].filter((x) => x === 'maintenance').length;
+      return `${waiting} in maintenance mode, ${m.size - waiting} configured`;
+    },
+  );
+
+  // 5. Secrets: generated once, kept in the secret store.
+  const secrets = await progress.run(
+    'secrets',
+    () => talos.talosEnsureSecrets({ cluster: plan.name, endpoint: plan.endpoint }),
+    (s) => (s.created.length > 0 ? `generated ${s.created.join(' and ')}` : 'reused'),
+  );
+  for (const what of secrets.created) changes.push(`generated the cluster's ${what}`);
+
+  // 6. One machine config per node, validated.
+  const configs = await progress.run(
+    'generate configs',
+    async () => {
+      const generated = await Promise.all(
+        nodes.map((n) =>
+          talos.talosGenNodeConfig({
+            cluster: plan.name,
+            endpoint: plan.endpoint,
+            kubernetesVersion: plan.kubernetesVersion,
+            talosVersion: plan.talosVersion,
+            node: { name: n.name, role: n.role },
+            patches: [...nodePatches(n, plan.talosVersion, input.nvidiaSchematic), ...plan.patches],
+          }),
+        ),
+      );
+      generated.forEach((g, i) => {
+        if (g.changed) changes.push(`stored the machine config of ${nodes[i]!.name}`);
+      });
+      return new Map(nodes.map((n, i) => [n.name, generated[i]!]));
+    },
+    (c) => `${c.size} configs valid`,
+  );
+
+  // 7. Apply: insecure in maintenance mode, authenticated (and only if it changes something) after.
+  await progress.run(
+    'apply configs',
+    async () => {
+      await Promise.all(
+        nodes.map(async (n) => {
+          const insecure = modes.get(n.name) === 'maintenance';
+          const r = await talos.talosApplyConfig({
+            address: n.ip,
+            config: configs.get(n.name)!.config,
+            insecure,
+            talosconfig: secrets.talosconfig,
+          });
+          if (r.applied)
+            changes.push(`applied the machine config of ${n.name}${insecure ? ' (maintenance mode)' : ''}`);
+          await talosWait.talosWaitForApi({
+            address: n.ip,
+            talosconfig: secrets.talosconfig,
+            timeoutSeconds: input.waitSeconds,
+            stage: 'running',
+          });
+        }),
+      );
+    },
+    () => `${nodes.length} running`,
+  );
+
+  // 8. etcd, exactly once.
+  const etcd = await progress.run(
+    'bootstrap etcd',
+    async () => {
+      for (const cp of plan.controlPlane.filter((n) => n.gpu === undefined)) {
+        const m = await talos.talosEtcdMembers({ address: cp.ip, talosconfig: secrets.talosconfig });
+        if (m.members.length > 0) {
+          wf.upsertMemo({ etcdBootstrapped: true, etcdNode: cp.name });
+          return {
+            node: cp.name,
+            bootstrappedByThisRun: false,
+            detail: `already has ${m.members.length} member(s) (seen on ${cp.name})`,
+          };
+        }
+      }
+      const r = await talosOnce.talosBootstrap({ address: first.ip, talosconfig: secrets.talosconfig });
+      wf.upsertMemo({ etcdBootstrapped: true, etcdNode: first.name });
+      if (r.outcome === 'bootstrapped') {
+        changes.push(`bootstrapped etcd on ${first.name}`);
+        return { node: first.name, bootstrappedByThisRun: true, detail: `bootstrapped on ${first.name}` };
+      }
+      return { node: first.name, bootstrappedByThisRun: false, detail: `was bootstrapped before (${r.outcome})` };
+    },
+    (e) => e.detail,
+  );
+
+  // 9. Kubernetes up and every node Ready.
+  await progress.run(
+    'wait for Kubernetes',
+    () =>
+      talosWait.talosHealth({
+        address: first.ip,
+        talosconfig: secrets.talosconfig,
+        controlPlanes: plan.controlPlane.filter((n) => n.gpu === undefined).map((n) => n.ip),
+        workers: plan.workers.filter((n) => n.gpu === undefined).map((n) => n.ip),
+        timeoutSeconds: input.waitSeconds,
+      }),
+    () => 'healthy',
+  );
+
+  // 10. The kubeconfig, and the nodes as the API sees them.
+  const kubeconfig = await progress.run(
+    'store kubeconfig',
+    async () => {
+      const k = await talos.talosKubeconfig({
+        cluster: plan.name,
+        address: first.ip,
+        talosconfig: secrets.talosconfig,
+      });
+      if (k.fetched) changes.push('stored the admin kubeconfig');
+      await kubeWait.k8sWaitNodesReady({
+        kubeconfig: k.kubeconfig,
+        nodes: nodes.map((n) => n.name),
+        timeoutSeconds: input.waitSeconds,
+      });
+      return k.kubeconfig;
+    },
+    () => `${nodes.length} nodes Ready`,
+  );
+
+  const summary =
+    changes.length === 0
+      ? `cluster ${plan.name} is already healthy at ${plan.endpoint}: nothing changed`
+      : `cluster ${plan.name} is healthy at ${plan.endpoint}: ${changes.length} change(s)`;
+  progress.finishWith(summary);
+  return {
+    cluster: plan.name,
+    endpoint: plan.endpoint,
+    kubeconfig,
+    talosconfig: secrets.talosconfig,
+    etcd: { node: etcd.node, bootstrappedByThisRun: etcd.bootstrappedByThisRun },
+    changes,
+    notes,
+    summary,
+  };
+}
+
+function describeChanges(changes: string[], what: string, total: number): string {
+  const mine = changes.filter((c) => c.includes(what));
+  return mine.length === 0 ? `${total} ${what}s as the inventory says` : `${mine.length} change(s)`;
+}
+
+/** The template VMID each VM clones from: the cluster's template by name, on the VM's own host. */
+async function templatesByHost(
+  plan: ClusterPlan,
+  vms: NodePlan[],
+): Promise<Map<string, { vmid: number; node: string }>> {
+  const out = new Map<string, { vmid: number; node: string }>();
+  for (const host of new Set(vms.map((n) => n.vm!.host))) {
+    const list = await pve.pveListTemplates({ host });
+    const found = list.filter((t) => t.name === plan.template.name);
+    if (found.length === 0) {
+      throw nonRetryable(
+        'precondition',
+        `template ${plan.template.name} (clusters.${plan.name}.template) is not on Proxmox host ${host}`,
+      );
+    }
+    for (const n of vms.filter((v) => v.vm!.host === host)) {
+      const t = found.find((f) => f.node === n.vm!.node) ?? found[0]!;
+      out.set(n.name, { vmid: t.vmid, node: t.node });
+    }
+  }
+  return out;
+}
+
+/** Clones the node's VM unless it exists with its name, then sets whatever config differs. */
+export async function ensureVm(
+  plan: ClusterPlan,
+  n: NodePlan,
+  templates: Map<string, { vmid: number; node: string }>,
+  changes: string[],
+): Promise<void> {
+  const vm = n.vm!;
+  const ref = { host: vm.host, node: vm.node, vmid: vm.vmid };
+  let current = await pve.pveGetVm(ref);
+  if (current && current.name !== n.name) {
+    throw nonRetryable(
+      'conflict',
+      `VMID ${vm.vmid} already exists on ${vm.host}/${vm.node} as ${current.name}, not ${n.name}`,
+    );
+  }
+  if (!current) {
+    const t = templates.get(n.name)!;
+    await runPveTask(
+      `clone VM ${vm.vmid} (${n.name})`,
+      () =>
+        pve.pveClone({
+          host: vm.host,
+          node: t.node,
+          vmid: t.vmid,
+          newid: vm.vmid,
+          name: n.name,
+          full: true,
+          storage: vm.storage,
+          ...(t.node !== vm.node ? { target: vm.node } : {}),
+        }),
+      (upid) => pveWait.pveWaitForTask({ host: vm.host, upid }),
+    );
+    changes.push(`cloned VM ${vm.vmid} (${n.name})`);
+    current = await pve.pveGetVm(ref);
+  }
+  const desired = vmConfigFor(n, plan.name);
+  const diff = configDiff(current, desired);
+  if (diff.length > 0) {
+    await pve.pveSetConfig({ ...ref, config: desired, guard: { name: n.name } });
+    changes.push(`configured VM ${vm.vmid} (${n.name}): ${diff.join(', ')}`);
+  }
+}
+
+/** The keys of `desired` that the VM's config does not have yet. */
+export function configDiff(current: VmDetails | null, desired: ReturnType<typeof vmConfigFor>): string[] {
+  const cfg = current?.config ?? {};
+  const want: Record<string, string> = {
+    cores: String(desired.cores),
+    memory: String(desired.memoryMiB),
+    onboot: desired.onboot ? '1' : '0',
+    agent: desired.agent,
+  };
+  for (const [i, v] of Object.entries(desired.net)) want[`net${i}`] = v;
+  for (const [i, v] of Object.entries(desired.hostpci ?? {})) want[`hostpci${i}`] = v;
+  if (desired.machine) want.machine = desired.machine;
+  if (desired.bios) want.bios = desired.bios;
+  const diff = Object.entries(want)
+    .filter(([k, v]) => String(cfg[k] ?? '').toLowerCase() !== v.toLowerCase())
+    .map(([k]) => k);
+  const tags = new Set((current?.tags ?? []).map((t) => t.toLowerCase()));
+  if (!desired.tags.every((t) => tags.has(t))) diff.push('tags');
+  return diff;
+}
