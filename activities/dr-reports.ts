@@ -80,22 +80,58 @@ export function createDrReportActivities(deps: DrReportDeps) {
     },
 
     /**
-     * An etcd snapshot's integrity: a bbolt database file starts with a meta page whose magic is
-     * 0xED0CDAED (little-endian at offset 16). Returns what was checked.
+     * An etcd snapshot's integrity, as a recovery checks it: talosctl reads the file as a bbolt
+     * database first (`snapshot status`: the meta page's magic 0xED0CDAED, little-endian at offset
+     * 16), and etcd's restore then checks the sha256 that `talosctl etcd snapshot` appends (the
+     * file's size is then 32 bytes past a multiple of 512): it must match the data before it. A
+     * raw copy of `member/snap/db` has none and is refused unless `skipHashCheck`
+     * (`--recover-skip-hash-check`).
      */
-    async drCheckEtcdSnapshot(args: { path: string }): Promise<{ ok: boolean; detail: string; sha256: string }> {
+    async drCheckEtcdSnapshot(args: {
+      path: string;
+      skipHashCheck?: boolean;
+    }): Promise<{ ok: boolean; detail: string; sha256: string }> {
       const data = await fs.readFile(args.path).catch(() => {
         throw nonRetryable('notFound', `etcd snapshot ${args.path} cannot be read`);
       });
       const sha256 = createHash('sha256').update(data).digest('hex');
       const magic = data.length >= 20 ? data.readUInt32LE(16) : 0;
-      const ok = magic === 0xed0cdaed;
+      if (magic !== 0xed0cdaed) {
+        return {
+          ok: false,
+          sha256,
+          detail: `not an etcd (bbolt) database: magic ${magic.toString(16)} at offset 16`,
+        };
+      }
+      const appended = data.length % 512 === 32;
+      let hash: string;
+      if (appended) {
+        const db = data.subarray(0, data.length - 32);
+        const want = data.subarray(data.length - 32).toString('hex');
+        const got = createHash('sha256').update(db).digest('hex');
+        if (want !== got) {
+          return {
+            ok: false,
+            sha256,
+            detail: `its appended sha256 ${want.slice(0, 12)} does not match the data (${got.slice(0, 12)}): corrupt or truncated`,
+          };
+        }
+        hash = 'appended sha256 matches';
+      } else if (args.skipHashCheck) {
+        hash = 'no appended sha256 (raw copy; skipHashCheck)';
+      } else {
+        return {
+          ok: false,
+          sha256,
+          detail:
+            'no appended sha256 (a raw copy of member/snap/db, not `talosctl etcd snapshot` output): ' +
+            'etcd refuses it without skipHashCheck (--recover-skip-hash-check)',
+        };
+      }
       return {
-        ok,
+        ok: true,
         sha256,
-        detail: ok
-          ? `bbolt database, ${data.length} bytes, sha256 ${sha256.slice(0, 12)}`
-          : `not an etcd (bbolt) database: magic ${magic.toString(16)} at offset 16`,
+        detail: `bbolt database, ${data.length} bytes, ${hash}, sha256 ${sha256.slice(0, 12)}`,
       };
     },
 

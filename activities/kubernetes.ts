@@ -31,6 +31,11 @@ import {
   type V1Pod,
 } from '@kubernetes/client-node';
 import { parseAllDocuments } from 'yaml';
+// Issue 7: applying a manifest file read on the worker; scaling a PVC's workloads for an in-place restore.
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { AppsV1Api } from '@kubernetes/client-node';
+import { ApplicationFailure } from '@temporalio/common';
 
 export interface KubernetesDeps {
   secrets: Pick<SecretStore, 'resolve'>;
@@ -397,7 +402,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
     }
   }
 
-  return {
+  const activities = {
     /** Waits until every named Node exists and is Ready. */
     async k8sWaitNodesReady(args: {
       kubeconfig: SecretRef;
@@ -632,13 +637,18 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         status?: 'True' | 'False' | 'Unknown';
         timeoutSeconds: number;
         currentGeneration?: boolean;
+        /**
+         * (issue 7) An absolute deadline (epoch ms) across attempts: a retried attempt waits only
+         * for what is left of it, and reaching it fails for good (TimeoutError, not retried).
+         */
+        deadlineAt?: number;
       },
     ): Promise<{ condition: ObservedCondition; generation?: number; resourceVersion: string }> {
       const want = args.status ?? 'True';
       const api = DynamicApi.forConfig(await config(args.kubeconfig));
       const ref = await resolveRef(api, args, 'wait for');
       const what = `${describeObject(ref)} ${args.conditionType}=${want}${args.currentGeneration ? ' at its current generation' : ''}`;
-      const deadline = Date.now() + args.timeoutSeconds * 1000;
+      const deadline = Math.min(Date.now() + args.timeoutSeconds * 1000, args.deadlineAt ?? Infinity);
       const ctx = activityContext();
       let last: KubeObject | undefined;
       let lastError = '';
@@ -676,11 +686,17 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
             : `no ${args.conditionType} condition yet`;
         ctx?.heartbeat({ waiting: what, now, ...(lastError ? { error: lastError } : {}) });
         if (Date.now() > deadline) {
-          throw retryable(
-            'timeout',
-            `${what}: not reached after ${args.timeoutSeconds}s (now ${now}${lastError ? `; last error: ${lastError}` : ''}). Last status: ${statusText(last)}`,
-            { lastStatus: last?.status ?? null },
-          );
+          const message = `${what}: not reached after ${args.timeoutSeconds}s (now ${now}${lastError ? `; last error: ${lastError}` : ''}). Last status: ${statusText(last)}`;
+          // A deadline the caller set across attempts has passed: final, another attempt cannot help.
+          if (args.deadlineAt !== undefined && Date.now() >= args.deadlineAt) {
+            throw ApplicationFailure.create({
+              type: 'TimeoutError',
+              message,
+              nonRetryable: true,
+              details: [{ lastStatus: last?.status ?? null }],
+            });
+          }
+          throw retryable('timeout', message, { lastStatus: last?.status ?? null });
         }
         await (ctx ? Promise.race([sleep(pollMs), ctx.cancelled]) : sleep(pollMs));
       }
@@ -976,7 +992,173 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         await (ctx ? Promise.race([sleep(pollMs), ctx.cancelled]) : sleep(pollMs));
       }
     },
+    // ---------------------------------------------------------------- issue 7
+
+    /**
+     * Server-side apply (as k8sApply) of a manifest file on the worker, e.g. the Flux components
+     * from the lab's repository checkout: it is read here, so the manifest never passes through
+     * workflow history. Returns k8sApply's result plus the file's sha256 and size.
+     */
+    async k8sApplyFile(args: {
+      kubeconfig: SecretRef;
+      path: string;
+      fieldManager: string;
+      force?: boolean;
+      namespace?: string;
+    }): Promise<{ objects: AppliedObject[]; sha256: string; bytes: number }> {
+      let data: Buffer;
+      try {
+        data = await fsp.readFile(args.path);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR')
+          throw nonRetryable('notFound', `manifest ${args.path} does not exist on the worker (${code})`);
+        if (code === 'EACCES')
+          throw nonRetryable('client', `manifest ${args.path}: the worker may not read it (EACCES)`);
+        throw classifyUnknown(err, `read manifest ${args.path}`);
+      }
+      const sha256 = createHash('sha256').update(data).digest('hex');
+      const { objects } = await activities.k8sApply({
+        kubeconfig: args.kubeconfig,
+        manifests: data.toString('utf8'),
+        fieldManager: args.fieldManager,
+        ...(args.force !== undefined ? { force: args.force } : {}),
+        ...(args.namespace !== undefined ? { namespace: args.namespace } : {}),
+      });
+      return { objects, sha256, bytes: data.length };
+    },
+
+    /**
+     * What uses a PVC: the Deployments and StatefulSets whose pods mount it (pod template volume,
+     * or a StatefulSet's volumeClaimTemplate `<template>-<set>-<ordinal>`) with their replicas, and
+     * the pods (not finished) that mount it, each with the Deployment or StatefulSet owning it.
+     */
+    async k8sPvcUsers(args: { kubeconfig: SecretRef; namespace: string; pvc: string }): Promise<{
+      workloads: PvcWorkload[];
+      pods: Array<{ name: string; phase: string; owner?: string }>;
+    }> {
+      const kc = await config(args.kubeconfig);
+      const apps = kc.makeApiClient(AppsV1Api);
+      const core = kc.makeApiClient(CoreV1Api);
+      const namespace = args.namespace;
+      const [deployments, sets, replicaSets, pods] = await call(`find what uses PVC ${namespace}/${args.pvc}`, () =>
+        Promise.all([
+          apps.listNamespacedDeployment({ namespace }),
+          apps.listNamespacedStatefulSet({ namespace }),
+          apps.listNamespacedReplicaSet({ namespace }),
+          core.listNamespacedPod({ namespace }),
+        ]),
+      );
+      const workloads: PvcWorkload[] = [];
+      for (const d of deployments.items) {
+        if (mountsPvc(d.spec?.template.spec, args.pvc))
+          workloads.push({ kind: 'Deployment', name: d.metadata!.name!, replicas: d.spec?.replicas ?? 1 });
+      }
+      for (const set of sets.items) {
+        const fromTemplate = (set.spec?.volumeClaimTemplates ?? []).some((t) => {
+          const prefix = `${t.metadata?.name ?? ''}-${set.metadata?.name ?? ''}-`;
+          return args.pvc.startsWith(prefix) && /^\d+$/.test(args.pvc.slice(prefix.length));
+        });
+        if (fromTemplate || mountsPvc(set.spec?.template.spec, args.pvc))
+          workloads.push({ kind: 'StatefulSet', name: set.metadata!.name!, replicas: set.spec?.replicas ?? 1 });
+      }
+      const rsOwner = new Map(
+        replicaSets.items.map((rs) => [rs.metadata?.name, rs.metadata?.ownerReferences?.find((o) => o.controller)]),
+      );
+      const users = pods.items
+        .filter((p) => mountsPvc(p.spec, args.pvc) && !['Succeeded', 'Failed'].includes(p.status?.phase ?? ''))
+        .map((p) => {
+          const ctl = p.metadata?.ownerReferences?.find((o) => o.controller);
+          const deployment = ctl?.kind === 'ReplicaSet' ? rsOwner.get(ctl.name) : undefined;
+          const owner =
+            ctl?.kind === 'StatefulSet'
+              ? `StatefulSet ${ctl.name}`
+              : deployment?.kind === 'Deployment'
+                ? `Deployment ${deployment.name}`
+                : undefined;
+          return { name: p.metadata!.name!, phase: p.status?.phase ?? 'Pending', ...(owner ? { owner } : {}) };
+        });
+      return { workloads, pods: users };
+    },
+
+    /**
+     * Sets a Deployment's or StatefulSet's replicas through its scale subresource; nothing is
+     * written when it has them already. Returns the replicas it had.
+     */
+    async k8sScaleWorkload(args: {
+      kubeconfig: SecretRef;
+      namespace: string;
+      kind: 'Deployment' | 'StatefulSet';
+      name: string;
+      replicas: number;
+    }): Promise<{ changed: boolean; before: number }> {
+      const apps = (await config(args.kubeconfig)).makeApiClient(AppsV1Api);
+      const ref = { namespace: args.namespace, name: args.name };
+      const what = `scale ${args.kind} ${args.namespace}/${args.name} to ${args.replicas}`;
+      const scale = await call(what, () =>
+        args.kind === 'Deployment' ? apps.readNamespacedDeploymentScale(ref) : apps.readNamespacedStatefulSetScale(ref),
+      );
+      const before = scale.spec?.replicas ?? 0;
+      if (before === args.replicas) return { changed: false, before };
+      const body = { spec: { replicas: args.replicas } };
+      await call(what, () =>
+        args.kind === 'Deployment'
+          ? apps.patchNamespacedDeploymentScale({ ...ref, body }, mergePatch)
+          : apps.patchNamespacedStatefulSetScale({ ...ref, body }, mergePatch),
+      );
+      return { changed: true, before };
+    },
+
+    /**
+     * Waits until nothing uses a PVC: each given workload reports no pods (status.replicas 0 at
+     * its current generation) and no pod that has not finished mounts it. TimeoutError after
+     * `timeoutSeconds`.
+     */
+    async k8sWaitPvcUnused(args: {
+      kubeconfig: SecretRef;
+      namespace: string;
+      pvc: string;
+      workloads: Array<{ kind: 'Deployment' | 'StatefulSet'; name: string }>;
+      timeoutSeconds: number;
+    }): Promise<{ waitedMs: number }> {
+      const kc = await config(args.kubeconfig);
+      const apps = kc.makeApiClient(AppsV1Api);
+      const core = kc.makeApiClient(CoreV1Api);
+      const started = Date.now();
+      return poll(`PVC ${args.namespace}/${args.pvc} unused`, args.timeoutSeconds, async () => {
+        for (const w of args.workloads) {
+          const ref = { namespace: args.namespace, name: w.name };
+          const o =
+            w.kind === 'Deployment'
+              ? await apps.readNamespacedDeployment(ref)
+              : await apps.readNamespacedStatefulSet(ref);
+          if ((o.status?.observedGeneration ?? 0) < (o.metadata?.generation ?? 0)) return undefined;
+          if ((o.status?.replicas ?? 0) > 0) return undefined;
+        }
+        const pods = await core.listNamespacedPod({ namespace: args.namespace });
+        const using = pods.items.some(
+          (p) => mountsPvc(p.spec, args.pvc) && !['Succeeded', 'Failed'].includes(p.status?.phase ?? ''),
+        );
+        return using ? undefined : { waitedMs: Date.now() - started };
+      });
+    },
   };
+  return activities;
 }
 
 export type KubernetesActivities = ReturnType<typeof createKubernetesActivities>;
+
+/** (issue 7) A Deployment or StatefulSet whose pods mount a PVC, with its replicas. */
+export interface PvcWorkload {
+  kind: 'Deployment' | 'StatefulSet';
+  name: string;
+  replicas: number;
+}
+
+/** Whether a pod spec mounts the PVC. */
+function mountsPvc(
+  spec: { volumes?: Array<{ persistentVolumeClaim?: { claimName?: string } }> } | undefined,
+  pvc: string,
+): boolean {
+  return (spec?.volumes ?? []).some((v) => v.persistentVolumeClaim?.claimName === pvc);
+}

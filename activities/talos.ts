@@ -173,6 +173,27 @@ function heartbeat(details: unknown): void {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** `gen config` of one output type (`talosconfig`, `controlplane`, `worker`) from the cluster's secrets. */
+function genConfig(
+  c: { cluster: string; endpoint: string },
+  secretsFile: string,
+  outputType: string,
+  out: string,
+): string[] {
+  return [
+    'gen',
+    'config',
+    c.cluster,
+    c.endpoint,
+    '--with-secrets',
+    secretsFile,
+    '--output-types',
+    outputType,
+    '-o',
+    out,
+  ];
+}
+
 function isLoopback(address: string): boolean {
   const host = address.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
@@ -242,7 +263,10 @@ export function createTalosActivities(deps: TalosDeps) {
           resolve({ code: Number.isFinite(code) ? code : 1, stdout: String(stdout), stderr: String(stderr) });
         },
       );
-      const beat = setInterval(() => heartbeat({ talosctl: args.slice(0, 2).join(' ') }), 5000);
+      // At once and every second (the SDK sends at most one per 0.8 × heartbeat timeout, or 5 s),
+      // so that even a short heartbeat timeout never expires while talosctl runs.
+      const beat = setInterval(() => heartbeat({ talosctl: args.slice(0, 2).join(' ') }), 1000);
+      heartbeat({ talosctl: args.slice(0, 2).join(' ') });
       const onCancel = (): void => {
         child.kill('SIGTERM');
       };
@@ -357,22 +381,9 @@ export function createTalosActivities(deps: TalosDeps) {
         }
         if (!(await deps.secrets.exists({ store: tcName }))) {
           const out = path.join(dir, 'talosconfig');
-          await must(
-            [
-              'gen',
-              'config',
-              args.cluster,
-              args.endpoint,
-              '--with-secrets',
-              secretsFile,
-              '--output-types',
-              'talosconfig',
-              '-o',
-              out,
-            ],
-            'talosctl gen config (talosconfig)',
-            { cwd: dir },
-          );
+          await must(genConfig(args, secretsFile, 'talosconfig', out), 'talosctl gen config (talosconfig)', {
+            cwd: dir,
+          });
           await deps.secrets.put(tcName, await fs.readFile(out, 'utf8'));
           created.push('talosconfig');
         }
@@ -407,19 +418,10 @@ export function createTalosActivities(deps: TalosDeps) {
         const contract = /^v?(\d+\.\d+)/.exec(args.talosVersion)?.[1];
         await must(
           [
-            'gen',
-            'config',
-            args.cluster,
-            args.endpoint,
-            '--with-secrets',
-            secretsFile,
+            ...genConfig(args, secretsFile, args.node.role, out),
             '--kubernetes-version',
             args.kubernetesVersion,
             ...(contract ? ['--talos-version', `v${contract}`] : []),
-            '--output-types',
-            args.node.role,
-            '-o',
-            out,
             '--with-docs=false',
             '--with-examples=false',
             ...patchArgs,
@@ -482,6 +484,8 @@ export function createTalosActivities(deps: TalosDeps) {
     /**
      * Applies a stored machine config. In maintenance mode: `apply-config --insecure`. On a
      * configured node: a `--dry-run` first, and nothing is applied when it reports no changes.
+     * A node asked `--insecure` that has left maintenance mode (an earlier attempt applied the
+     * config and its answer was lost, e.g. with a worker that died) is asked authenticated instead.
      */
     async talosApplyConfig(args: {
       address: string;
@@ -494,8 +498,11 @@ export function createTalosActivities(deps: TalosDeps) {
         const what = `talosctl apply-config on ${args.address}`;
         if (args.insecure) {
           const a = dial(args.address);
-          const r = await must(['apply-config', '--insecure', '-n', a, '-e', a, '-f', cfg], what);
-          return { applied: true, detail: `${r.stdout}${r.stderr}`.trim() || 'applied in maintenance mode' };
+          const r = await run(['apply-config', '--insecure', '-n', a, '-e', a, '-f', cfg]);
+          if (r.code === 0) {
+            return { applied: true, detail: `${r.stdout}${r.stderr}`.trim() || 'applied in maintenance mode' };
+          }
+          if (!/tls: certificate required/.test(r.stderr)) throw classifyTalosctl(r, what);
         }
         const tc = await materialize(dir, 'talosconfig', args.talosconfig);
         const dry = await must(
@@ -551,33 +558,55 @@ export function createTalosActivities(deps: TalosDeps) {
 
     /**
      * (issue 7) Recovers etcd from a snapshot file on the worker through Talos's recover path:
-     * `talosctl bootstrap --recover-from=<snapshot>` on one control plane. Guarded: a node whose
-     * etcd has members is refused (PreconditionFailed: Talos only recovers into an empty etcd,
-     * after the control planes' EPHEMERAL was wiped); `recovered` means this call did it.
+     * `talosctl bootstrap --recover-from=<snapshot>` on one control plane (talosctl reads the
+     * snapshot's status, uploads it, and bootstraps etcd from it; etcd checks its appended sha256
+     * unless `skipHashCheck`). Talos recovers only into an empty etcd: on the first attempt a
+     * node whose etcd has members (or whose bootstrap answers AlreadyExists) is refused
+     * (PreconditionFailed). On a retry (the reply of an earlier attempt lost) the same answers
+     * mean that attempt's bootstrap went through: `already-recovered`. `recovered` means this
+     * call did it, with the snapshot's status as talosctl printed it.
      */
     async talosRecoverEtcd(args: {
       address: string;
       talosconfig: SecretRef;
       snapshot: string;
       skipHashCheck?: boolean;
-    }): Promise<{ outcome: 'recovered'; members: number }> {
+    }): Promise<{
+      outcome: 'recovered' | 'already-recovered';
+      snapshot?: { hash: string; revision: number; totalKeys: number; totalSize: number };
+    }> {
+      const retry = (inActivity()?.info.attempt ?? 1) > 1;
+      const refuse = (why: string): ApplicationFailure =>
+        nonRetryable(
+          'precondition',
+          `etcd on ${args.address} ${why}: recovering from a snapshot needs an empty etcd ` +
+            '(reset every control plane with --system-labels-to-wipe=EPHEMERAL first)',
+        );
       return withTemp(async (dir) => {
         const tc = await materialize(dir, 'talosconfig', args.talosconfig);
         const node = nodeArgs(args.address, tc);
         const before = await must([...node, 'etcd', 'members'], `talosctl etcd members on ${args.address}`);
         const members = parseEtcdMembers(before.stdout);
         if (members.length > 0) {
-          throw nonRetryable(
-            'precondition',
-            `etcd on ${args.address} has ${members.length} member(s): recovering from a snapshot needs an empty etcd ` +
-              '(reset the control planes with --system-labels-to-wipe=EPHEMERAL first)',
-          );
+          if (retry) return { outcome: 'already-recovered' };
+          throw refuse(`has ${members.length} member(s)`);
         }
         const flags = [`--recover-from=${args.snapshot}`, ...(args.skipHashCheck ? ['--recover-skip-hash-check'] : [])];
-        await must([...node, 'bootstrap', ...flags], `talosctl bootstrap --recover-from on ${args.address}`, {
-          timeoutMs: 600_000,
-        });
-        return { outcome: 'recovered', members: 1 };
+        const r = await run([...node, 'bootstrap', ...flags], { timeoutMs: 600_000 });
+        if (r.code !== 0) {
+          if (/code = AlreadyExists/.test(r.stderr)) {
+            if (retry) return { outcome: 'already-recovered' };
+            throw refuse('has data (AlreadyExists: etcd data directory is not empty)');
+          }
+          throw classifyTalosctl(r, `talosctl bootstrap --recover-from on ${args.address}`);
+        }
+        const m = /hash ([0-9a-f]+), revision (\d+), total keys (\d+), total size (\d+)/.exec(r.stdout);
+        return {
+          outcome: 'recovered',
+          ...(m
+            ? { snapshot: { hash: m[1]!, revision: Number(m[2]), totalKeys: Number(m[3]), totalSize: Number(m[4]) } }
+            : {}),
+        };
       });
     },
 

@@ -77,6 +77,8 @@ interface PoolEntry {
   handle: WorkflowHandle;
   input: LlmBurstInput;
   ready?: { endpoint: string; instanceId: string; idleTimeoutMs: number };
+  /** An endpoint the caller could not reach, reported with the next acquire. */
+  unreachable?: string;
   /** When the workflow last heard from us (a demand signal sent or an acquire answered). */
   lastContactAt: number;
   signalInFlight: boolean;
@@ -126,9 +128,13 @@ export class LlmBurstClient {
     return entry.acquiring;
   }
 
-  /** Forgets a cached endpoint that turned out dead (refused connection): the next call acquires. */
+  /**
+   * Forgets a cached endpoint that turned out dead (refused connection): the next call acquires,
+   * telling the workflow, which then checks the instance with EC2 before it answers.
+   */
   invalidate(pool: string): void {
     const entry = this.entry(pool);
+    entry.unreachable = entry.ready?.endpoint ?? entry.unreachable;
     entry.ready = undefined;
   }
 
@@ -180,7 +186,7 @@ export class LlmBurstClient {
     const sentAt = this.now();
     try {
       const result: AcquireResult = await this.opts.client.workflow.executeUpdateWithStart(acquireUpdate, {
-        args: [{ deadlineSeconds: this.opts.acquireDeadlineSeconds ?? 900 }],
+        args: [{ deadlineSeconds: this.opts.acquireDeadlineSeconds ?? 900, unreachable: entry.unreachable }],
         startWorkflowOperation: new WithStartWorkflowOperation(LLM_BURST_WORKFLOW, {
           workflowId: entry.handle.workflowId,
           taskQueue: this.opts.taskQueue,
@@ -192,6 +198,7 @@ export class LlmBurstClient {
       entry.ready = { endpoint: result.endpoint, instanceId: result.instanceId, idleTimeoutMs: result.idleTimeoutMs };
       entry.lastContactAt = sentAt;
       entry.failure = undefined;
+      entry.unreachable = undefined;
       return { pool, endpoint: result.endpoint, instanceId: result.instanceId, cold: true };
     } catch (err) {
       entry.ready = undefined;

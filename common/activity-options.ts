@@ -55,3 +55,12 @@ export const oneShot: ActivityOptions = {
     nonRetryableErrorTypes: NON_RETRYABLE_ERROR_TYPES,
   },
 };
+
+/**
+ * `profile` with a heartbeat timeout of `seconds`, for activities that heartbeat while they run
+ * (talosctl calls, waits): a call in flight on a worker that died is retried on another after
+ * `seconds` instead of after the profile's start-to-close timeout. `undefined`: the profile as is.
+ */
+export function withHeartbeat(profile: ActivityOptions, seconds: number | undefined): ActivityOptions {
+  return seconds === undefined ? profile : { ...profile, heartbeatTimeout: `${seconds} seconds` };
+}

@@ -99,6 +99,11 @@ export const etcdTargetSchema = z.strictObject({
   /** Control plane to recover on (restore mode); default the cluster's first. */
   node: nameSchema.optional(),
   minSize: quantitySchema.default('1Mi'),
+  /**
+   * The snapshot is a raw copy of `member/snap/db` (no sha256 appended, as `talosctl etcd
+   * snapshot` appends): recover with `--recover-skip-hash-check`. Otherwise such a file is refused.
+   */
+  skipHashCheck: z.boolean().default(false),
 });
 
 export const drTargetSchema = z.discriminatedUnion('kind', [pvcTargetSchema, vmTargetSchema, etcdTargetSchema]);
@@ -131,6 +136,10 @@ export const drRestoreInputSchema = z.strictObject({
   syncTimeoutSeconds: z.int().min(1).max(86_400).default(3600),
   jobTimeoutSeconds: z.int().min(1).max(86_400).default(1800),
   agentTimeoutSeconds: z.int().min(1).max(86_400).default(600),
+  /** A PVC restore in place: how long the app's pods may take to go after it is scaled to 0. */
+  scaleDownTimeoutSeconds: z.int().min(1).max(86_400).default(600),
+  /** An etcd recovery: how long etcd may take to come up with a member after the bootstrap. */
+  etcdTimeoutSeconds: z.int().min(1).max(86_400).default(600),
   /** How often the workflow looks at a sync, in seconds. */
   pollSeconds: z.number().min(0.2).max(600).default(10),
 });

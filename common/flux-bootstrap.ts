@@ -231,6 +231,8 @@ export interface FluxBootstrapResult {
   /** Objects that were already as wanted. */
   unchanged: string[];
   controllers: string[];
+  /** sha256 of the components manifest file that was applied. */
+  componentsSha256: string;
   /** Whether the wait passed the slow threshold; how long it took. */
   slow: boolean;
   waitedSeconds: number;

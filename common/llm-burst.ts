@@ -128,6 +128,12 @@ export function llmBurstWorkflowId(pool: string): string {
 export interface AcquireRequest {
   /** Give up waiting for a ready instance after this many seconds (the workflow's acquireDeadline otherwise). */
   deadlineSeconds?: number;
+  /**
+   * The endpoint the caller could not reach: the workflow checks the instance against EC2 at once
+   * (instead of at the next reconciliation) before it answers, so a spot interruption or a stop
+   * from outside costs the caller one restart, not an error.
+   */
+  unreachable?: string;
 }
 
 export interface AcquireResult {

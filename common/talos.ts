@@ -40,6 +40,14 @@ export const talosBootstrapInputSchema = z.strictObject({
   nvidiaSchematic: schematicSchema.optional(),
   /** How long to wait for each node's Talos API and for the cluster to become healthy (seconds). */
   waitSeconds: z.int().min(10).max(7200).default(1800),
+  /**
+   * Heartbeat timeout (seconds) of the Talos calls and the Talos and Kubernetes waits, which all
+   * heartbeat while they run: how soon a call in flight on a worker that died is retried on
+   * another. Left out: the profiles' (30 s for waits; none for the other Talos calls, which a dead
+   * worker then holds until their start-to-close timeout: 60 s, 10 min for the etcd bootstrap).
+   * At least 5: heartbeats reach the server every 0.8 × this, or every 5 s.
+   */
+  heartbeatSeconds: z.int().min(5).max(600).optional(),
 });
 export type TalosBootstrapInput = z.input<typeof talosBootstrapInputSchema>;
 
@@ -241,6 +249,27 @@ export function installerImage(plan: NodePlan, talosVersion: string, nvidiaSchem
     return `factory.talos.dev/installer/${nvidiaSchematic}:${talosVersion}`;
   }
   return `ghcr.io/siderolabs/installer:${talosVersion}`;
+}
+
+/** What `talosGenNodeConfig` is asked for one node: the cluster's versions, the node's patches first. */
+export function nodeConfigRequest(plan: ClusterPlan, node: NodePlan, nvidiaSchematic?: string) {
+  return {
+    cluster: plan.name,
+    endpoint: plan.endpoint,
+    kubernetesVersion: plan.kubernetesVersion,
+    talosVersion: plan.talosVersion,
+    node: { name: node.name, role: node.role },
+    patches: [...nodePatches(node, plan.talosVersion, nvidiaSchematic), ...plan.patches],
+  };
+}
+
+/** The template a VM on PVE node `node` clones from: the one on its own node, else any of that name. */
+export function templateFor<T extends { name: string; node: string }>(
+  templates: T[],
+  name: string,
+  node: string,
+): T | undefined {
+  return templates.find((t) => t.name === name && t.node === node) ?? templates.find((t) => t.name === name);
 }
 
 /**

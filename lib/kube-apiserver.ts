@@ -10,7 +10,7 @@
  * shared/crds. Nothing listens on anything but 127.0.0.1.
  *
  * There is no kube-controller-manager, scheduler or kubelet: the tests play
- * the controllers themselves (see test/harness/kube-controllers.ts). So a Namespace that is
+ * the controllers themselves (see lib/kube-controllers.ts). So a Namespace that is
  * deleted stays Terminating, nothing garbage-collects owned objects, and no
  * "default" ServiceAccount is made in new namespaces.
  */

@@ -24,7 +24,7 @@ import {
   setHeaderOptions,
 } from '@kubernetes/client-node';
 import { projectRoot } from '../lib/paths.js';
-import { completeJob, completeReplicationDestination, setFluxReady } from '../test/harness/kube-controllers.js';
+import { completeJob, completeReplicationDestination, setFluxReady } from '../lib/kube-controllers.js';
 import type { PeerStarter } from './index.js';
 
 export const SIM_REVISION = 'main@sha1:5e1f0c0ffee5e1f0c0ffee5e1f0c0ffee5e1f0c0';

@@ -46,7 +46,20 @@ for (let i = 0; i < argv.length; i++) {
   }
 }
 
-const body = JSON.stringify({ argv, files });
+// `bootstrap --recover-from=<snapshot>` uploads the snapshot (bytes, base64).
+const uploads = {};
+for (let i = 0; i < argv.length; i++) {
+  const a = argv[i];
+  const file = a === '--recover-from' ? argv[i + 1] : a.startsWith('--recover-from=') ? a.slice(15) : undefined;
+  if (file === undefined) continue;
+  try {
+    uploads[file] = readFileSync(file).toString('base64');
+  } catch {
+    // the stand-in answers as talosctl does when the file cannot be opened
+  }
+}
+
+const body = JSON.stringify({ argv, files, uploads });
 const req = http.request(
   `${url}/run`,
   { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
@@ -63,6 +76,8 @@ const req = http.request(
         process.exit(1);
       }
       for (const [file, content] of Object.entries(answer.write ?? {})) writeFileSync(file, content, { mode: 0o600 });
+      for (const [file, b64] of Object.entries(answer.writeBase64 ?? {}))
+        writeFileSync(file, Buffer.from(b64, 'base64'), { mode: 0o600 });
       process.stdout.write(answer.stdout ?? '');
       process.stderr.write(answer.stderr ?? '');
       process.exitCode = answer.code ?? 0;

@@ -18,16 +18,29 @@
  *   planes join etcd once it exists;
  * - once etcd exists, every running node registers its Node, Ready, in the test kube-apiserver
  *   (as its kubelet would), with the labels of its machine config.
+ * - (issue 7) etcd's data is a revision (moving while etcd runs, as leases do) and a key count.
+ *   `etcd snapshot <path>` writes what talosctl writes: a bbolt database (1 MiB, the stand-in's
+ *   revision and keys inside) with its sha256 appended. `reset --system-labels-to-wipe=EPHEMERAL`
+ *   wipes the node's etcd data and keeps its config. `bootstrap --recover-from=<file>` does what
+ *   talosctl and machined do: the file's status (`invalid database` for anything but bbolt) is
+ *   printed, the file uploaded, the bootstrap refused with AlreadyExists while the node has etcd
+ *   data; otherwise the bootstrap answers, and etcd starts from the snapshot's revision, unless
+ *   its sha256 is missing (without --recover-skip-hash-check) or wrong: then etcd stays down, as
+ *   the real etcd service fails after the bootstrap answered. Each recovery is recorded
+ *   (`recoveries`, `etcdState().recoveredFrom`). The stand-in's hash is not etcd's (a CRC of the
+ *   keys): it is the first 32 bits of the database's sha256.
  *
- * Every call is recorded, so tests can count bootstraps and AlreadyExists answers.
+ * Every call is recorded, so tests can count bootstraps and AlreadyExists answers; an answer can be
+ * held back after the node acted on it (`holdNextAnswer`), so a test can kill the caller in between.
  */
+import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import https from 'node:https';
 import http from 'node:http';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { BatchV1Api } from '@kubernetes/client-node';
-import { completeJob, kubeConfigFor, markNodeReady } from '../test/harness/kube-controllers.js';
+import { completeJob, kubeConfigFor, markNodeReady } from '../lib/kube-controllers.js';
 import { projectRoot } from '../lib/paths.js';
 
 export interface StandinNodeSpec {
@@ -102,8 +115,96 @@ export interface TalosStandin {
   nodeState(name: string): { stage: string; configured: boolean; role?: string; registered: boolean };
   /** The next successful bootstrap loses its reply (the caller sees a dropped connection). */
   loseNextBootstrapReply(): void;
+  /** (issue 7) `bootstrap --recover-from` calls that reached a control plane, with the snapshot each uploaded. */
+  recoveries: StandinRecovery[];
+  /**
+   * (issue 7) The cluster's etcd as the stand-in models it: a revision that moves while etcd runs
+   * (as leases do), a key count, and the snapshot it was recovered from. undefined: no etcd data.
+   */
+  etcdState(): { revision: number; keys: number; recoveredFrom?: StandinSnapshotStatus } | undefined;
+  /**
+   * The next call that `matches` (seen as it is recorded, e.g. a successful `bootstrap`) is
+   * carried out on the node as usual, but its answer is held back until `release()`: `reached`
+   * resolves once the node has done it, so a test can kill the caller inside that window.
+   */
+  holdNextAnswer(matches: (call: StandinCall) => boolean): { reached: Promise<StandinCall>; release(): void };
   setMetalPower(name: string, on: boolean): void;
   stop(): Promise<void>;
+}
+
+/** (issue 7) What `snapshot status` says of a snapshot (talosctl prints it before it uploads one). */
+export interface StandinSnapshotStatus {
+  /** %08x; the stand-in's hash is the first 32 bits of the database's sha256 (etcd's is a CRC of its keys). */
+  hash: string;
+  revision: number;
+  totalKeys: number;
+  totalSize: number;
+  /** sha256 of the whole file as uploaded. */
+  fileSha256: string;
+}
+
+export interface StandinRecovery {
+  node: string;
+  /** recovered: etcd started from it; failed: bootstrap answered, then etcd refused the snapshot; AlreadyExists: refused. */
+  outcome: 'recovered' | 'failed' | 'AlreadyExists';
+  snapshot: StandinSnapshotStatus;
+  skipHashCheck: boolean;
+  error?: string;
+}
+
+const SNAPSHOT_MARK = 'labwright-standin-etcd:';
+
+/**
+ * A snapshot as `talosctl etcd snapshot` writes it: a bbolt database (meta pages 0 and 1 with the
+ * magic 0xED0CDAED at offset 16, 4 KiB pages; the stand-in's revision and keys in page 2), 1 MiB,
+ * followed by the sha256 of the database (so the size is 32 bytes past a multiple of 512).
+ */
+export function standinSnapshot(state: { revision: number; keys: number }, cluster = 'home'): Buffer {
+  const db = Buffer.alloc(1024 * 1024);
+  for (const page of [0, 1]) {
+    const at = page * 4096;
+    db.writeUInt32LE(page, at);
+    db.writeUInt16LE(0x04, at + 8); // meta page
+    db.writeUInt32LE(0xed0cdaed, at + 16);
+    db.writeUInt32LE(2, at + 20);
+    db.writeUInt32LE(4096, at + 24);
+  }
+  const record = { revision: state.revision, keys: state.keys, cluster, takenAt: new Date().toISOString() };
+  db.write(`${SNAPSHOT_MARK}${JSON.stringify(record)}\n`, 2 * 4096, 'utf8');
+  return Buffer.concat([db, createHash('sha256').update(db).digest()]);
+}
+
+/** `snapshot status` of an uploaded file, or the error talosctl prints when it is no bbolt database. */
+export function standinSnapshotStatus(file: Buffer): StandinSnapshotStatus | string {
+  if (file.length < 4096 * 2 || file.readUInt32LE(16) !== 0xed0cdaed) return 'invalid database';
+  const db = file.length % 512 === 32 ? file.subarray(0, file.length - 32) : file;
+  const text = db.subarray(2 * 4096, 3 * 4096).toString('utf8');
+  const at = text.indexOf(SNAPSHOT_MARK);
+  const record =
+    at >= 0
+      ? (JSON.parse(text.slice(at + SNAPSHOT_MARK.length, text.indexOf('\n', at))) as {
+          revision: number;
+          keys: number;
+        })
+      : { revision: 0, keys: 0 };
+  return {
+    hash: createHash('sha256').update(db).digest('hex').slice(0, 8),
+    revision: record.revision,
+    totalKeys: record.keys,
+    totalSize: db.length,
+    fileSha256: createHash('sha256').update(file).digest('hex'),
+  };
+}
+
+/** What etcd's restore says of the appended sha256 (undefined: fine), as `--recover-skip-hash-check` decides. */
+function snapshotHashError(file: Buffer, skip: boolean): string | undefined {
+  if (skip) return undefined;
+  if (file.length % 512 !== 32) return 'snapshot missing hash but --skip-hash-check=false';
+  const want = file.subarray(file.length - 32).toString('hex');
+  const got = createHash('sha256')
+    .update(file.subarray(0, file.length - 32))
+    .digest('hex');
+  return want === got ? undefined : `expected sha256 ${want}, got ${got}`;
 }
 
 /** Loopback address for an inventory IPv4 address: 192.168.1.101 -> 127.<2nd>.<3rd>.<4th>... kept unique. */
@@ -163,6 +264,8 @@ const VALUE_FLAGS = new Map([
   ['--k8s-endpoint', 'k8s-endpoint'],
   ['--timeout', 'timeout'],
   ['--cert-fingerprint', 'cert-fingerprint'],
+  ['--recover-from', 'recover-from'],
+  ['--system-labels-to-wipe', 'system-labels-to-wipe'],
 ]);
 
 function parseArgs(argv: string[]): Parsed {
@@ -189,6 +292,8 @@ interface Answer {
   stderr?: string;
   code?: number;
   write?: Record<string, string>;
+  /** Files written as bytes (base64), e.g. an etcd snapshot. */
+  writeBase64?: Record<string, string>;
 }
 
 const fail = (stderr: string): Answer => ({ stderr: `${stderr}\n`, code: 1 });
@@ -217,6 +322,15 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
   const calls: StandinCall[] = [];
   const bootstraps: TalosStandin['bootstraps'] = [];
   let loseReply = false;
+  // issue 7: etcd's data, modelled as a revision and a key count; snapshots carry them, a recovery restores them.
+  let etcd: { revision: number; keys: number; recoveredFrom?: StandinSnapshotStatus } | undefined;
+  const recoveries: StandinRecovery[] = [];
+  const holds: Array<{
+    matches: (c: StandinCall) => boolean;
+    reached: (c: StandinCall) => void;
+    released: Promise<void>;
+  }> = [];
+  const releases: Array<() => void> = [];
   const kubeconfig = opts.kubeconfigPath ? await fs.readFile(opts.kubeconfigPath, 'utf8') : undefined;
 
   /** Powered nodes, by PVE's VM state; a VM that is gone wipes its node (a fresh VM boots into maintenance). */
@@ -245,7 +359,11 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
 
   /** What kubelets and joining etcd members do on their own once etcd exists. */
   async function reconcile(running: Set<string>): Promise<void> {
-    if (members.size === 0) return;
+    if (members.size === 0) {
+      etcd = undefined; // no member left: the data went with the last one
+      return;
+    }
+    if (etcd) etcd.revision += 1; // a running cluster writes (leases)
     for (const n of nodes.values()) {
       if (!running.has(n.spec.address) || !booted(n)) continue;
       if (n.role === 'controlplane') members.add(n.spec.name);
@@ -320,7 +438,11 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
     )}\n`;
   }
 
-  async function answer(argv: string[], files: Record<string, string>): Promise<Answer> {
+  async function answer(
+    argv: string[],
+    files: Record<string, string>,
+    uploads: Record<string, string> = {},
+  ): Promise<Answer> {
     const { words, flags } = parseArgs(argv);
     const command = words.join(' ');
     const insecure = flags.get('insecure') === 'true';
@@ -446,6 +568,27 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
     if (words[0] === 'bootstrap') {
       const err = reach('error executing bootstrap: ');
       if (err) return { ...withNode, ...err };
+      // issue 7: --recover-from: talosctl reads the snapshot's status, prints it, uploads the file;
+      // the bootstrap then starts etcd from it (etcd checks the appended sha256 as it restores).
+      const recoverFrom = flags.get('recover-from');
+      let recovery: { file: Buffer; status: StandinSnapshotStatus; stdout: string } | undefined;
+      if (recoverFrom !== undefined) {
+        const b64 = uploads[recoverFrom];
+        if (b64 === undefined) return { ...withNode, ...fail(`open ${recoverFrom}: no such file or directory`) };
+        const file = Buffer.from(b64, 'base64');
+        const status = standinSnapshotStatus(file);
+        if (typeof status === 'string') return { ...withNode, ...fail(status) };
+        const stdout = `recovering from snapshot "${recoverFrom}": hash ${status.hash}, revision ${status.revision}, total keys ${status.totalKeys}, total size ${status.totalSize}\n`;
+        recovery = { file, status, stdout };
+        if (n.role === 'controlplane' && members.has(n.spec.name)) {
+          recoveries.push({
+            node: n.spec.name,
+            outcome: 'AlreadyExists',
+            snapshot: status,
+            skipHashCheck: flags.has('recover-skip-hash-check'),
+          });
+        }
+      }
       if (n.role !== 'controlplane') {
         bootstraps.push({ node: n.spec.name, outcome: 'refused' });
         return {
@@ -464,8 +607,27 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
           ),
         };
       }
+      if (recovery) {
+        const skip = flags.get('recover-skip-hash-check') === 'true';
+        const error = snapshotHashError(recovery.file, skip);
+        recoveries.push({
+          node: n.spec.name,
+          outcome: error ? 'failed' : 'recovered',
+          snapshot: recovery.status,
+          skipHashCheck: skip,
+          ...(error ? { error } : {}),
+        });
+        bootstraps.push({ node: n.spec.name, outcome: 'bootstrapped' });
+        // machined answers the bootstrap, then the etcd service restores: a bad snapshot leaves etcd down.
+        if (error) return { ...withNode, stdout: recovery.stdout };
+        etcd = { revision: recovery.status.revision, keys: recovery.status.totalKeys, recoveredFrom: recovery.status };
+        members.add(n.spec.name);
+        await reconcile(running);
+        return { ...withNode, stdout: recovery.stdout };
+      }
       bootstraps.push({ node: n.spec.name, outcome: 'bootstrapped' });
       members.add(n.spec.name);
+      etcd ??= { revision: 1, keys: 312 };
       await reconcile(running);
       if (loseReply) {
         loseReply = false;
@@ -473,6 +635,49 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
           ...withNode,
           ...fail('error executing bootstrap: rpc error: code = Unavailable desc = error reading from server: EOF'),
         };
+      }
+      return withNode;
+    }
+
+    // issue 7: `etcd snapshot <path>`: the file as talosctl writes it (database + sha256).
+    if (command.startsWith('etcd snapshot')) {
+      const err = reach('error reading file: ');
+      if (err) return { ...withNode, ...err };
+      const out = words[2];
+      if (!out) return { ...withNode, ...fail('accepts 1 arg(s), received 0') };
+      if (n.role !== 'controlplane' || !members.has(n.spec.name) || !etcd) {
+        return {
+          ...withNode,
+          ...fail(
+            'error reading file: rpc error: code = Unavailable desc = connection error: desc = "transport: Error while dialing: dial tcp 127.0.0.1:2379: connect: connection refused"',
+          ),
+        };
+      }
+      const file = standinSnapshot(etcd);
+      const st = standinSnapshotStatus(file) as StandinSnapshotStatus;
+      return {
+        ...withNode,
+        stdout:
+          `etcd snapshot saved to "${out}" (${file.length} bytes)\n` +
+          `snapshot info: hash ${st.hash}, revision ${st.revision}, total keys ${st.totalKeys}, total size ${st.totalSize}\n`,
+        writeBase64: { [out]: file.toString('base64') },
+      };
+    }
+
+    // issue 7: `reset`: --system-labels-to-wipe=EPHEMERAL wipes etcd's data and keeps the config
+    // (STATE); a full reset wipes both (maintenance mode after the reboot).
+    if (words[0] === 'reset') {
+      const err = reach('error executing reset: ');
+      if (err) return { ...withNode, ...err };
+      members.delete(n.spec.name);
+      if (members.size === 0) etcd = undefined;
+      n.registered = false;
+      if ((flags.get('system-labels-to-wipe') ?? '').split(',').includes('EPHEMERAL')) {
+        n.configuredAt = Date.now(); // reboots
+      } else {
+        n.config = undefined;
+        n.role = undefined;
+        n.configuredAt = undefined;
       }
       return withNode;
     }
@@ -540,14 +745,33 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
     req.setEncoding('utf8');
     req.on('data', (c: string) => (text += c));
     req.on('end', () => {
-      const { argv, files } = JSON.parse(text) as { argv: string[]; files: Record<string, string> };
-      answer(argv, files)
+      const { argv, files, uploads } = JSON.parse(text) as {
+        argv: string[];
+        files: Record<string, string>;
+        uploads?: Record<string, string>;
+      };
+      answer(argv, files, uploads)
         .catch((err: unknown) => fail(`talos stand-in: ${(err as Error).message}`))
-        .then((a) => {
+        .then(async (a) => {
           const { words } = parseArgs(argv);
-          calls.push({ argv, command: words.join(' '), node: a.node, code: a.code ?? 0, stderr: a.stderr ?? '' });
+          const call = { argv, command: words.join(' '), node: a.node, code: a.code ?? 0, stderr: a.stderr ?? '' };
+          calls.push(call);
+          const hold = holds.findIndex((h) => h.matches(call));
+          if (hold >= 0) {
+            const [h] = holds.splice(hold, 1);
+            h!.reached(call);
+            await h!.released;
+          }
           res.writeHead(200, { 'content-type': 'application/json' });
-          res.end(JSON.stringify({ stdout: a.stdout, stderr: a.stderr, code: a.code ?? 0, write: a.write }));
+          res.end(
+            JSON.stringify({
+              stdout: a.stdout,
+              stderr: a.stderr,
+              code: a.code ?? 0,
+              write: a.write,
+              writeBase64: a.writeBase64,
+            }),
+          );
         })
         .catch(() => res.destroy());
     });
@@ -571,6 +795,8 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
     calls,
     bootstraps,
     etcdMembers: () => [...members],
+    recoveries,
+    etcdState: () => (etcd ? { ...etcd } : undefined),
     nodeState: (name) => {
       const n = byName(name);
       if (!n) throw new Error(`no node ${name}`);
@@ -584,6 +810,14 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
     loseNextBootstrapReply: () => {
       loseReply = true;
     },
+    holdNextAnswer: (matches) => {
+      let reached!: (c: StandinCall) => void;
+      let release!: () => void;
+      const arrived = new Promise<StandinCall>((r) => (reached = r));
+      holds.push({ matches, reached, released: new Promise<void>((r) => (release = r)) });
+      releases.push(release);
+      return { reached: arrived, release };
+    },
     setMetalPower: (name, on) => {
       const n = byName(name);
       if (!n || n.spec.kind !== 'metal') throw new Error(`no metal node ${name}`);
@@ -591,6 +825,7 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
     },
     stop: async () => {
       clearInterval(timer);
+      for (const release of releases) release();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await Promise.allSettled([...nodes.values()].map((n) => n.registering ?? Promise.resolve()));
     },

@@ -1,9 +1,17 @@
 // drRestore on the real dev server, fakepve and the run's shared kube-apiserver; the test plays
 // VolSync's mover (completeReplicationDestination) and the Job controller (completeJob).
+import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CoreV1Api, CustomObjectsApi, BatchV1Api } from '@kubernetes/client-node';
+import {
+  AppsV1Api,
+  BatchV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  PatchStrategy,
+  setHeaderOptions,
+} from '@kubernetes/client-node';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -120,6 +128,32 @@ function playControllers(ns: () => string, done: Promise<unknown>, opts: { jobSu
       await sleep(100);
     }
   })();
+}
+
+/** The Deployment controller, as far as a restore looks: status.replicas follows spec.replicas. */
+async function playDeployment(namespace: string, name: string): Promise<number> {
+  const apps = kc().makeApiClient(AppsV1Api);
+  const d = await apps.readNamespacedDeployment({ namespace, name });
+  const replicas = d.spec?.replicas ?? 1;
+  if (d.status?.observedGeneration === d.metadata?.generation && (d.status?.replicas ?? 0) === replicas)
+    return replicas;
+  await apps.patchNamespacedDeploymentStatus(
+    {
+      namespace,
+      name,
+      body: {
+        status: {
+          observedGeneration: d.metadata?.generation,
+          replicas,
+          readyReplicas: replicas,
+          availableReplicas: replicas,
+          updatedReplicas: replicas,
+        },
+      },
+    },
+    setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+  );
+  return replicas;
 }
 
 async function gone(fn: () => Promise<unknown>): Promise<boolean> {
@@ -294,6 +328,138 @@ describe('drRestore', () => {
     expect(vm).toMatchObject({ name: 'hass', status: 'running' });
   });
 
+  it('an approved PVC restore scales the app to 0, restores into the real PVC (Volsync Direct), verifies, scales it back, and leaves nothing behind', async () => {
+    const app = await appWithBackups(['grafana'], 3600);
+    const apps = kc().makeApiClient(AppsV1Api);
+    await apps.createNamespacedDeployment({
+      namespace: app,
+      body: {
+        metadata: { name: 'grafana' },
+        spec: {
+          replicas: 2,
+          selector: { matchLabels: { app: 'grafana' } },
+          template: {
+            metadata: { labels: { app: 'grafana' } },
+            spec: {
+              containers: [{ name: 'grafana', image: 'docker.io/grafana/grafana:12.1.0' }],
+              volumes: [{ name: 'data', persistentVolumeClaim: { claimName: 'grafana' } }],
+            },
+          },
+        },
+      },
+    });
+    await playDeployment(app, 'grafana');
+    const plan = uniqueName('restore-pvc');
+    const client = await testClient();
+    const seen: { rdSpec?: Record<string, unknown>; replicasAtRd?: number; minReplicas: number } = { minReplicas: 2 };
+    const report = await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
+      const handle = await client.workflow.start('drRestore', {
+        taskQueue,
+        workflowId: `dr-restore/${plan}`,
+        args: [input(plan, 'restore', [pvc(app, 'grafana')])],
+      });
+      let shown: DrPlan | null = null;
+      for (let i = 0; i < 100 && !shown; i++) {
+        shown = await handle.query<DrPlan | null>('plan');
+        if (!shown) await sleep(100);
+      }
+      // The plan the operator approves says what is scaled.
+      expect(shown!.items[0]!.overwrites).toBe(
+        `the data of PVC ${app}/grafana; scales Deployment grafana from 2 to 0 during the restore, and back after`,
+      );
+      await sleep(300);
+      expect((await apps.readNamespacedDeployment({ namespace: app, name: 'grafana' })).spec?.replicas).toBe(2);
+      await handle.signal('approve', { digest: shown!.digest, by: 'operator', comment: 'grafana db corrupt' });
+      const result = handle.result();
+      let stop = false;
+      void result.finally(() => (stop = true));
+      // The Deployment controller; and what the ReplicationDestination looks like when it appears.
+      const watch = (async () => {
+        while (!stop) {
+          seen.minReplicas = Math.min(seen.minReplicas, await playDeployment(app, 'grafana').catch(() => 2));
+          if (!seen.rdSpec) {
+            const rd = await getObject('volsync.backube/v1alpha1', 'replicationdestinations', app, 'restore-grafana');
+            if (rd) {
+              seen.rdSpec = rd.spec as Record<string, unknown>;
+              // status.replicas is omitted when 0 (omitempty)
+              seen.replicasAtRd =
+                (await apps.readNamespacedDeployment({ namespace: app, name: 'grafana' })).status?.replicas ?? 0;
+            }
+          }
+          await sleep(50);
+        }
+      })();
+      await playControllers(() => app, result);
+      await watch;
+      return (await result) as DrReport;
+    });
+
+    expect(report.ok).toBe(true);
+    const t = report.targets[0]!;
+    expect(t).toMatchObject({ target: `pvc ${app}/grafana`, ok: true, restoredTo: `PVC ${app}/grafana` });
+    expect(t.verification).toMatch(
+      /^sentinel \.labwright-sentinel sha256 ok \(Job verify-grafana-\S+\); 2Gi restored; Deployment grafana to 2 scaled back$/,
+    );
+    expect(t.rtoMs).toBeGreaterThan(0);
+    expect(t.rpoMs).toBeGreaterThanOrEqual(3600_000);
+    expect(report.maxRpoMs).toBe(t.rpoMs);
+    // Volsync wrote into the real PVC, and only once the app was down.
+    expect(seen.rdSpec).toMatchObject({
+      restic: { copyMethod: 'Direct', destinationPVC: 'grafana', repository: 'grafana-restic' },
+    });
+    expect(seen.replicasAtRd).toBe(0);
+    expect(seen.minReplicas).toBe(0);
+    // Back to its replicas; the PVC kept; no ReplicationDestination or Job left in the app's namespace.
+    expect((await apps.readNamespacedDeployment({ namespace: app, name: 'grafana' })).spec?.replicas).toBe(2);
+    const core = kc().makeApiClient(CoreV1Api);
+    expect(
+      (await core.readNamespacedPersistentVolumeClaim({ namespace: app, name: 'grafana' })).metadata?.deletionTimestamp,
+    ).toBeUndefined();
+    expect(
+      await getObject('volsync.backube/v1alpha1', 'replicationdestinations', app, 'restore-grafana'),
+    ).toBeUndefined();
+    expect((await kc().makeApiClient(BatchV1Api).listNamespacedJob({ namespace: app })).items).toEqual([]);
+    expect(report.cleanedUp.filter((c) => c.startsWith('LEFT'))).toEqual([]);
+    expect(report.cleanedUp).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/^Job .*verify-grafana-/),
+        `ReplicationDestination ${app}/restore-grafana`,
+      ]),
+    );
+  });
+
+  it('refuses an in-place PVC restore while a pod nothing would scale mounts the PVC, touching nothing', async () => {
+    const app = await appWithBackups(['mqtt'], 3600);
+    const core = kc().makeApiClient(CoreV1Api);
+    await core.createNamespacedPod({
+      namespace: app,
+      body: {
+        metadata: { name: 'debug-shell' },
+        spec: {
+          containers: [{ name: 'sh', image: 'docker.io/library/busybox:1.37' }],
+          volumes: [{ name: 'data', persistentVolumeClaim: { claimName: 'mqtt' } }],
+        },
+      },
+    });
+    const plan = uniqueName('restore-busy');
+    const client = await testClient();
+    const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow
+        .execute('drRestore', {
+          taskQueue,
+          workflowId: `dr-restore/${plan}`,
+          args: [input(plan, 'restore', [pvc(app, 'mqtt')])],
+        })
+        .catch((e: unknown) => e),
+    );
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('PreconditionFailed');
+    expect(cause.message).toBe(
+      `restore ${plan}: pvc ${app}/mqtt: pod(s) ${app}/debug-shell (Pending) mount the PVC and no Deployment or StatefulSet owns them: stop them first; nothing was touched`,
+    );
+    expect(await getObject('volsync.backube/v1alpha1', 'replicationdestinations', app, 'restore-mqtt')).toBeUndefined();
+  });
+
   it('fails before anything is touched when a backup is missing or too old, naming each', async () => {
     const app = await appWithBackups(['mosquitto'], 3 * 86_400);
     const plan = uniqueName('stale');
@@ -395,9 +561,11 @@ describe('drRestore', () => {
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-etcd-'));
     try {
       // A bbolt file starts with a meta page whose magic 0xED0CDAED sits at offset 16.
+      // `talosctl etcd snapshot` appends the database's sha256 (test/dr-etcd.test.ts takes real ones).
       const page = Buffer.alloc(4 * 1024 ** 2);
       page.writeUInt32LE(0xed0cdaed, 16);
-      await fs.writeFile(path.join(dir, 'etcd-2026.snapshot'), page);
+      const sum = createHash('sha256').update(page).digest();
+      await fs.writeFile(path.join(dir, 'etcd-2026.snapshot'), Buffer.concat([page, sum]));
       const client = await testClient();
       const target = { kind: 'etcd', cluster: 'home', snapshotDir: dir };
       const ok = (await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
@@ -408,8 +576,10 @@ describe('drRestore', () => {
         }),
       )) as DrReport;
       expect(ok.ok).toBe(true);
-      expect(ok.targets[0]).toMatchObject({ target: 'etcd home', restoredBytes: 4 * 1024 ** 2 });
-      expect(ok.targets[0]!.verification).toMatch(/^snapshot intact: bbolt database, 4194304 bytes/);
+      expect(ok.targets[0]).toMatchObject({ target: 'etcd home', restoredBytes: 4 * 1024 ** 2 + 32 });
+      expect(ok.targets[0]!.verification).toMatch(
+        /^snapshot intact: bbolt database, 4194336 bytes, appended sha256 matches/,
+      );
 
       await fs.writeFile(path.join(dir, 'etcd-2027.snapshot'), Buffer.alloc(4 * 1024 ** 2, 1));
       const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>

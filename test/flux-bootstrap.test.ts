@@ -1,5 +1,6 @@
 // fluxBootstrap on the real dev server and the run's shared kube-apiserver; the test plays the
 // Deployment controller, source-controller and kustomize-controller through the status subresource.
+import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -17,7 +18,7 @@ import { SecretStore } from '../lib/secrets.js';
 import { recordHistory } from './harness/histories.js';
 import { kubeConfigFor, setFluxReady } from './harness/kube-controllers.js';
 import { sharedKube } from './harness/kube.js';
-import { testClient, uniqueName, withWorker } from './harness/temporal.js';
+import { testClient, testDataConverter, uniqueName, withWorker } from './harness/temporal.js';
 
 const REV = 'main@sha1:1111111111111111111111111111111111111111';
 const REV2 = 'main@sha1:2222222222222222222222222222222222222222';
@@ -134,6 +135,27 @@ async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30
   }
 }
 
+/** Every payload of a run's history (inputs, results, details), decoded to text. */
+async function historyTexts(handle: WorkflowHandle): Promise<{ activities: string[]; texts: string[] }> {
+  const history = await handle.fetchHistory();
+  const payloads: Array<{ metadata?: Record<string, Uint8Array> | null; data?: Uint8Array | null }> = [];
+  const activities: string[] = [];
+  const walk = (value: unknown): void => {
+    if (!value || typeof value !== 'object') return;
+    if (Array.isArray(value)) return value.forEach(walk);
+    const rec = value as Record<string, unknown>;
+    if (Array.isArray(rec.payloads)) payloads.push(...(rec.payloads as typeof payloads));
+    for (const v of Object.values(rec)) if (v && typeof v === 'object' && !(v instanceof Uint8Array)) walk(v);
+  };
+  for (const e of history.events ?? []) {
+    const name = e.activityTaskScheduledEventAttributes?.activityType?.name;
+    if (name) activities.push(name);
+    walk(e);
+  }
+  const decoded = await testDataConverter.payloadCodecs![0]!.decode(payloads);
+  return { activities, texts: decoded.map((p) => Buffer.from(p.data ?? new Uint8Array()).toString('utf8')) };
+}
+
 describe('fluxBootstrap', () => {
   let first: FluxBootstrapResult;
 
@@ -189,6 +211,15 @@ describe('fluxBootstrap', () => {
       });
       first = await handle.result();
       await recordHistory(handle as WorkflowHandle, 'flux-bootstrap');
+
+      // The manifest never passed through history: the worker read and applied the file.
+      const { activities: scheduled, texts } = await historyTexts(handle as WorkflowHandle);
+      expect(scheduled).toContain('k8sApplyFile');
+      expect(scheduled).not.toContain('drReadManifest');
+      expect(scheduled.filter((a) => a === 'k8sApply')).toHaveLength(1); // the sync objects only
+      expect(texts.length).toBeGreaterThan(10);
+      expect(texts.some((t) => t.includes(MANIFEST))).toBe(true); // the path does
+      expect(texts.filter((t) => t.includes('ghcr.io/fluxcd/source-controller'))).toEqual([]);
     });
 
     expect(first.revision).toBe(REV);
@@ -206,6 +237,11 @@ describe('fluxBootstrap', () => {
       ]),
     );
     expect(first.controllers.sort()).toEqual(['kustomize-controller', 'source-controller']);
+    expect(first.componentsSha256).toBe(
+      createHash('sha256')
+        .update(await fs.readFile(MANIFEST))
+        .digest('hex'),
+    );
 
     // What the API server has: secrets with the referenced values, the sync objects as wanted.
     const kc = kubeConfigFor(sharedKube().kubeconfigPath);
@@ -279,5 +315,43 @@ describe('fluxBootstrap', () => {
     expect(cause.type).toBe('PreconditionFailed');
     expect(cause.message).toContain('Kustomization flux-system/flux-system Ready=False (ReconciliationFailed)');
     expect(cause.message).toContain('open apps/missing.yaml: no such file or directory');
+  });
+  it('a controllers wait that reaches its deadline fails once, at the deadline, without retrying', async () => {
+    // A manifest whose Deployment nobody makes Available (its own namespace: the others stay as they are).
+    const ns = uniqueName('flux-stuck');
+    const manifest = path.join(dir, `${ns}.yaml`);
+    await fs.writeFile(
+      manifest,
+      [
+        `apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ${ns}`,
+        `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: stuck-controller\n  namespace: ${ns}\nspec:\n` +
+          `  selector:\n    matchLabels: { app: stuck }\n  template:\n    metadata:\n      labels: { app: stuck }\n` +
+          `    spec:\n      containers:\n        - name: manager\n          image: ghcr.io/fluxcd/source-controller:v1.7.3`,
+      ].join('\n---\n'),
+    );
+    const client = await testClient();
+    const started = Date.now();
+    const { err, handle } = await withWorker({ activities }, async ({ taskQueue }) => {
+      const h = await client.workflow.start('fluxBootstrap', {
+        taskQueue,
+        workflowId: `flux-bootstrap/home-${uniqueName('stuck')}`,
+        args: [input({ componentsManifest: manifest, controllersTimeoutSeconds: 3 })],
+      });
+      return { err: await h.result().catch((e: unknown) => e), handle: h };
+    });
+    const took = Date.now() - started;
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    let cause = (err as WorkflowFailedError).cause as Error;
+    while (cause.cause instanceof Error && !(cause instanceof ApplicationFailure)) cause = cause.cause;
+    expect((cause as ApplicationFailure).type).toBe('TimeoutError');
+    expect(cause.message).toMatch(
+      new RegExp(`Deployment ${ns}/stuck-controller Available=True .*not reached after 3s`),
+    );
+    // One attempt: 5 attempts with backoff would take 3 s x 5 + 2+4+8+16 s.
+    const history = await handle.fetchHistory();
+    const started_ = (history.events ?? []).filter((e) => e.activityTaskStartedEventAttributes);
+    const attempts = started_.map((e) => e.activityTaskStartedEventAttributes!.attempt ?? 0);
+    expect(Math.max(...attempts)).toBe(1);
+    expect(took).toBeLessThan(15_000);
   });
 });

@@ -43,8 +43,8 @@ afterAll(async () => {
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-/** @temporalio/worker's default stickyQueueScheduleToStartTimeout, which workers/worker.ts keeps. */
-const STICKY_TIMEOUT_MS = 10_000;
+/** workers/worker.ts: stickyQueueScheduleToStartTimeout. */
+const STICKY_TIMEOUT_MS = 3_000;
 
 const idFor = (taskQueue: string, pool: string) => `${llmBurstWorkflowId(pool)}-${taskQueue}`;
 
@@ -240,10 +240,11 @@ describe('llmBurst under faults', () => {
       await expect.poll(() => states(pool), { timeout: 20_000, interval: 200 }).toEqual(['stopped']);
       // Never early; late by at most the dead worker's sticky-queue timeout: the timer's workflow task
       // first goes to the killed worker's sticky queue and moves to the shared queue after
-      // stickyQueueScheduleToStartTimeout (the SDK's 10 s default), then the new worker stops it.
+      // stickyQueueScheduleToStartTimeout, then the new worker stops it.
       const late = Date.now() - deadline;
       expect(late).toBeGreaterThanOrEqual(0);
-      expect(late).toBeLessThan(STICKY_TIMEOUT_MS + 3000);
+      expect(late).toBeLessThan(STICKY_TIMEOUT_MS + 5000);
+      await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
       const s = await status(h);
       expect(s.state).toBe('stopped');
       expect(s.instanceId).toBe(result.instanceId);
@@ -263,6 +264,7 @@ describe('llmBurst under faults', () => {
       const hm = client.workflow.getHandle(idFor(taskQueue, maxPool));
       await hm.signal(holdSignal);
       await expect.poll(() => states(maxPool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
+      await expect.poll(async () => (await status(hm)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
       const sm = await status(hm);
       expect(sm.state).toBe('stopped');
       expect(sm.reason).toBe('maximum running time of 3s reached');
@@ -274,6 +276,7 @@ describe('llmBurst under faults', () => {
       await acquire(taskQueue, { pool: budget, idleTimeout: '1m' });
       const hb = client.workflow.getHandle(idFor(taskQueue, budgetPool));
       await expect.poll(() => states(budgetPool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
+      await expect.poll(async () => (await status(hb)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
       const sb = await status(hb);
       expect(sb.state).toBe('stopped');
       expect(sb.reason).toMatch(/^daily budget of \$2\.50 reached \(\$2\.\d\d spent on \d{4}-\d\d-\d\d\)$/);
@@ -313,6 +316,7 @@ describe('llmBurst under faults', () => {
 
       await h.signal(shutdownNowSignal, 'test');
       await expect.poll(() => states(pool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
+      await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
       const s = await status(h);
       expect(s.state).toBe('stopped');
       expect(s.reason).toBe('shutdownNow: test');
@@ -321,6 +325,24 @@ describe('llmBurst under faults', () => {
       expect(await states(pool)).toEqual(['stopped']);
       const back = await acquire(taskQueue, input);
       expect(back.instanceId).toBe(first.instanceId);
+
+      // shutdownNow while an acquire waits on a slow start: the acquire fails with the reason, and
+      // the StartInstances that EC2 applies after the workflow gave up is caught by reconciliation.
+      await h.signal(shutdownNowSignal, 'again');
+      await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
+      peers.faults.add({ action: 'StartInstances', fault: { kind: 'delay', ms: 1500 } });
+      const waiting = acquire(taskQueue, input).catch((e: unknown) => e);
+      await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 50 }).toBe('starting');
+      await h.signal(shutdownNowSignal, 'while starting');
+      const failed = await waiting;
+      expect(failed).toBeInstanceOf(WorkflowUpdateFailedError);
+      expect((failed as Error & { cause: Error }).cause.message).toContain('shutdownNow: while starting');
+      await sleep(2000); // the delayed StartInstances lands now
+      await expect.poll(() => states(pool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
+      await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
+      const events = (await status(h)).events.map((e) => e.what).join('\n');
+      expect(events).toContain('start cancelled: shutdownNow: while starting');
+      expect(events).toMatch(/reconcile: i-\w+ found (running|pending) though labwright had it stopped/);
       await h.terminate('test over');
     });
   });

@@ -93,6 +93,7 @@ describe('llmBurst on moto', () => {
       const lastDemand = Date.parse(kept.lastDemandAt!);
       await expect.poll(() => instanceState(pool), { timeout: 12_000, interval: 250 }).toEqual(['stopped']);
       const stoppedAfter = Date.now() - lastDemand;
+      await expect.poll(async () => (await status(handle)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
       expect(stoppedAfter).toBeGreaterThanOrEqual(4000);
       expect(stoppedAfter).toBeLessThan(4000 + 4000);
       const stopped = await status(handle);
@@ -114,6 +115,51 @@ describe('llmBurst on moto', () => {
       expect(final.state).toBe('stopped');
       expect(await instanceState(pool)).toEqual(['stopped']);
       await recordHistory(handle, 'llm-burst');
+    });
+  });
+
+  it('checks with EC2 at once when a caller reports the endpoint unreachable, and restarts the instance', async () => {
+    const pool = uniqueName('unreach');
+    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+      // Reconciliation every hour: only the caller's report can reveal the stop below.
+      const input: LlmBurstInput = { pool: testPool(pool), idleTimeout: '1m', reconcileEvery: '1h' };
+      const first = await acquire(taskQueue, input);
+      await peers.stopOutside(first.instanceId);
+      const handle = handleFor(taskQueue, pool);
+      await sleep(300);
+      expect((await status(handle)).state).toBe('ready'); // not noticed yet
+
+      const again = await handle.executeUpdate(acquireUpdate, {
+        args: [{ deadlineSeconds: 30, unreachable: first.endpoint }],
+      });
+      expect(again.instanceId).toBe(first.instanceId);
+      expect(await instanceState(pool)).toEqual(['running']);
+      const s = await status(handle);
+      expect(s.events.map((e) => e.what)).toEqual(
+        expect.arrayContaining([
+          expect.stringMatching(new RegExp(`^reconcile: ${first.instanceId} found stopped`)),
+          `started ${first.instanceId}`,
+        ]),
+      );
+      expect(peers.faults.count('StartInstances', (p) => p.get('InstanceId.1') === first.instanceId)).toBe(1);
+      await handle.terminate('test over');
+    });
+  });
+
+  it('terminates an instance stopped for longer than terminateAfter, and launches a new one on demand', async () => {
+    const pool = uniqueName('term');
+    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+      const input: LlmBurstInput = { pool: testPool(pool), idleTimeout: '1s', terminateAfter: '2s' };
+      const first = await acquire(taskQueue, input);
+      const handle = handleFor(taskQueue, pool);
+      await expect.poll(() => instanceState(pool), { timeout: 8000, interval: 200 }).toEqual(['stopped']);
+      await expect.poll(() => instanceState(pool), { timeout: 8000, interval: 200 }).toEqual([]); // terminated
+      await expect.poll(async () => (await status(handle)).instanceId, { timeout: 5000 }).toBeUndefined();
+      expect((await status(handle)).reason).toBe(`terminated ${first.instanceId} after 2s stopped`);
+      const second = await acquire(taskQueue, input);
+      expect(second.instanceId).not.toBe(first.instanceId);
+      expect(await instanceState(pool)).toEqual(['running']);
+      await handle.terminate('test over');
     });
   });
 

@@ -146,6 +146,7 @@ describe('the LLM proxy with a burst pool', () => {
         await sleep(250);
         expect((await generate(s.proxy)).servedBy).toBe('local');
         await expect.poll(() => states(pool), { timeout: 12_000, interval: 250 }).toEqual(['stopped']);
+        await expect.poll(async () => (await status(s.handle)).state, { timeout: 5000 }).toBe('stopped');
         expect((await status(s.handle)).reason).toBe('idle for 5s');
       });
     });

@@ -30,5 +30,9 @@ export async function createLabWorker(opts: LabWorkerOptions): Promise<Worker> {
     // Heartbeats carry cancellation back to an activity: without a cap the SDK sends them only every
     // 0.8 × heartbeatTimeout, so cancelling a long Packer build would take most of a minute to arrive.
     maxHeartbeatThrottleInterval: '5 seconds',
+    // After a crash, the dead worker's sticky queue holds the next workflow task (an idle timer
+    // firing, say) this long before another worker may take it; the SDK's 10 s default delays
+    // every such handover.
+    stickyQueueScheduleToStartTimeout: '3 seconds',
   });
 }

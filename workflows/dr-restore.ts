@@ -27,7 +27,7 @@
  */
 import * as wf from '@temporalio/workflow';
 import type { DrReportActivities } from '../activities/dr-reports.js';
-import type { createKubernetesActivities } from '../activities/kubernetes.js';
+import type { createKubernetesActivities, PvcWorkload } from '../activities/kubernetes.js';
 import type { createProxmoxActivities, TaskOutcome } from '../activities/proxmox.js';
 import type { createTalosActivities } from '../activities/talos.js';
 import { apiCall, oneShot, waitFor } from '../common/activity-options.js';
@@ -80,7 +80,6 @@ const pve = wf.proxyActivities<Pve>(apiCall);
 const pveWait = wf.proxyActivities<Pve>(waitFor);
 const talos = wf.proxyActivities<Talos>(apiCall);
 const talosOnce = wf.proxyActivities<Talos>(oneShot);
-const talosWait = wf.proxyActivities<Talos>(waitFor);
 const files = wf.proxyActivities<DrReportActivities>(apiCall);
 
 export const DR_RESTORE_STEPS = [
@@ -102,9 +101,18 @@ type Checked =
       capacity: string;
       accessModes: string[];
       storageClassName?: string;
+      /** restore mode: the Deployments/StatefulSets mounting the PVC, scaled to 0 and back. */
+      users?: PvcWorkload[];
     }
   | { target: Extract<DrTarget, { kind: 'vm' }>; backup: BackupInfo; archive: string; currentName?: string }
-  | { target: Extract<DrTarget, { kind: 'etcd' }>; backup: BackupInfo; snapshot: string; address?: string };
+  | {
+      target: Extract<DrTarget, { kind: 'etcd' }>;
+      backup: BackupInfo;
+      snapshot: string;
+      /** What the integrity check found (bbolt, appended sha256). */
+      integrity: string;
+      address?: string;
+    };
 
 /** Something a drill made, removed again at the end. */
 type Made =
@@ -159,7 +167,9 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     .run(
       'check backups',
       async () => {
-        const results = await Promise.all(input.targets.map((t) => checkBackup(t, input, kubeconfig, inventory)));
+        const results = await Promise.all(
+          input.targets.map((t) => checkBackup(t, input, kubeconfig, talosconfig, inventory)),
+        );
         const problems = results.filter((r): r is { problem: string } => 'problem' in r).map((r) => r.problem);
         if (problems.length > 0) {
           throw nonRetryable(
@@ -367,147 +377,193 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
         labels: DR_LABELS,
       });
     }
-    step(`ReplicationDestination ${ns}/${rdName}, trigger ${trigger}`);
-    made.push({
-      kind: 'k8s',
-      apiVersion: 'volsync.backube/v1alpha1',
-      k8sKind: 'ReplicationDestination',
-      namespace: ns,
-      name: rdName,
-    });
-    await kube.k8sApply({
-      kubeconfig,
-      fieldManager: 'labwright',
-      manifests: JSON.stringify(
-        replicationDestinationObject({
-          name: rdName,
+    // In place: the app's Deployments/StatefulSets are scaled to 0 first (Volsync writes into the
+    // PVC directly, which must not be in use), and back to their replicas once the data is verified.
+    const users = drill ? [] : (c.users ?? []);
+    if (users.length > 0) {
+      step(`scaling ${users.map((u) => `${u.kind} ${u.name}`).join(', ')} to 0`);
+      for (const u of users) {
+        await kube.k8sScaleWorkload({ kubeconfig, namespace: ns, kind: u.kind, name: u.name, replicas: 0 });
+      }
+      try {
+        await kubeWait.k8sWaitPvcUnused({
+          kubeconfig,
           namespace: ns,
-          trigger,
-          repository,
-          plan: input.plan,
-          ...(drill ? {} : { direct: { destinationPVC: t.pvc } }),
-          capacity: c.capacity,
-          accessModes: c.accessModes,
-          ...((t.storageClassName ?? c.storageClassName)
-            ? { storageClassName: t.storageClassName ?? c.storageClassName }
-            : {}),
-          ...(t.volumeSnapshotClassName ? { volumeSnapshotClassName: t.volumeSnapshotClassName } : {}),
-        }),
-      ),
-    });
+          pvc: t.pvc,
+          workloads: users.map((u) => ({ kind: u.kind, name: u.name })),
+          timeoutSeconds: input.scaleDownTimeoutSeconds,
+        });
+      } catch (err) {
+        throw nonRetryable(
+          'precondition',
+          `PVC ${ns}/${t.pvc} still in use ${formatDuration(input.scaleDownTimeoutSeconds * 1000)} after scaling ${describeUsers(users, 0)}: ${causeMessage(err)}; nothing was restored, ${scaledDownNote(users)}`,
+        );
+      }
+    }
+    try {
+      return await restorePvcData();
+    } catch (err) {
+      if (users.length === 0 || wf.isCancellation(err)) throw err;
+      // The data may be half-written: the app stays down until someone looks.
+      throw nonRetryable('precondition', `${causeMessage(err)}; ${scaledDownNote(users)}`);
+    }
 
-    // The sync: a durable poll of the ReplicationDestination's status.
-    const deadline = Date.now() + input.syncTimeoutSeconds * 1000;
-    let rdStatus: RdStatus = {};
-    for (;;) {
-      const rd = await kube.k8sGetObject({
-        kubeconfig,
+    async function restorePvcData(): Promise<{ verification: string; restoredBytes: number }> {
+      step(`ReplicationDestination ${ns}/${rdName}, trigger ${trigger}`);
+      made.push({
+        kind: 'k8s',
         apiVersion: 'volsync.backube/v1alpha1',
-        kind: 'ReplicationDestination',
+        k8sKind: 'ReplicationDestination',
         namespace: ns,
         name: rdName,
       });
-      rdStatus = ((rd.object?.status ?? {}) as RdStatus) ?? {};
-      if (rdStatus.lastManualSync === trigger && rdStatus.latestMoverStatus?.result === 'Successful') break;
-      const mover = rdStatus.latestMoverStatus?.result;
-      step(
-        `syncing (mover ${mover ?? 'not reported yet'}${mover === 'Failed' ? `: ${rdStatus.latestMoverStatus?.logs ?? ''}; Volsync retries` : ''})`,
-      );
-      if (Date.now() >= deadline) {
-        throw wf.ApplicationFailure.create({
-          type: 'TimeoutError',
-          nonRetryable: true,
-          message: `ReplicationDestination ${ns}/${rdName} did not sync within ${formatDuration(input.syncTimeoutSeconds * 1000)} (mover ${mover ?? 'silent'})`,
-        });
-      }
-      await wf.sleep(input.pollSeconds * 1000);
-    }
-
-    // The size: the mover's VolumeSnapshot (drill) or the restored PVC (restore).
-    let restoredBytes: number | undefined;
-    let claim = t.pvc;
-    if (drill) {
-      const image = rdStatus.latestImage;
-      if (!image?.name || image.kind !== 'VolumeSnapshot') {
-        throw nonRetryable(
-          'precondition',
-          `ReplicationDestination ${ns}/${rdName} synced but reports no VolumeSnapshot (latestImage)`,
-        );
-      }
-      made.push({
-        kind: 'k8s',
-        apiVersion: 'snapshot.storage.k8s.io/v1',
-        k8sKind: 'VolumeSnapshot',
-        namespace: ns,
-        name: image.name,
-      });
-      const snap = await kube.k8sGetObject({
-        kubeconfig,
-        apiVersion: 'snapshot.storage.k8s.io/v1',
-        kind: 'VolumeSnapshot',
-        namespace: ns,
-        name: image.name,
-      });
-      restoredBytes = quantityBytes((snap.object?.status as { restoreSize?: string } | undefined)?.restoreSize);
-      assertSize(`VolumeSnapshot ${ns}/${image.name}`, restoredBytes, minBytes);
-      claim = t.pvc;
-      made.push({ kind: 'k8s', apiVersion: 'v1', k8sKind: 'PersistentVolumeClaim', namespace: ns, name: claim });
       await kube.k8sApply({
         kubeconfig,
         fieldManager: 'labwright',
         manifests: JSON.stringify(
-          restoredPvcObject({
-            name: claim,
+          replicationDestinationObject({
+            name: rdName,
             namespace: ns,
-            snapshot: image.name,
+            trigger,
+            repository,
+            plan: input.plan,
+            ...(drill ? {} : { direct: { destinationPVC: t.pvc } }),
             capacity: c.capacity,
             accessModes: c.accessModes,
             ...((t.storageClassName ?? c.storageClassName)
               ? { storageClassName: t.storageClassName ?? c.storageClassName }
               : {}),
-            plan: input.plan,
+            ...(t.volumeSnapshotClassName ? { volumeSnapshotClassName: t.volumeSnapshotClassName } : {}),
           }),
         ),
       });
-    } else {
-      const pvc = await kube.k8sGetObject({
-        kubeconfig,
-        apiVersion: 'v1',
-        kind: 'PersistentVolumeClaim',
-        namespace: ns,
-        name: t.pvc,
-      });
-      const o = pvc.object as
-        | { status?: { capacity?: { storage?: string } }; spec?: { resources?: { requests?: { storage?: string } } } }
-        | undefined;
-      restoredBytes = quantityBytes(o?.status?.capacity?.storage ?? o?.spec?.resources?.requests?.storage);
-      assertSize(`PVC ${ns}/${t.pvc}`, restoredBytes, minBytes);
-    }
 
-    // The data: a Job checks the sentinel's checksum and the volume's size.
-    const jobName = dnsLabel(`verify-${t.pvc}-${info.runId.slice(0, 8)}`);
-    step(`verification Job ${ns}/${jobName}`);
-    made.push({ kind: 'k8s', apiVersion: 'batch/v1', k8sKind: 'Job', namespace: ns, name: jobName });
-    const job = verifyJobObject({
-      name: jobName,
-      namespace: ns,
-      pvc: claim,
-      image: input.verifyImage,
-      sentinelPath: t.sentinel.path,
-      sha256: t.sentinel.sha256,
-      minBytes,
-      plan: input.plan,
-    });
-    await kube.k8sCreateJob({ kubeconfig, job: job as Parameters<Kube['k8sCreateJob']>[0]['job'] });
-    try {
-      await kubeWait.k8sWaitJob({ kubeconfig, namespace: ns, name: jobName, timeoutSeconds: input.jobTimeoutSeconds });
-    } catch (err) {
-      throw nonRetryable('precondition', `verification of ${t.namespace}/${t.pvc} failed: ${causeMessage(err)}`);
+      // The sync: a durable poll of the ReplicationDestination's status.
+      const deadline = Date.now() + input.syncTimeoutSeconds * 1000;
+      let rdStatus: RdStatus = {};
+      for (;;) {
+        const rd = await kube.k8sGetObject({
+          kubeconfig,
+          apiVersion: 'volsync.backube/v1alpha1',
+          kind: 'ReplicationDestination',
+          namespace: ns,
+          name: rdName,
+        });
+        rdStatus = ((rd.object?.status ?? {}) as RdStatus) ?? {};
+        if (rdStatus.lastManualSync === trigger && rdStatus.latestMoverStatus?.result === 'Successful') break;
+        const mover = rdStatus.latestMoverStatus?.result;
+        step(
+          `syncing (mover ${mover ?? 'not reported yet'}${mover === 'Failed' ? `: ${rdStatus.latestMoverStatus?.logs ?? ''}; Volsync retries` : ''})`,
+        );
+        if (Date.now() >= deadline) {
+          throw wf.ApplicationFailure.create({
+            type: 'TimeoutError',
+            nonRetryable: true,
+            message: `ReplicationDestination ${ns}/${rdName} did not sync within ${formatDuration(input.syncTimeoutSeconds * 1000)} (mover ${mover ?? 'silent'})`,
+          });
+        }
+        await wf.sleep(input.pollSeconds * 1000);
+      }
+
+      // The size: the mover's VolumeSnapshot (drill) or the restored PVC (restore).
+      let restoredBytes: number | undefined;
+      let claim = t.pvc;
+      if (drill) {
+        const image = rdStatus.latestImage;
+        if (!image?.name || image.kind !== 'VolumeSnapshot') {
+          throw nonRetryable(
+            'precondition',
+            `ReplicationDestination ${ns}/${rdName} synced but reports no VolumeSnapshot (latestImage)`,
+          );
+        }
+        made.push({
+          kind: 'k8s',
+          apiVersion: 'snapshot.storage.k8s.io/v1',
+          k8sKind: 'VolumeSnapshot',
+          namespace: ns,
+          name: image.name,
+        });
+        const snap = await kube.k8sGetObject({
+          kubeconfig,
+          apiVersion: 'snapshot.storage.k8s.io/v1',
+          kind: 'VolumeSnapshot',
+          namespace: ns,
+          name: image.name,
+        });
+        restoredBytes = quantityBytes((snap.object?.status as { restoreSize?: string } | undefined)?.restoreSize);
+        assertSize(`VolumeSnapshot ${ns}/${image.name}`, restoredBytes, minBytes);
+        claim = t.pvc;
+        made.push({ kind: 'k8s', apiVersion: 'v1', k8sKind: 'PersistentVolumeClaim', namespace: ns, name: claim });
+        await kube.k8sApply({
+          kubeconfig,
+          fieldManager: 'labwright',
+          manifests: JSON.stringify(
+            restoredPvcObject({
+              name: claim,
+              namespace: ns,
+              snapshot: image.name,
+              capacity: c.capacity,
+              accessModes: c.accessModes,
+              ...((t.storageClassName ?? c.storageClassName)
+                ? { storageClassName: t.storageClassName ?? c.storageClassName }
+                : {}),
+              plan: input.plan,
+            }),
+          ),
+        });
+      } else {
+        const pvc = await kube.k8sGetObject({
+          kubeconfig,
+          apiVersion: 'v1',
+          kind: 'PersistentVolumeClaim',
+          namespace: ns,
+          name: t.pvc,
+        });
+        const o = pvc.object as
+          | { status?: { capacity?: { storage?: string } }; spec?: { resources?: { requests?: { storage?: string } } } }
+          | undefined;
+        restoredBytes = quantityBytes(o?.status?.capacity?.storage ?? o?.spec?.resources?.requests?.storage);
+        assertSize(`PVC ${ns}/${t.pvc}`, restoredBytes, minBytes);
+      }
+
+      // The data: a Job checks the sentinel's checksum and the volume's size.
+      const jobName = dnsLabel(`verify-${t.pvc}-${info.runId.slice(0, 8)}`);
+      step(`verification Job ${ns}/${jobName}`);
+      made.push({ kind: 'k8s', apiVersion: 'batch/v1', k8sKind: 'Job', namespace: ns, name: jobName });
+      const job = verifyJobObject({
+        name: jobName,
+        namespace: ns,
+        pvc: claim,
+        image: input.verifyImage,
+        sentinelPath: t.sentinel.path,
+        sha256: t.sentinel.sha256,
+        minBytes,
+        plan: input.plan,
+      });
+      await kube.k8sCreateJob({ kubeconfig, job: job as Parameters<Kube['k8sCreateJob']>[0]['job'] });
+      try {
+        await kubeWait.k8sWaitJob({
+          kubeconfig,
+          namespace: ns,
+          name: jobName,
+          timeoutSeconds: input.jobTimeoutSeconds,
+        });
+      } catch (err) {
+        throw nonRetryable('precondition', `verification of ${t.namespace}/${t.pvc} failed: ${causeMessage(err)}`);
+      }
+      let scaledBack = '';
+      if (users.length > 0) {
+        step(`scaling ${describeUsers(users)} back`);
+        for (const u of users) {
+          await kube.k8sScaleWorkload({ kubeconfig, namespace: ns, kind: u.kind, name: u.name, replicas: u.replicas });
+        }
+        scaledBack = `; ${describeUsers(users)} scaled back`;
+      }
+      return {
+        verification: `sentinel ${t.sentinel.path} sha256 ok (Job ${jobName}); ${formatBytes(restoredBytes!)} restored${scaledBack}`,
+        restoredBytes: restoredBytes!,
+      };
     }
-    return {
-      verification: `sentinel ${t.sentinel.path} sha256 ok (Job ${jobName}); ${formatBytes(restoredBytes!)} restored`,
-      restoredBytes: restoredBytes!,
-    };
   }
 
   async function restoreVm(
@@ -586,23 +642,48 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     c: Extract<Checked, { target: { kind: 'etcd' } }>,
     step: (d: string) => void,
   ): Promise<{ verification: string; restoredBytes?: number }> {
-    step(`checking ${c.snapshot}`);
-    const check = await files.drCheckEtcdSnapshot({ path: c.snapshot });
-    if (!check.ok) throw nonRetryable('precondition', `etcd snapshot ${c.snapshot}: ${check.detail}`);
-    if (drill)
+    // The snapshot was checked before the approval (bbolt, appended sha256): what talosctl and
+    // etcd check on a recovery. A drill stops there: recovering needs a control plane with an
+    // empty etcd, which a lab has no spare of (docs/dr-restore.md).
+    if (drill) {
       return {
-        verification: `snapshot intact: ${check.detail} (not recovered in a drill)`,
+        verification: `snapshot intact: ${c.integrity} (not recovered in a drill)`,
         restoredBytes: c.backup.size,
       };
-    step(`talosctl bootstrap --recover-from on ${c.address}`);
-    await talosOnce.talosRecoverEtcd({ address: c.address!, talosconfig, snapshot: c.snapshot });
-    const members = await talosWait.talosEtcdMembers({ address: c.address!, talosconfig });
-    if (members.members.length === 0)
-      throw nonRetryable('precondition', `etcd on ${c.address} has no members after the recovery`);
+    }
+    const t = c.target;
+    step(`talosctl bootstrap --recover-from=${c.snapshot} on ${c.address}`);
+    const recovered = await talosOnce.talosRecoverEtcd({
+      address: c.address!,
+      talosconfig,
+      snapshot: c.snapshot,
+      ...(t.skipHashCheck ? { skipHashCheck: true } : {}),
+    });
+    // etcd starts from the snapshot after the bootstrap has answered: a durable wait for a member.
+    const deadline = Date.now() + input.etcdTimeoutSeconds * 1000;
+    let members = 0;
+    for (;;) {
+      const m = await talos.talosEtcdMembers({ address: c.address!, talosconfig });
+      members = m.members.length;
+      if (members > 0) break;
+      if (Date.now() >= deadline) {
+        throw nonRetryable(
+          'precondition',
+          `etcd on ${c.address} has no member ${formatDuration(input.etcdTimeoutSeconds * 1000)} after the recovery from ${c.snapshot}` +
+            `${m.warning ? ` (${m.warning.split('\n')[0]})` : ''}: the recovery failed (talosctl -n ${c.address} logs etcd)`,
+        );
+      }
+      step(`waiting for etcd on ${c.address} to start from the snapshot`);
+      await wf.sleep(input.pollSeconds * 1000);
+    }
     const api = await kube.k8sGetObject({ kubeconfig, apiVersion: 'v1', kind: 'Namespace', name: 'kube-system' });
     if (!api.exists) throw nonRetryable('precondition', 'the Kubernetes API has no kube-system after the recovery');
+    const s = recovered.snapshot;
+    const from = s
+      ? `snapshot hash ${s.hash}, revision ${s.revision}, ${s.totalKeys} keys`
+      : `${c.snapshot}${recovered.outcome === 'already-recovered' ? ' (by an earlier attempt)' : ''}`;
     return {
-      verification: `etcd recovered (${members.members.length} member(s)); the Kubernetes API answers`,
+      verification: `etcd recovered from ${from} (${members} member(s)); the Kubernetes API answers`,
       restoredBytes: c.backup.size,
     };
   }
@@ -642,6 +723,17 @@ interface RdStatus {
   latestImage?: { kind?: string; name?: string };
 }
 
+/** `Deployment grafana (1 -> 0)`, or with the replicas they had: `Deployment grafana to 1`. */
+function describeUsers(users: PvcWorkload[], to?: number): string {
+  return users
+    .map((u) => `${u.kind} ${u.name} ${to === undefined ? `to ${u.replicas}` : `from ${u.replicas} to ${to}`}`)
+    .join(', ');
+}
+
+function scaledDownNote(users: PvcWorkload[]): string {
+  return `left scaled to 0: ${users.map((u) => `${u.kind} ${u.name} (was ${u.replicas})`).join(', ')}; scale back once the data is right`;
+}
+
 function assertSize(what: string, bytes: number | undefined, min: number): void {
   if (bytes === undefined || bytes === 0)
     throw nonRetryable('precondition', `${what} is empty (no size reported): refused`);
@@ -666,6 +758,7 @@ async function checkBackup(
   t: DrTarget,
   input: DrRestoreParsed,
   kubeconfig: SecretRef,
+  talosconfig: SecretRef,
   inventory: Inventory | undefined,
 ): Promise<Checked | { problem: string }> {
   const now = Date.now();
@@ -705,6 +798,21 @@ async function checkBackup(
     };
     const capacity = t.capacity ?? spec.resources?.requests?.storage;
     if (!capacity) return { problem: `${label}: PVC ${t.namespace}/${t.pvc} does not exist and no capacity was given` };
+    // In place, the PVC must not be in use while Volsync writes into it: the Deployments and
+    // StatefulSets mounting it are scaled to 0 and back; a pod nothing would scale is refused.
+    let users: PvcWorkload[] | undefined;
+    if (input.mode === 'restore') {
+      if (!pvc.exists)
+        return { problem: `${label}: PVC ${t.namespace}/${t.pvc} does not exist: nothing to restore into` };
+      const found = await kube.k8sPvcUsers({ kubeconfig, namespace: t.namespace, pvc: t.pvc });
+      const unowned = found.pods.filter((p) => !p.owner);
+      if (unowned.length > 0) {
+        return {
+          problem: `${label}: pod(s) ${unowned.map((p) => `${t.namespace}/${p.name} (${p.phase})`).join(', ')} mount the PVC and no Deployment or StatefulSet owns them: stop them first`,
+        };
+      }
+      users = found.workloads;
+    }
     return {
       target: t,
       backup: {
@@ -716,6 +824,7 @@ async function checkBackup(
       capacity,
       accessModes: spec.accessModes ?? ['ReadWriteOnce'],
       ...(spec.storageClassName ? { storageClassName: spec.storageClassName } : {}),
+      ...(users ? { users } : {}),
     };
   }
   if (t.kind === 'vm') {
@@ -746,12 +855,25 @@ async function checkBackup(
   const min = quantityBytes(t.minSize)!;
   if (snap.size < min)
     return { problem: `${label}: ${snap.path} holds ${formatBytes(snap.size)}, less than ${formatBytes(min)}` };
+  // What talosctl (bbolt status) and etcd (the appended sha256) check on a recovery, checked now.
+  const integrity = await files.drCheckEtcdSnapshot({ path: snap.path, skipHashCheck: t.skipHashCheck });
+  if (!integrity.ok) return { problem: `${label}: etcd snapshot ${snap.path}: ${integrity.detail}` };
   let address: string | undefined;
   if (input.mode === 'restore') {
     const cluster = planCluster(inventory!, t.cluster);
     const node = t.node ? cluster.controlPlane.find((n) => n.name === t.node) : cluster.controlPlane[0];
     if (!node) return { problem: `${label}: ${t.node} is not a control plane of ${t.cluster}` };
     address = node.ip;
+    // Talos recovers only into an empty etcd (all control planes reset, EPHEMERAL wiped).
+    const members = await talos.talosEtcdMembers({ address, talosconfig });
+    if (members.members.length > 0) {
+      return {
+        problem:
+          `${label}: etcd on ${node.name} (${address}) has ${members.members.length} member(s) ` +
+          `(${members.members.map((m) => m.hostname).join(', ')}): Talos recovers only into an empty etcd; ` +
+          'reset every control plane with --system-labels-to-wipe=EPHEMERAL first',
+      };
+    }
   }
   return {
     target: t,
@@ -762,6 +884,7 @@ async function checkBackup(
       size: snap.size,
     },
     snapshot: snap.path,
+    integrity: integrity.detail,
     ...(address ? { address } : {}),
   };
 }
@@ -770,9 +893,15 @@ function planItem(c: Checked, drill: boolean, namespace: string, drillVmid: numb
   const base = { target: targetLabel(c.target), kind: c.target.kind, backup: c.backup };
   const t = c.target;
   if (t.kind === 'pvc') {
+    const users = (c as Extract<Checked, { target: { kind: 'pvc' } }>).users ?? [];
+    const scale = users.length > 0 ? `; scales ${describeUsers(users, 0)} during the restore, and back after` : '';
     return drill
       ? { ...base, into: `PVC ${namespace}/${t.pvc} (scratch namespace)` }
-      : { ...base, overwrites: `the data of PVC ${t.namespace}/${t.pvc}`, into: `PVC ${t.namespace}/${t.pvc}` };
+      : {
+          ...base,
+          overwrites: `the data of PVC ${t.namespace}/${t.pvc}${scale}`,
+          into: `PVC ${t.namespace}/${t.pvc}`,
+        };
   }
   if (t.kind === 'vm') {
     const name = (c as Extract<Checked, { target: { kind: 'vm' } }>).currentName;

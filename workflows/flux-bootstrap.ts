@@ -7,8 +7,11 @@
  *
  *   1. Validate the input and the inventory's `flux` section; the manifest file must exist.
  *   2. Check the cluster: the API answers with the kubeconfig.
- *   3. Apply the Flux components manifest (server-side apply, field manager `labwright`).
- *   4. Wait for the controllers: every Deployment of the manifest Available.
+ *   3. Apply the Flux components manifest (server-side apply, field manager `labwright`): the
+ *      worker reads the file (k8sApplyFile), so it never passes through history; its sha256 is
+ *      reported.
+ *   4. Wait for the controllers: every Deployment of the manifest Available, within
+ *      `controllersTimeoutSeconds` in all (across retries; the deadline passing is final).
  *   5. Create the Git credentials Secret and the SOPS age Secret from secret references.
  *   6. Apply the GitRepository and the Kustomization `flux-system`.
  *   7. Wait, durably and with progress, until both are Ready at the expected revision
@@ -142,23 +145,20 @@ export async function fluxBootstrap(raw: unknown): Promise<FluxBootstrapResult> 
     (exists) => `the API answers; ${exists ? `${FLUX_NAMESPACE} exists (upgrade)` : 'no Flux yet'}`,
   );
 
-  // 3. the components, server-side applied
-  const components = await progress.run(
+  // 3. the components, server-side applied: the worker reads the file, so the manifest never
+  //    enters history; its sha256 says which one was applied.
+  const applied = await progress.run(
     'apply components',
-    async () =>
-      (
-        await kube.k8sApply({
-          kubeconfig,
-          manifests: await files.drReadManifest({ path: settings.manifest }),
-          fieldManager: FIELD_MANAGER,
-        })
-      ).objects,
-    (applied) => describeApplied(applied),
+    () => kube.k8sApplyFile({ kubeconfig, path: settings.manifest, fieldManager: FIELD_MANAGER }),
+    (a) => `${settings.manifest} (sha256 ${a.sha256.slice(0, 12)}, ${a.bytes} bytes): ${describeApplied(a.objects)}`,
   );
+  const components = applied.objects;
   record(components);
 
-  // 4. the controllers
+  // 4. the controllers: one deadline for all of them and across attempts (a retried wait only
+  //    waits for what is left; reaching it is final).
   const deployments = components.filter((o) => o.kind === 'Deployment' && o.apiVersion === 'apps/v1');
+  const controllersDeadline = Date.now() + input.controllersTimeoutSeconds * 1000;
   await progress.run(
     'wait for controllers',
     () =>
@@ -174,6 +174,7 @@ export async function fluxBootstrap(raw: unknown): Promise<FluxBootstrapResult> 
             status: 'True',
             currentGeneration: true,
             timeoutSeconds: input.controllersTimeoutSeconds,
+            deadlineAt: controllersDeadline,
           }),
         ),
       ),
@@ -320,6 +321,7 @@ export async function fluxBootstrap(raw: unknown): Promise<FluxBootstrapResult> 
     changed,
     unchanged,
     controllers: deployments.map((d) => d.name),
+    componentsSha256: applied.sha256,
     slow,
     waitedSeconds,
     summary,

@@ -32,7 +32,14 @@ import { nonRetryable } from '../common/errors.js';
 import { ProgressTracker } from '../common/progress.js';
 import { runPveTask } from '../common/pve-tasks.js';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
-import { nodePatches, parseInventory, planCluster, talosStore, vmConfigFor } from '../common/talos.js';
+import {
+  nodeConfigRequest,
+  parseInventory,
+  planCluster,
+  talosStore,
+  templateFor,
+  vmConfigFor,
+} from '../common/talos.js';
 import { parseInput } from '../common/validation.js';
 import { ensureVm } from './talos-bootstrap.js';
 
@@ -114,15 +121,7 @@ export async function gpuNodeJoin(raw: unknown): Promise<GpuNodeJoinResult> {
   const kubeconfig = { store: talosStore.kubeconfig(plan.name) };
   const config = await progress.run(
     'generate config',
-    () =>
-      talos.talosGenNodeConfig({
-        cluster: plan.name,
-        endpoint: plan.endpoint,
-        kubernetesVersion: plan.kubernetesVersion,
-        talosVersion: plan.talosVersion,
-        node: { name: node.name, role: 'worker' },
-        patches: [...nodePatches(node, plan.talosVersion, input.nvidiaSchematic), ...plan.patches],
-      }),
+    () => talos.talosGenNodeConfig(nodeConfigRequest(plan, node, input.nvidiaSchematic)),
     (c) => `valid (${c.sha256.slice(0, 12)})`,
   );
 
@@ -135,10 +134,7 @@ export async function gpuNodeJoin(raw: unknown): Promise<GpuNodeJoinResult> {
       async () => {
         // Registered first, so that a failure during the clone also leaves no VM behind.
         undo.push({ what: `delete VM ${vm.vmid}`, run: removeVm });
-        const list = await pve.pveListTemplates({ host: vm.host });
-        const t =
-          list.find((x) => x.name === plan.template.name && x.node === vm.node) ??
-          list.find((x) => x.name === plan.template.name);
+        const t = templateFor(await pve.pveListTemplates({ host: vm.host }), plan.template.name, vm.node);
         if (!t && (await pve.pveGetVm(ref)) === null) {
           throw nonRetryable(
             'precondition',

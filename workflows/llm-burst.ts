@@ -111,6 +111,8 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
   let failureEpoch = 0;
   let startScope: wf.CancellationScope | undefined;
   let nextReconcileAt = started + input.reconcileEvery;
+  let reconcileWanted = false;
+  let reconciliations = 0;
 
   let progress = initialProgress();
 
@@ -282,6 +284,13 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
       acquires.set(id, myShutdown);
       wake++;
       try {
+        if (req?.unreachable !== undefined && s.state === 'ready' && req.unreachable === endpoint()) {
+          // The caller says the endpoint is dead: check with EC2 now rather than hand it out again.
+          const seen = reconciliations;
+          reconcileWanted = true;
+          wake++;
+          await wf.condition(() => reconciliations !== seen || s.state !== 'ready', deadlineMs);
+        }
         const settled = await wf.condition(
           () =>
             s.state === 'ready' ||
@@ -314,6 +323,9 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
         const d = req?.deadlineSeconds;
         if (d !== undefined && !(typeof d === 'number' && d > 0)) {
           throw nonRetryable('validation', 'acquire deadlineSeconds: expected a positive number of seconds');
+        }
+        if (req?.unreachable !== undefined && typeof req.unreachable !== 'string') {
+          throw nonRetryable('validation', 'acquire unreachable: expected the endpoint URL the caller could not reach');
         }
         const refused = s.state === 'ready' ? undefined : refusal(Date.now());
         if (refused) throw nonRetryable('precondition', `pool ${pool.name} refuses to start: ${refused}`);
@@ -589,9 +601,12 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
         }
       }
 
-      if (now >= nextReconcileAt) {
+      if (now >= nextReconcileAt || reconcileWanted) {
         nextReconcileAt = now + input.reconcileEvery;
-        if (await reconcile()) continue;
+        reconcileWanted = false;
+        const corrected = await reconcile();
+        reconciliations++;
+        if (corrected) continue;
       }
 
       if (continueAsNewDue()) {

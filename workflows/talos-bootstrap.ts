@@ -25,16 +25,17 @@ import * as wf from '@temporalio/workflow';
 import type { createKubernetesActivities } from '../activities/kubernetes.js';
 import type { createProxmoxActivities, VmDetails } from '../activities/proxmox.js';
 import type { createTalosActivities } from '../activities/talos.js';
-import { apiCall, oneShot, waitFor } from '../common/activity-options.js';
+import { apiCall, oneShot, waitFor, withHeartbeat } from '../common/activity-options.js';
 import { nonRetryable } from '../common/errors.js';
 import { ProgressTracker } from '../common/progress.js';
 import { runPveTask } from '../common/pve-tasks.js';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
 import {
-  nodePatches,
+  nodeConfigRequest,
   parseInventory,
   planCluster,
   talosBootstrapInputSchema,
+  templateFor,
   vmConfigFor,
   type ClusterPlan,
   type NodePlan,
@@ -48,10 +49,6 @@ type Kube = ReturnType<typeof createKubernetesActivities>;
 
 const pve = wf.proxyActivities<Pve>(apiCall);
 const pveWait = wf.proxyActivities<Pve>(waitFor);
-const talos = wf.proxyActivities<Talos>(apiCall);
-const talosWait = wf.proxyActivities<Talos>(waitFor);
-const talosOnce = wf.proxyActivities<Talos>(oneShot);
-const kubeWait = wf.proxyActivities<Kube>(waitFor);
 
 export const TALOS_BOOTSTRAP_STEPS = [
   'validate inventory',
@@ -72,6 +69,12 @@ export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult
   const progress = new ProgressTracker(TALOS_BOOTSTRAP_STEPS);
   const changes: string[] = [];
   const notes: string[] = [];
+  // Talos calls and the waits heartbeat, so a worker lost mid-call can be noticed sooner (input).
+  const beat = (profile: typeof apiCall) => withHeartbeat(profile, input.heartbeatSeconds);
+  const talos = wf.proxyActivities<Talos>(beat(apiCall));
+  const talosWait = wf.proxyActivities<Talos>(beat(waitFor));
+  const talosOnce = wf.proxyActivities<Talos>(beat(oneShot));
+  const kubeWait = wf.proxyActivities<Kube>(beat(waitFor));
 
   // 1. The inventory: the input's, or the worker's. Either way validated here, before any change.
   const plan = await progress.run(
@@ -154,16 +157,7 @@ export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult
     'generate configs',
     async () => {
       const generated = await Promise.all(
-        nodes.map((n) =>
-          talos.talosGenNodeConfig({
-            cluster: plan.name,
-            endpoint: plan.endpoint,
-            kubernetesVersion: plan.kubernetesVersion,
-            talosVersion: plan.talosVersion,
-            node: { name: n.name, role: n.role },
-            patches: [...nodePatches(n, plan.talosVersion, input.nvidiaSchematic), ...plan.patches],
-          }),
-        ),
+        nodes.map((n) => talos.talosGenNodeConfig(nodeConfigRequest(plan, n, input.nvidiaSchematic))),
       );
       generated.forEach((g, i) => {
         if (g.changed) changes.push(`stored the machine config of ${nodes[i]!.name}`);
@@ -290,15 +284,14 @@ async function templatesByHost(
   const out = new Map<string, { vmid: number; node: string }>();
   for (const host of new Set(vms.map((n) => n.vm!.host))) {
     const list = await pve.pveListTemplates({ host });
-    const found = list.filter((t) => t.name === plan.template.name);
-    if (found.length === 0) {
+    if (!list.some((t) => t.name === plan.template.name)) {
       throw nonRetryable(
         'precondition',
         `template ${plan.template.name} (clusters.${plan.name}.template) is not on Proxmox host ${host}`,
       );
     }
     for (const n of vms.filter((v) => v.vm!.host === host)) {
-      const t = found.find((f) => f.node === n.vm!.node) ?? found[0]!;
+      const t = templateFor(list, plan.template.name, n.vm!.node)!;
       out.set(n.name, { vmid: t.vmid, node: t.node });
     }
   }

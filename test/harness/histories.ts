@@ -9,6 +9,7 @@ import type { WorkflowHandle } from '@temporalio/client';
 import { historyFromJSON, historyToJSON } from '@temporalio/common/lib/proto-utils.js';
 import { Worker, type ReplayWorkerOptions } from '@temporalio/worker';
 import { projectRoot } from '../../lib/paths.js';
+import { installQuietRuntime } from './temporal.js';
 
 export const HISTORIES_DIR = path.join(projectRoot, 'test', 'histories');
 
@@ -32,6 +33,7 @@ export interface ReplayOutcome {
 
 /** Replays every history in `dir` against the workflows in `options`; returns one outcome each. */
 export async function replayHistories(dir: string, options: ReplayWorkerOptions): Promise<ReplayOutcome[]> {
+  installQuietRuntime();
   const files = (await fs.readdir(dir)).filter((f) => f.endsWith('.json')).sort();
   const histories = await Promise.all(
     files.map(async (file) => ({

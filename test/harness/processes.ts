@@ -28,12 +28,21 @@ export async function runTs(script: string, args: string[], env: NodeJS.ProcessE
   }
 }
 
-/** Starts a TypeScript entry point in the background; output is collected in `output()`. */
-export function spawnTs(script: string, env: NodeJS.ProcessEnv): { child: ChildProcess; output: () => string } {
+/**
+ * Starts a TypeScript entry point in the background; output is collected in `output()`. With
+ * `group`, it leads a process group of its own, so `process.kill(-child.pid, signal)` reaches it
+ * and every program it runs (as when a container or machine dies).
+ */
+export function spawnTs(
+  script: string,
+  env: NodeJS.ProcessEnv,
+  opts: { group?: boolean } = {},
+): { child: ChildProcess; output: () => string } {
   const child = spawn(process.execPath, [TSX, script], {
     cwd: projectRoot,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: opts.group ?? false,
   });
   let output = '';
   child.stdout?.on('data', (d: Buffer) => (output += d.toString()));

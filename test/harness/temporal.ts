@@ -24,7 +24,7 @@ export const testDataConverter: DataConverter = {
 
 let quietRuntime = false;
 /** Keeps the SDK's own log lines out of test output unless LABWRIGHT_TEST_LOGS=1. */
-function installRuntime(): void {
+export function installQuietRuntime(): void {
   if (quietRuntime || process.env.LABWRIGHT_TEST_LOGS === '1') return;
   quietRuntime = true;
   Runtime.install({
@@ -71,7 +71,7 @@ export interface TestWorker {
 
 /** Starts a worker with the prebuilt test bundle (every real workflow plus test-only ones). */
 export async function startTestWorker(opts: TestWorkerOptions = {}): Promise<TestWorker> {
-  installRuntime();
+  installQuietRuntime();
   const taskQueue = opts.taskQueue ?? uniqueName('tq');
   const connection = await NativeConnection.connect({ address: temporalAddress() });
   const worker = await createLabWorker({
