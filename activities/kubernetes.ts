@@ -351,6 +351,28 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
     return kc;
   }
 
+  /** Server-side applies one object that was `before` (undefined: absent) and says what that did. */
+  async function applyOne(
+    api: DynamicApi,
+    body: KubeObject,
+    before: KubeObject | undefined,
+    what: string,
+    fieldManager: string,
+    force: boolean,
+  ): Promise<ApplyResult> {
+    let after: KubeObject;
+    try {
+      after = await api.apply(body, fieldManager, force);
+    } catch (err) {
+      throw classifyApplyError(err, what, fieldManager, 0);
+    }
+    return before === undefined
+      ? 'created'
+      : before.metadata.resourceVersion === after.metadata.resourceVersion
+        ? 'unchanged'
+        : 'configured';
+  }
+
   /** Reads an object of any kind as plain JSON; undefined when it does not exist. */
   async function readObject(api: DynamicApi, ref: ObjectRef, what: string): Promise<KubeObject | undefined> {
     try {
@@ -767,18 +789,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         type: args.type ?? 'Opaque',
         data,
       };
-      let after: KubeObject;
-      try {
-        after = await api.apply(body, fieldManager, args.force ?? false);
-      } catch (err) {
-        throw classifyApplyError(err, what, fieldManager, 0);
-      }
-      const result: ApplyResult =
-        before === undefined
-          ? 'created'
-          : before.metadata.resourceVersion === after.metadata.resourceVersion
-            ? 'unchanged'
-            : 'configured';
+      const result = await applyOne(api, body, before, what, fieldManager, args.force ?? false);
       return { result, keys };
     },
 
@@ -808,18 +819,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         data: (source.data as Record<string, string> | undefined) ?? {},
       };
       const fieldManager = args.fieldManager ?? 'labwright';
-      let after: KubeObject;
-      try {
-        after = await api.apply(body, fieldManager, false);
-      } catch (err) {
-        throw classifyApplyError(err, what, fieldManager, 0);
-      }
-      const result: ApplyResult =
-        before === undefined
-          ? 'created'
-          : before.metadata.resourceVersion === after.metadata.resourceVersion
-            ? 'unchanged'
-            : 'configured';
+      const result = await applyOne(api, body, before, what, fieldManager, false);
       return { result, keys: Object.keys(body.data as object).sort() };
     },
 

@@ -536,6 +536,13 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
     }
   }
 
+  /** Config and state of a VM; NotFoundError, naming `what`, when the node has no such VM. */
+  async function existingVm(ref: VmRef, what: string): Promise<VmDetails> {
+    const vm = await getVm(ref);
+    if (!vm) throw nonRetryable('notFound', `${what}: VM ${ref.vmid} does not exist on ${ref.node}`);
+    return vm;
+  }
+
   /** Throws a retryable failure naming the lock when the VM is locked (a backup, a migration). */
   function assertUnlocked(vm: VmDetails, ref: VmRef, what: string): void {
     if (vm.lock) {
@@ -667,8 +674,7 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
     /** Starts a VM; a running VM is left as it is (upid null). */
     async pveStart(args: VmRef): Promise<TaskStarted> {
       const what = `start VM ${args.vmid} on ${args.host}`;
-      const vm = await getVm(args);
-      if (!vm) throw nonRetryable('notFound', `${what}: VM ${args.vmid} does not exist on ${args.node}`);
+      const vm = await existingVm(args, what);
       if (vm.status === 'running') return { upid: null, note: `VM ${args.vmid} is already running` };
       const { api } = await client(args.host);
       try {
@@ -685,8 +691,7 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
     /** Stops a VM at once (power off); a stopped VM is left as it is. */
     async pveStop(args: VmRef & { skiplock?: boolean }): Promise<TaskStarted> {
       const what = `stop VM ${args.vmid} on ${args.host}`;
-      const vm = await getVm(args);
-      if (!vm) throw nonRetryable('notFound', `${what}: VM ${args.vmid} does not exist on ${args.node}`);
+      const vm = await existingVm(args, what);
       if (vm.status === 'stopped') return { upid: null, note: `VM ${args.vmid} is already stopped` };
       const { api } = await client(args.host);
       return {
@@ -702,8 +707,7 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
      */
     async pveShutdown(args: VmRef & { timeoutSeconds?: number; forceStop?: boolean }): Promise<TaskStarted> {
       const what = `shut down VM ${args.vmid} on ${args.host}`;
-      const vm = await getVm(args);
-      if (!vm) throw nonRetryable('notFound', `${what}: VM ${args.vmid} does not exist on ${args.node}`);
+      const vm = await existingVm(args, what);
       if (vm.status === 'stopped') return { upid: null, note: `VM ${args.vmid} is already stopped` };
       const { api } = await client(args.host);
       return {

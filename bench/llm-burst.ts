@@ -31,6 +31,7 @@ import { LlmBurstClient } from '../clients/llm-burst-client.js';
 import { shutdownNowSignal, statusQuery, TAG_POOL, type LlmBurstInput } from '../common/llm-burst.js';
 import { AesGcmCodec, keyIdOf, parseKey } from '../lib/codec.js';
 import { startDevServer } from '../lib/dev-server.js';
+import { quietLogger } from '../lib/log.js';
 import { cacheDir, projectRoot } from '../lib/paths.js';
 import { stopProcess } from '../lib/processes.js';
 import { ec2Env, MOTO_CREDENTIALS, prepareBurstPool, startFakeModelServer, startMotoServer } from '../sim/ec2.js';
@@ -160,14 +161,7 @@ async function main(): Promise<void> {
 
   const bundle = await bundleWorkflowCode({
     workflowsPath: path.join(projectRoot, 'workflows', 'index.ts'),
-    logger: {
-      log: () => undefined,
-      trace: () => undefined,
-      debug: () => undefined,
-      info: () => undefined,
-      warn: () => undefined,
-      error: (m: string) => console.error(m),
-    },
+    logger: quietLogger(['error']),
   });
   const bundlePath = path.join(work, 'workflows.js');
   await fs.writeFile(bundlePath, bundle.code);

@@ -1,5 +1,5 @@
 /** Structured JSON logs, one object per line, for the worker and the local runner. */
-import { DefaultLogger, type LogEntry, type LogLevel } from '@temporalio/worker';
+import { DefaultLogger, type LogEntry, type Logger, type LogLevel } from '@temporalio/worker';
 
 const LEVELS: LogLevel[] = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR'];
 
@@ -20,6 +20,19 @@ export function writeJsonLog(entry: LogEntry): void {
 
 export function jsonLogger(level: LogLevel = logLevel()): DefaultLogger {
   return new DefaultLogger(level, writeJsonLog);
+}
+
+/** A logger that drops the SDK's own lines, but for the levels named, which go to the console. */
+export function quietLogger(keep: Array<'warn' | 'error'> = []): Logger {
+  const drop = (): undefined => undefined;
+  return {
+    log: drop,
+    trace: drop,
+    debug: drop,
+    info: drop,
+    warn: keep.includes('warn') ? (message: string) => console.warn(message) : drop,
+    error: keep.includes('error') ? (message: string) => console.error(message) : drop,
+  };
 }
 
 function jsonSafe(_key: string, value: unknown): unknown {

@@ -12,7 +12,6 @@
  * - example inputs in `<sim dir>/examples/` (flux-bootstrap.json, dr-drill.json, dr-restore.json).
  */
 import { promises as fs } from 'node:fs';
-import https from 'node:https';
 import path from 'node:path';
 import {
   AppsV1Api,
@@ -26,6 +25,7 @@ import {
 import { projectRoot } from '../lib/paths.js';
 import { completeJob, completeReplicationDestination, setFluxReady } from '../lib/kube-controllers.js';
 import type { PeerStarter } from './index.js';
+import { pveCaller } from './proxmox.js';
 
 export const SIM_REVISION = 'main@sha1:5e1f0c0ffee5e1f0c0ffee5e1f0c0ffee5e1f0c0';
 const KUBECONFIG_STORE = 'kubeconfig/home';
@@ -240,37 +240,4 @@ async function playControllers(kc: KubeConfig): Promise<void> {
     );
     if (!done) await completeJob(kc, job.metadata!.namespace!, job.metadata!.name!, true);
   }
-}
-
-function pveCaller(url: string, token: string, ca: Buffer) {
-  const agent = new https.Agent({ ca });
-  return (method: string, apiPath: string, body: Record<string, unknown>, json = false): Promise<unknown> =>
-    new Promise((resolve, reject) => {
-      const text = json
-        ? JSON.stringify(body)
-        : new URLSearchParams(Object.entries(body).map(([k, v]): [string, string] => [k, String(v)])).toString();
-      const req = https.request(
-        `${url}${apiPath}`,
-        {
-          method,
-          agent,
-          headers: {
-            Authorization: `PVEAPIToken=${token}`,
-            'Content-Type': json ? 'application/json' : 'application/x-www-form-urlencoded',
-          },
-        },
-        (res) => {
-          let out = '';
-          res.setEncoding('utf8');
-          res.on('data', (c: string) => (out += c));
-          res.on('end', () =>
-            (res.statusCode ?? 0) >= 400
-              ? reject(new Error(`${method} ${apiPath}: ${res.statusCode} ${out}`))
-              : resolve(out),
-          );
-        },
-      );
-      req.on('error', reject);
-      req.end(text);
-    });
 }

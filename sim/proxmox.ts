@@ -165,6 +165,78 @@ export async function makeLoopbackPki(dir: string): Promise<{ caFile: string; ce
 }
 
 /** The Python of the venv scripts/ensure-python-peers.sh builds (it holds the pinned fakepve). */
+/** PVE's form encoding of request parameters. */
+export function pveForm(params: Record<string, unknown>): string {
+  return new URLSearchParams(Object.entries(params).map(([k, v]): [string, string] => [k, String(v)])).toString();
+}
+
+export interface PveResponse {
+  status: number;
+  statusMessage: string | undefined;
+  text: string;
+}
+
+/** One HTTPS request to a (fake) PVE with an API token; any HTTP status resolves. */
+export function pveRequest(
+  agent: https.Agent,
+  url: string,
+  token: string,
+  method: string,
+  urlPath: string,
+  body?: string,
+  type = 'application/json',
+): Promise<PveResponse> {
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      `${url}${urlPath}`,
+      {
+        method,
+        agent,
+        headers: {
+          Authorization: `PVEAPIToken=${token}`,
+          ...(body !== undefined ? { 'Content-Type': type } : {}),
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            statusMessage: res.statusMessage,
+            text: Buffer.concat(chunks).toString('utf8'),
+          }),
+        );
+      },
+    );
+    req.on('error', reject);
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+/**
+ * What the sim peers use to set up a running fakepve: `(method, path, body?, json?)` sends the body
+ * as form fields (JSON with `json`) and resolves the answer's text; an HTTP error rejects.
+ */
+export function pveCaller(url: string, token: string, ca: Buffer) {
+  const agent = new https.Agent({ ca });
+  return async (method: string, apiPath: string, body?: Record<string, unknown>, json = false): Promise<string> => {
+    const text = body === undefined ? undefined : json ? JSON.stringify(body) : pveForm(body);
+    const res = await pveRequest(
+      agent,
+      url,
+      token,
+      method,
+      apiPath,
+      text,
+      json ? 'application/json' : 'application/x-www-form-urlencoded',
+    );
+    if (res.status >= 400) throw new Error(`${method} ${apiPath}: ${res.status} ${res.text}`);
+    return res.text;
+  };
+}
+
 function peersPython(): string {
   return path.join(ensureTool('ensure-python-peers.sh'), 'python');
 }
@@ -209,39 +281,13 @@ export async function startFakePve(opts: FakePveOptions): Promise<FakePve> {
   const ca = await fs.readFile(caFile);
   const agent = new https.Agent({ ca, keepAlive: false });
 
-  const request = async <T>(method: string, urlPath: string, body?: string, type?: string): Promise<T> =>
-    new Promise<T>((resolve, reject) => {
-      const req = https.request(
-        `${url}${urlPath}`,
-        {
-          method,
-          agent,
-          headers: {
-            Authorization: `PVEAPIToken=${token}`,
-            ...(body !== undefined ? { 'Content-Type': type ?? 'application/json' } : {}),
-          },
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            if ((res.statusCode ?? 0) >= 400) {
-              reject(new Error(`fakepve ${method} ${urlPath}: ${res.statusCode} ${res.statusMessage} ${text}`));
-              return;
-            }
-            try {
-              resolve((JSON.parse(text) as { data: T }).data);
-            } catch (err) {
-              reject(err as Error);
-            }
-          });
-        },
-      );
-      req.on('error', reject);
-      if (body !== undefined) req.write(body);
-      req.end();
-    });
+  const request = async <T>(method: string, urlPath: string, body?: string, type?: string): Promise<T> => {
+    const res = await pveRequest(agent, url, token, method, urlPath, body, type);
+    if (res.status >= 400) {
+      throw new Error(`fakepve ${method} ${urlPath}: ${res.status} ${res.statusMessage} ${res.text}`);
+    }
+    return (JSON.parse(res.text) as { data: T }).data;
+  };
 
   const fake: FakePve = {
     url,
@@ -251,9 +297,7 @@ export async function startFakePve(opts: FakePveOptions): Promise<FakePve> {
     control: (body) => request('POST', '/_labwright/control', JSON.stringify(body)),
     vms: () => request<FakeVmState[]>('POST', '/_labwright/control', JSON.stringify({ op: 'vms' })),
     api: (method, apiPath, params) => {
-      const form = params
-        ? new URLSearchParams(Object.entries(params).map(([k, v]): [string, string] => [k, String(v)])).toString()
-        : undefined;
+      const form = params ? pveForm(params) : undefined;
       if (method === 'GET' || method === 'DELETE') {
         return request(method, `/api2/json${apiPath}${form ? `?${form}` : ''}`);
       }

@@ -11,52 +11,15 @@
  * resource mappings as the inventory describes them.
  */
 import { promises as fs } from 'node:fs';
-import https from 'node:https';
 import path from 'node:path';
 import { ensureTool } from '../lib/processes.js';
 import { SecretStore } from '../lib/secrets.js';
 import { startKube } from '../lib/kube-apiserver.js';
 import type { PeerStarter } from './index.js';
+import { pveCaller } from './proxmox.js';
 import { loopbackFor, pveVmLister, startTalosStandin, type StandinNodeSpec } from './talos-standin.js';
 
 type Draft = Record<string, unknown>;
-
-function pveCall(url: string, token: string, ca: Buffer) {
-  const agent = new https.Agent({ ca });
-  return (method: string, apiPath: string, body?: Record<string, unknown>, json = false): Promise<unknown> =>
-    new Promise((resolve, reject) => {
-      const text = body
-        ? json
-          ? JSON.stringify(body)
-          : new URLSearchParams(Object.entries(body).map(([k, v]): [string, string] => [k, String(v)])).toString()
-        : undefined;
-      const req = https.request(
-        `${url}${apiPath}`,
-        {
-          method,
-          agent,
-          headers: {
-            Authorization: `PVEAPIToken=${token}`,
-            ...(text !== undefined
-              ? { 'Content-Type': json ? 'application/json' : 'application/x-www-form-urlencoded' }
-              : {}),
-          },
-        },
-        (res) => {
-          let out = '';
-          res.setEncoding('utf8');
-          res.on('data', (c: string) => (out += c));
-          res.on('end', () =>
-            (res.statusCode ?? 0) >= 400
-              ? reject(new Error(`${method} ${apiPath}: ${res.statusCode} ${out}`))
-              : resolve(out ? (JSON.parse(out) as { data: unknown }).data : null),
-          );
-        },
-      );
-      req.on('error', reject);
-      req.end(text);
-    });
-}
 
 export const talosPeer: PeerStarter = async (ctx) => {
   const inv = ctx.inventory as Draft & {
@@ -70,7 +33,11 @@ export const talosPeer: PeerStarter = async (ctx) => {
   const token = await secrets.resolve(host.token as { store: string });
   const ca = await fs.readFile(String(host.caFile));
   const url = String(host.apiUrl);
-  const pve = pveCall(url, token, ca);
+  const call = pveCaller(url, token, ca);
+  const pve = async (method: string, apiPath: string, body?: Record<string, unknown>, json = false) => {
+    const out = await call(method, apiPath, body, json);
+    return out ? (JSON.parse(out) as { data: unknown }).data : null;
+  };
 
   // The clusters' templates, on every PVE node (a clone never crosses hosts).
   const nodeNames = [...new Set(inv.proxmox.hosts.flatMap((h) => (h.nodes as string[]) ?? []))];

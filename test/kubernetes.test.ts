@@ -19,6 +19,7 @@ import { createKubernetesActivities } from '../activities/kubernetes.js';
 import { SecretStore } from '../lib/secrets.js';
 import { kubeConfigFor, markNodeReady, setFluxReady } from './harness/kube-controllers.js';
 import { sharedKube, testNamespace } from './harness/kube.js';
+import { activityFailure } from './harness/failures.js';
 import { testClient, uniqueName, withWorker } from './harness/temporal.js';
 
 let dir: string;
@@ -37,15 +38,9 @@ afterAll(async () => {
 const kube = () => sharedKube();
 const kc = () => kubeConfigFor(kube().kubeconfigPath);
 
-/** What an activity threw, as the ApplicationFailure Temporal would see. */
-async function failure(p: Promise<unknown>): Promise<ApplicationFailure> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(ApplicationFailure);
-  return err as ApplicationFailure;
-}
+/** Applies manifests to a test's namespace, as field manager `labwright` unless another is named. */
+const applyIn = (ns: string, manifests: string, fieldManager = 'labwright') =>
+  acts.k8sApply({ kubeconfig: kube().kubeconfig, manifests, fieldManager, namespace: ns });
 
 const REV = 'main@sha1:0123456789abcdef0123456789abcdef01234567';
 
@@ -83,12 +78,7 @@ describe('k8sApply (server-side apply)', () => {
       kustomization('apps', '  interval: 10m\n'),
       '', // an empty document is skipped
     ].join('---\n');
-    const first = await acts.k8sApply({
-      kubeconfig: kube().kubeconfig,
-      manifests,
-      fieldManager: 'labwright',
-      namespace: ns,
-    });
+    const first = await applyIn(ns, manifests);
     expect(first.objects.map((o) => `${o.kind} ${o.namespace ?? '-'}/${o.name} ${o.result}`)).toEqual([
       `ConfigMap ${ns}/settings created`,
       `ClusterRole -/${ns}-reader created`,
@@ -97,30 +87,15 @@ describe('k8sApply (server-side apply)', () => {
 
     // The real server's quirk: Flux's CRDs default status.observedGeneration (-1), and the first
     // re-apply after creation stores that default: a write, at the same generation.
-    const second = await acts.k8sApply({
-      kubeconfig: kube().kubeconfig,
-      manifests,
-      fieldManager: 'labwright',
-      namespace: ns,
-    });
+    const second = await applyIn(ns, manifests);
     expect(second.objects.map((o) => o.result)).toEqual(['unchanged', 'unchanged', 'configured']);
     expect(second.objects[2]?.generation).toBe(1);
-    const again = await acts.k8sApply({
-      kubeconfig: kube().kubeconfig,
-      manifests,
-      fieldManager: 'labwright',
-      namespace: ns,
-    });
+    const again = await applyIn(ns, manifests);
     expect(again.objects.map((o) => o.result)).toEqual(['unchanged', 'unchanged', 'unchanged']);
     expect(again.objects.map((o) => o.resourceVersion)).toEqual(second.objects.map((o) => o.resourceVersion));
 
     const changed = manifests.replace('interval: 10m', 'interval: 5m');
-    const third = await acts.k8sApply({
-      kubeconfig: kube().kubeconfig,
-      manifests: changed,
-      fieldManager: 'labwright',
-      namespace: ns,
-    });
+    const third = await applyIn(ns, changed);
     expect(third.objects.map((o) => o.result)).toEqual(['unchanged', 'unchanged', 'configured']);
     expect(third.objects[2]?.generation).toBe(2);
 
@@ -139,40 +114,21 @@ describe('k8sApply (server-side apply)', () => {
   it('fails non-retryably, quoting the real server, on a Kustomization with an invalid field', async () => {
     const ns = await testNamespace('invalid');
     // The CRD's OpenAPI schema: interval must match a duration pattern.
-    const bad = await failure(
-      acts.k8sApply({
-        kubeconfig: kube().kubeconfig,
-        manifests: kustomization('apps', '  interval: soon\n'),
-        fieldManager: 'labwright',
-        namespace: ns,
-      }),
-    );
+    const bad = await activityFailure(applyIn(ns, kustomization('apps', '  interval: soon\n')));
     expect(bad.type).toBe('ValidationError');
     expect(bad.nonRetryable).toBe(true);
     expect(bad.message).toContain(`apply Kustomization ${ns}/apps: the API server rejected it as invalid`);
     expect(bad.message).toMatch(/spec\.interval: Invalid value: "soon"/);
 
     // A field the schema does not declare: strict field validation rejects it (nothing is dropped silently).
-    const unknown = await failure(
-      acts.k8sApply({
-        kubeconfig: kube().kubeconfig,
-        manifests: kustomization('apps', '  interval: 10m\n  prunne: true\n'),
-        fieldManager: 'labwright',
-        namespace: ns,
-      }),
-    );
+    const unknown = await activityFailure(applyIn(ns, kustomization('apps', '  interval: 10m\n  prunne: true\n')));
     expect(unknown.type).toBe('ValidationError');
     expect(unknown.nonRetryable).toBe(true);
     expect(unknown.message).toMatch(/\.spec\.prunne: field not declared in schema/);
 
     // The same for a built-in kind (client-node's typed serializer would have dropped the typo).
-    const typo = await failure(
-      acts.k8sApply({
-        kubeconfig: kube().kubeconfig,
-        manifests: 'apiVersion: v1\nkind: ConfigMap\nmetadata: { name: c }\ndatta: { a: b }\n',
-        fieldManager: 'labwright',
-        namespace: ns,
-      }),
+    const typo = await activityFailure(
+      applyIn(ns, 'apiVersion: v1\nkind: ConfigMap\nmetadata: { name: c }\ndatta: { a: b }\n'),
     );
     expect(typo.type).toBe('ValidationError');
     expect(typo.message).toMatch(/\.datta: field not declared in schema/);
@@ -188,17 +144,12 @@ describe('k8sApply (server-side apply)', () => {
     expect(none).toEqual({ exists: false });
 
     // A kind the cluster does not serve, and YAML without a name, fail before any write.
-    const noKind = await failure(
-      acts.k8sApply({
-        kubeconfig: kube().kubeconfig,
-        manifests: 'apiVersion: example.invalid/v1\nkind: Widget\nmetadata: { name: w }\n',
-        fieldManager: 'labwright',
-        namespace: ns,
-      }),
+    const noKind = await activityFailure(
+      applyIn(ns, 'apiVersion: example.invalid/v1\nkind: Widget\nmetadata: { name: w }\n'),
     );
     expect(noKind.type).toBe('NotFoundError');
     expect(noKind.message).toContain('serves no Widget in example.invalid/v1');
-    const noName = await failure(
+    const noName = await activityFailure(
       acts.k8sApply({
         kubeconfig: kube().kubeconfig,
         manifests: 'apiVersion: v1\nkind: ConfigMap\n',
@@ -224,13 +175,8 @@ describe('k8sApply (server-side apply)', () => {
     expect((await apply('labwright-b', '10m')).objects[0]?.result).toBe('configured');
     expect((await apply('labwright-b', '10m')).objects[0]?.result).toBe('unchanged');
 
-    const conflict = await failure(
-      acts.k8sApply({
-        kubeconfig: kube().kubeconfig,
-        manifests: kustomization('apps', '  interval: 5m\n').replace('path: ./apps', 'path: ./other'),
-        fieldManager: 'flux-bootstrap',
-        namespace: ns,
-      }),
+    const conflict = await activityFailure(
+      applyIn(ns, kustomization('apps', '  interval: 5m\n').replace('path: ./apps', 'path: ./other'), 'flux-bootstrap'),
     );
     expect(conflict.type).toBe('ConflictError');
     expect(conflict.nonRetryable).toBe(true);
@@ -264,7 +210,7 @@ describe('k8sApply (server-side apply)', () => {
     const owner = raw.metadata.managedFields.find((m) => JSON.stringify(m.fieldsV1).includes('"f:interval"'));
     expect(owner?.manager).toBe('flux-bootstrap');
     // Now the first manager is the one in conflict.
-    const back = await failure(apply('labwright-a', '10m'));
+    const back = await activityFailure(apply('labwright-a', '10m'));
     expect(back.type).toBe('ConflictError');
     expect(back.message).toContain('.spec.interval (managed by "flux-bootstrap")');
   });
@@ -325,22 +271,12 @@ describe('k8sWaitCondition', () => {
       name: 'homelab',
       conditionType: 'Ready',
     };
-    await acts.k8sApply({
-      kubeconfig: kube().kubeconfig,
-      manifests: gitRepository('homelab'),
-      fieldManager: 'labwright',
-      namespace: ns,
-    });
+    await applyIn(ns, gitRepository('homelab'));
     await setFluxReady(kc(), { kind: 'GitRepository', namespace: ns, name: 'homelab', revision: REV });
-    await acts.k8sApply({
-      kubeconfig: kube().kubeconfig,
-      manifests: gitRepository('homelab', 'https://git.example.invalid/other.git'),
-      fieldManager: 'labwright',
-      namespace: ns,
-    });
+    await applyIn(ns, gitRepository('homelab', 'https://git.example.invalid/other.git'));
     // Ready=True is there, but for generation 1.
     expect((await acts.k8sWaitCondition({ ...ref, timeoutSeconds: 5 })).condition.status).toBe('True');
-    const stale = await failure(acts.k8sWaitCondition({ ...ref, timeoutSeconds: 1, currentGeneration: true }));
+    const stale = await activityFailure(acts.k8sWaitCondition({ ...ref, timeoutSeconds: 1, currentGeneration: true }));
     expect(stale.type).toBe('TimeoutError');
     expect(stale.message).toContain('now Ready=True (Succeeded) at generation 1 of 2');
     const waiting = acts.k8sWaitCondition({ ...ref, timeoutSeconds: 20, currentGeneration: true });
@@ -351,12 +287,7 @@ describe('k8sWaitCondition', () => {
 
   it('times out, retryably, with the object last status in the error', async () => {
     const ns = await testNamespace('wait-timeout');
-    await acts.k8sApply({
-      kubeconfig: kube().kubeconfig,
-      manifests: kustomization('apps', '  interval: 10m\n'),
-      fieldManager: 'labwright',
-      namespace: ns,
-    });
+    await applyIn(ns, kustomization('apps', '  interval: 10m\n'));
     await setFluxReady(kc(), {
       kind: 'Kustomization',
       namespace: ns,
@@ -366,7 +297,7 @@ describe('k8sWaitCondition', () => {
       message: 'kustomize build failed: accumulating resources from ./apps',
     });
     const started = Date.now();
-    const err = await failure(
+    const err = await activityFailure(
       acts.k8sWaitCondition({
         kubeconfig: kube().kubeconfig,
         apiVersion: 'kustomize.toolkit.fluxcd.io/v1',
@@ -387,7 +318,7 @@ describe('k8sWaitCondition', () => {
     expect(last.conditions.find((c) => c.type === 'Ready')?.status).toBe('False');
 
     // An object that never appears: the error says so.
-    const missing = await failure(
+    const missing = await activityFailure(
       acts.k8sWaitCondition({
         kubeconfig: kube().kubeconfig,
         apiVersion: 'v1',
@@ -474,7 +405,9 @@ describe('k8sCreateSecretFromRef', () => {
     expect(JSON.stringify(got)).not.toContain(Buffer.from(token).toString('base64').slice(0, 12));
     expect(got.object?.data).toBeUndefined();
 
-    const missing = await failure(acts.k8sCreateSecretFromRef({ ...args, data: { x: { store: 'flux/absent' } } }));
+    const missing = await activityFailure(
+      acts.k8sCreateSecretFromRef({ ...args, data: { x: { store: 'flux/absent' } } }),
+    );
     expect(missing.type).toBe('ValidationError');
     expect(missing.message).toContain('does not exist');
 
@@ -569,7 +502,7 @@ describe('node maintenance', () => {
         body: { metadata: { name: 'db' }, spec: { minAvailable: 1, selector: { matchLabels: { app: 'db' } } } },
       });
 
-    const uncordoned = await failure(acts.k8sDrainNode({ kubeconfig: k, node, timeoutSeconds: 5 }));
+    const uncordoned = await activityFailure(acts.k8sDrainNode({ kubeconfig: k, node, timeoutSeconds: 5 }));
     expect(uncordoned.type).toBe('PreconditionFailed');
     expect(uncordoned.message).toContain('not cordoned');
 
@@ -577,7 +510,7 @@ describe('node maintenance', () => {
     expect(await acts.k8sCordonNode({ kubeconfig: k, node })).toEqual({ changed: false });
 
     // kubectl's rule: a pod no controller recreates is not evicted without force; nothing is touched.
-    const bare = await failure(acts.k8sDrainNode({ kubeconfig: k, node, timeoutSeconds: 5 }));
+    const bare = await activityFailure(acts.k8sDrainNode({ kubeconfig: k, node, timeoutSeconds: 5 }));
     expect(bare.type).toBe('PreconditionFailed');
     expect(bare.message).toContain(`no controller would recreate ${ns}/bare`);
     expect(
@@ -602,7 +535,7 @@ describe('node maintenance', () => {
       }
     })();
     try {
-      const blocked = await failure(acts.k8sDrainNode({ kubeconfig: k, node, timeoutSeconds: 2, force: true }));
+      const blocked = await activityFailure(acts.k8sDrainNode({ kubeconfig: k, node, timeoutSeconds: 2, force: true }));
       expect(blocked.type).toBe('TimeoutError');
       expect(blocked.nonRetryable).toBe(false);
       expect(blocked.message).toMatch(new RegExp(`1 pod\\(s\\) still on it after 2s: ${ns}/db-0: .*disruption budget`));
@@ -665,17 +598,17 @@ describe('error classification on HTTP answers', () => {
       ];
       for (const [code, type, nonRetryable] of expectations) {
         status = code;
-        const apply = await failure(
+        const apply = await activityFailure(
           acts.k8sApply({ kubeconfig: ref, manifests: gitRepository('x'), fieldManager: 'm' }),
         );
         expect([code, apply.type, apply.nonRetryable]).toEqual([code, type, nonRetryable]);
         expect(apply.message).toContain(`answer ${code}`);
-        const list = await failure(acts.k8sListNodes({ kubeconfig: ref }));
+        const list = await activityFailure(acts.k8sListNodes({ kubeconfig: ref }));
         expect([code, list.type, list.nonRetryable]).toEqual([code, type, nonRetryable]);
       }
       // A refused connection retries too.
       await new Promise<void>((r) => server.close(() => r()));
-      const refused = await failure(acts.k8sListNodes({ kubeconfig: ref }));
+      const refused = await activityFailure(acts.k8sListNodes({ kubeconfig: ref }));
       expect(refused.type).toBe('ConnectionError');
       expect(refused.nonRetryable).toBe(false);
     } finally {

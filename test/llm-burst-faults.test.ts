@@ -4,21 +4,14 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import {
-  WithStartWorkflowOperation,
-  WorkflowUpdateFailedError,
-  type Client,
-  type WorkflowHandle,
-} from '@temporalio/client';
+import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { ec2Failure, isCapacityError } from '../activities/ec2.js';
 import {
-  acquireUpdate,
   durationMs,
   holdSignal,
-  llmBurstWorkflowId,
   parseAddressMap,
   shutdownNowSignal,
   statusQuery,
@@ -28,40 +21,20 @@ import {
 } from '../common/llm-burst.js';
 import { projectRoot } from '../lib/paths.js';
 import { stopProcess } from '../lib/processes.js';
-import { startEc2Peers, testPool, type Ec2Peers } from './harness/ec2.js';
-import { temporalAddress, testClient, uniqueName, withWorker } from './harness/temporal.js';
+import { acquireBurst, burstWorkflowId, testPool, useBurstLab } from './harness/ec2.js';
+import { temporalAddress, uniqueName, withWorker } from './harness/temporal.js';
 
-let peers: Ec2Peers;
-let client: Client;
-
-beforeAll(async () => {
-  peers = await startEc2Peers();
-  client = await testClient();
-});
-afterAll(async () => {
-  await peers?.stop();
-});
+const lab = useBurstLab();
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** workers/worker.ts: stickyQueueScheduleToStartTimeout. */
 const STICKY_TIMEOUT_MS = 3_000;
 
-const idFor = (taskQueue: string, pool: string) => `${llmBurstWorkflowId(pool)}-${taskQueue}`;
-
-function acquire(taskQueue: string, input: LlmBurstInput, deadlineSeconds = 30): Promise<AcquireResult> {
-  return client.workflow.executeUpdateWithStart(acquireUpdate, {
-    args: [{ deadlineSeconds }],
-    startWorkflowOperation: new WithStartWorkflowOperation('llmBurst', {
-      workflowId: idFor(taskQueue, input.pool.name),
-      taskQueue,
-      args: [input],
-      workflowIdConflictPolicy: 'USE_EXISTING',
-    }),
-  });
-}
+const acquire = (taskQueue: string, input: LlmBurstInput, deadlineSeconds?: number): Promise<AcquireResult> =>
+  acquireBurst(lab.client, taskQueue, input, deadlineSeconds);
 
 const status = (h: WorkflowHandle): Promise<LlmBurstStatus> => h.query(statusQuery);
-const states = async (pool: string) => (await peers.instances(pool)).map((i) => i.State?.Name);
+const states = async (pool: string) => (await lab.peers.instances(pool)).map((i) => i.State?.Name);
 const isSpot = (p: URLSearchParams) => p.get('InstanceMarketOptions.MarketType') === 'spot';
 const poolTagged = (pool: string) => (p: URLSearchParams) => [...p.values()].includes(pool);
 
@@ -109,70 +82,70 @@ describe('llmBurst under faults', () => {
   it('a RunInstances whose response is lost leaves exactly one instance; throttling and 5xx are retried', async () => {
     const pool = uniqueName('lost');
     const tagged = poolTagged(pool);
-    peers.faults.add({ action: 'RunInstances', when: tagged, fault: { kind: 'drop-after-apply' } });
-    peers.faults.add({ action: 'DescribeInstances', fault: { kind: 'throttle' }, times: 1 });
-    peers.faults.add({
+    lab.peers.faults.add({ action: 'RunInstances', when: tagged, fault: { kind: 'drop-after-apply' } });
+    lab.peers.faults.add({ action: 'DescribeInstances', fault: { kind: 'throttle' }, times: 1 });
+    lab.peers.faults.add({
       action: 'DescribeInstanceStatus',
       fault: { kind: 'error', status: 500, code: 'InternalError' },
     });
     try {
-      await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+      await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
         const result = await acquire(taskQueue, { pool: testPool(pool), idleTimeout: '30s' });
-        const instances = await peers.instances(pool);
+        const instances = await lab.peers.instances(pool);
         expect(instances.map((i) => i.InstanceId)).toEqual([result.instanceId]);
-        expect(peers.faults.count('RunInstances', tagged)).toBe(1);
-        const dropped = peers.faults.calls.filter((c) => c.fault === 'drop-after-apply');
+        expect(lab.peers.faults.count('RunInstances', tagged)).toBe(1);
+        const dropped = lab.peers.faults.calls.filter((c) => c.fault === 'drop-after-apply');
         expect(dropped).toHaveLength(1);
-        expect(peers.faults.calls.filter((c) => c.fault === 'throttle')).toHaveLength(1);
-        expect(peers.faults.calls.filter((c) => c.fault === 'error')).toHaveLength(1);
+        expect(lab.peers.faults.calls.filter((c) => c.fault === 'throttle')).toHaveLength(1);
+        expect(lab.peers.faults.calls.filter((c) => c.fault === 'error')).toHaveLength(1);
         const token = instances[0]!.Tags?.find((t) => t.Key === 'labwright:launch-token')?.Value;
         expect(token).toMatch(new RegExp(`^${pool}-`));
-        const h = client.workflow.getHandle(idFor(taskQueue, pool));
+        const h = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, pool));
         expect((await status(h)).state).toBe('ready');
         await h.terminate('test over');
       });
     } finally {
-      peers.faults.clearRules();
+      lab.peers.faults.clearRules();
     }
   });
 
   it('falls back to on-demand when spot capacity is refused', async () => {
     const pool = uniqueName('spot');
     const tagged = poolTagged(pool);
-    peers.faults.add({
+    lab.peers.faults.add({
       action: 'RunInstances',
       when: (p) => tagged(p) && isSpot(p),
       fault: { kind: 'error', status: 500, code: 'InsufficientInstanceCapacity', message: 'no spot capacity' },
       times: Infinity,
     });
     try {
-      await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+      await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
         const result = await acquire(taskQueue, { pool: testPool(pool), idleTimeout: '30s' });
-        const [instance] = await peers.instances(pool);
+        const [instance] = await lab.peers.instances(pool);
         expect(instance?.InstanceId).toBe(result.instanceId);
         expect(instance?.InstanceLifecycle).toBeUndefined(); // on-demand
         expect(instance?.InstanceType).toBe('g5.xlarge');
-        const runs = peers.faults.calls.filter((c) => c.action === 'RunInstances' && tagged(c.params));
+        const runs = lab.peers.faults.calls.filter((c) => c.action === 'RunInstances' && tagged(c.params));
         expect(runs.map((c) => [c.params.get('InstanceType'), isSpot(c.params)])).toEqual([
           ['g5.xlarge', true],
           ['g5.2xlarge', true],
           ['g5.xlarge', false],
         ]);
-        const h = client.workflow.getHandle(idFor(taskQueue, pool));
+        const h = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, pool));
         const s = await status(h);
         expect(s.market).toBe('on-demand');
         expect(s.events.map((e) => e.what).join('\n')).toContain('g5.xlarge spot: InsufficientInstanceCapacity');
         await h.terminate('test over');
       });
     } finally {
-      peers.faults.clearRules();
+      lab.peers.faults.clearRules();
     }
   });
 
   it('a launch EC2 rejects (4xx) fails the start at once with the reason, and a spot-only pool gets no fallback', async () => {
     const pool = uniqueName('reject');
     const tagged = poolTagged(pool);
-    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+    await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
       const err = await acquire(taskQueue, {
         pool: testPool(pool, { market: 'spot', launchTemplate: { name: 'no-such-template', version: '$Latest' } }),
         idleTimeout: '30s',
@@ -182,8 +155,8 @@ describe('llmBurst under faults', () => {
       expect(cause.type).toBe('PreconditionFailed');
       expect(cause.message).toContain('could not start');
       expect(cause.message).toContain('InvalidLaunchTemplateName.NotFoundException');
-      expect(peers.faults.count('RunInstances', tagged)).toBe(1); // 4xx: not retried
-      const h = client.workflow.getHandle(idFor(taskQueue, pool));
+      expect(lab.peers.faults.count('RunInstances', tagged)).toBe(1); // 4xx: not retried
+      const h = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, pool));
       const s = await status(h);
       expect(s.state).toBe('failed');
       expect(s.reason).toContain('InvalidLaunchTemplateName.NotFoundException');
@@ -201,7 +174,7 @@ describe('llmBurst under faults', () => {
         cwd: projectRoot,
         env: {
           ...process.env,
-          ...peers.env,
+          ...lab.peers.env,
           TEMPORAL_ADDRESS: temporalAddress(),
           LABWRIGHT_TASK_QUEUE: taskQueue,
           LABWRIGHT_WORKFLOW_BUNDLE: inject('workflowBundlePath'),
@@ -225,7 +198,7 @@ describe('llmBurst under faults', () => {
       const first = await startWorker();
       const input: LlmBurstInput = { pool: testPool(pool), idleTimeout: '6s', reconcileEvery: '30s' };
       const result = await acquire(taskQueue, input);
-      const h = client.workflow.getHandle(idFor(taskQueue, pool));
+      const h = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, pool));
       const ready = await status(h);
       expect(ready.state).toBe('ready');
       const deadline = Date.parse(ready.idleDeadline!);
@@ -258,10 +231,10 @@ describe('llmBurst under faults', () => {
   it('a maximum running time stops a held instance, and a daily budget stops it and refuses restarts', async () => {
     const maxPool = uniqueName('maxrun');
     const budgetPool = uniqueName('budget');
-    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+    await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
       // Held, it would stay up forever; the maximum running time (3 s) ends the run and the hold.
       await acquire(taskQueue, { pool: testPool(maxPool), idleTimeout: '1m', maxRunning: '3s' });
-      const hm = client.workflow.getHandle(idFor(taskQueue, maxPool));
+      const hm = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, maxPool));
       await hm.signal(holdSignal);
       await expect.poll(() => states(maxPool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
       await expect.poll(async () => (await status(hm)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
@@ -274,7 +247,7 @@ describe('llmBurst under faults', () => {
       // $3600/h is $1/s: a $2.5 budget lasts 2.5 s, then it stops and refuses until tomorrow.
       const budget = testPool(budgetPool, { hourlyPriceUsd: 3600, dailyBudgetUsd: 2.5 });
       await acquire(taskQueue, { pool: budget, idleTimeout: '1m' });
-      const hb = client.workflow.getHandle(idFor(taskQueue, budgetPool));
+      const hb = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, budgetPool));
       await expect.poll(() => states(budgetPool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
       await expect.poll(async () => (await status(hb)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
       const sb = await status(hb);
@@ -285,14 +258,14 @@ describe('llmBurst under faults', () => {
       const refused = await acquire(taskQueue, { pool: budget, idleTimeout: '1m' }).catch((e: unknown) => e);
       expect(refused).toBeInstanceOf(WorkflowUpdateFailedError);
       expect((refused as Error & { cause: Error }).cause.message).toContain('refuses to start: daily budget of $2.50');
-      expect(peers.faults.count('StartInstances', poolTagged(budgetPool))).toBe(0);
+      expect(lab.peers.faults.count('StartInstances', poolTagged(budgetPool))).toBe(0);
       await Promise.all([hm.terminate('test over'), hb.terminate('test over')]);
     });
   });
 
   it('continues as new carrying its state, and shutdownNow stops at once and fails waiting acquires', async () => {
     const pool = uniqueName('can');
-    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+    await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
       const input: LlmBurstInput = {
         pool: testPool(pool),
         idleTimeout: '1m',
@@ -300,7 +273,7 @@ describe('llmBurst under faults', () => {
         continueAsNewAfterEvents: 60,
       };
       const first = await acquire(taskQueue, input);
-      const h = client.workflow.getHandle(idFor(taskQueue, pool));
+      const h = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, pool));
       const firstRun = (await h.describe()).runId;
       await expect.poll(async () => (await h.describe()).runId, { timeout: 15_000, interval: 300 }).not.toBe(firstRun);
       const carried = await status(h);
@@ -312,7 +285,7 @@ describe('llmBurst under faults', () => {
       // The new run serves from the same instance without another launch.
       const again = await acquire(taskQueue, input);
       expect(again.instanceId).toBe(first.instanceId);
-      expect(peers.faults.count('RunInstances', poolTagged(pool))).toBe(1);
+      expect(lab.peers.faults.count('RunInstances', poolTagged(pool))).toBe(1);
 
       await h.signal(shutdownNowSignal, 'test');
       await expect.poll(() => states(pool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
@@ -330,19 +303,31 @@ describe('llmBurst under faults', () => {
       // the StartInstances that EC2 applies after the workflow gave up is caught by reconciliation.
       await h.signal(shutdownNowSignal, 'again');
       await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
-      peers.faults.add({ action: 'StartInstances', fault: { kind: 'delay', ms: 1500 } });
+      const startDelayMs = 4000;
+      lab.peers.faults.add({ action: 'StartInstances', fault: { kind: 'delay', ms: startDelayMs } });
+      const startSentAt = Date.now();
       const waiting = acquire(taskQueue, input).catch((e: unknown) => e);
       await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 50 }).toBe('starting');
       await h.signal(shutdownNowSignal, 'while starting');
       const failed = await waiting;
       expect(failed).toBeInstanceOf(WorkflowUpdateFailedError);
       expect((failed as Error & { cause: Error }).cause.message).toContain('shutdownNow: while starting');
-      await sleep(2000); // the delayed StartInstances lands now
+      await expect.poll(async () => (await status(h)).state, { timeout: 10_000, interval: 100 }).toBe('stopped');
+      const stoppedBeforeStartLanded = Date.now() - startSentAt < startDelayMs;
+      await sleep(Math.max(0, startSentAt + startDelayMs + 500 - Date.now())); // the delayed StartInstances lands
       await expect.poll(() => states(pool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
       await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
       const events = (await status(h)).events.map((e) => e.what).join('\n');
       expect(events).toContain('start cancelled: shutdownNow: while starting');
-      expect(events).toMatch(/reconcile: i-\w+ found (running|pending) though labwright had it stopped/);
+      if (stoppedBeforeStartLanded) {
+        // The stop found nothing running; the start EC2 applied afterwards is reconciliation's to catch.
+        await expect
+          .poll(async () => (await status(h)).events.map((e) => e.what).join('\n'), { timeout: 10_000, interval: 200 })
+          .toMatch(/reconcile: i-\w+ found (running|pending) though labwright had it stopped/);
+      } else {
+        // On a loaded machine the stop may come after the start landed: then it stopped it itself.
+        expect(events).toMatch(/stopped i-\w+: shutdownNow: while starting/);
+      }
       await h.terminate('test over');
     });
   });

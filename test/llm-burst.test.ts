@@ -2,50 +2,31 @@
  * The llmBurst workflow on the real dev server against moto (through the fault proxy): the idle
  * lifecycle, limits, reconciliation, lost responses, spot fallback and continue-as-new.
  */
-import { WithStartWorkflowOperation, WorkflowFailedError, type Client, type WorkflowHandle } from '@temporalio/client';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   acquireUpdate,
   demandSignal,
-  llmBurstWorkflowId,
   statusQuery,
   type AcquireResult,
   type LlmBurstInput,
   type LlmBurstStatus,
 } from '../common/llm-burst.js';
 import type { Progress } from '../common/progress.js';
-import { startEc2Peers, testPool, type Ec2Peers } from './harness/ec2.js';
+import { acquireBurst, burstWorkflowId, testPool, useBurstLab } from './harness/ec2.js';
 import { recordHistory } from './harness/histories.js';
-import { testClient, uniqueName, withWorker } from './harness/temporal.js';
+import { uniqueName, withWorker } from './harness/temporal.js';
 
-let peers: Ec2Peers;
-let client: Client;
-
-beforeAll(async () => {
-  peers = await startEc2Peers();
-  client = await testClient();
-});
-afterAll(async () => {
-  await peers?.stop();
-});
+const lab = useBurstLab();
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function acquire(taskQueue: string, input: LlmBurstInput, deadlineSeconds = 30): Promise<AcquireResult> {
-  return client.workflow.executeUpdateWithStart(acquireUpdate, {
-    args: [{ deadlineSeconds }],
-    startWorkflowOperation: new WithStartWorkflowOperation('llmBurst', {
-      workflowId: `${llmBurstWorkflowId(input.pool.name)}-${taskQueue}`,
-      taskQueue,
-      args: [input],
-      workflowIdConflictPolicy: 'USE_EXISTING',
-    }),
-  });
-}
+const acquire = (taskQueue: string, input: LlmBurstInput, deadlineSeconds?: number): Promise<AcquireResult> =>
+  acquireBurst(lab.client, taskQueue, input, deadlineSeconds);
 
 function handleFor(taskQueue: string, pool: string): WorkflowHandle {
-  return client.workflow.getHandle(`${llmBurstWorkflowId(pool)}-${taskQueue}`);
+  return lab.client.workflow.getHandle(burstWorkflowId(taskQueue, pool));
 }
 
 async function status(handle: WorkflowHandle): Promise<LlmBurstStatus> {
@@ -53,20 +34,20 @@ async function status(handle: WorkflowHandle): Promise<LlmBurstStatus> {
 }
 
 async function instanceState(pool: string): Promise<string[]> {
-  return (await peers.instances(pool)).map((i) => i.State?.Name ?? '?');
+  return (await lab.peers.instances(pool)).map((i) => i.State?.Name ?? '?');
 }
 
 describe('llmBurst on moto', () => {
   it('starts one instance on a cold acquire, keeps it up while demand goes on, and stops it after idleTimeout', async () => {
     const pool = uniqueName('pool');
-    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+    await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
       const input: LlmBurstInput = { pool: testPool(pool), idleTimeout: '4s', reconcileEvery: '2s' };
-      const before = peers.faults.count('RunInstances');
+      const before = lab.peers.faults.count('RunInstances');
       const result = await acquire(taskQueue, input);
       expect(result.endpoint).toMatch(/^http:\/\/10\.\d+\.\d+\.\d+:11434$/);
       expect(result.idleTimeoutMs).toBe(4000);
       expect(await instanceState(pool)).toEqual(['running']);
-      expect(peers.faults.count('RunInstances') - before).toBe(1);
+      expect(lab.peers.faults.count('RunInstances') - before).toBe(1);
 
       const handle = handleFor(taskQueue, pool);
       const ready = await status(handle);
@@ -86,8 +67,8 @@ describe('llmBurst on moto', () => {
       expect(kept.state).toBe('ready');
       expect(kept.runningSeconds).toBeGreaterThan(6);
       expect(kept.costUsd).toBeGreaterThan(0);
-      expect(peers.faults.count('RunInstances') - before).toBe(1);
-      expect(peers.faults.count('StartInstances')).toBe(0);
+      expect(lab.peers.faults.count('RunInstances') - before).toBe(1);
+      expect(lab.peers.faults.count('StartInstances')).toBe(0);
 
       // Silence: stopped (not terminated) within idleTimeout plus a few seconds of the last demand.
       const lastDemand = Date.parse(kept.lastDemandAt!);
@@ -106,8 +87,8 @@ describe('llmBurst on moto', () => {
       // A new cold acquire starts the same stopped instance (its EBS keeps the models).
       const again = await acquire(taskQueue, input);
       expect(again.instanceId).toBe(result.instanceId);
-      expect(peers.faults.count('StartInstances')).toBe(1);
-      expect(peers.faults.count('RunInstances') - before).toBe(1);
+      expect(lab.peers.faults.count('StartInstances')).toBe(1);
+      expect(lab.peers.faults.count('RunInstances') - before).toBe(1);
 
       // Cancelling retires the pool: stopped, nothing billing; its history is kept for replay.
       await handle.cancel();
@@ -120,11 +101,11 @@ describe('llmBurst on moto', () => {
 
   it('checks with EC2 at once when a caller reports the endpoint unreachable, and restarts the instance', async () => {
     const pool = uniqueName('unreach');
-    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+    await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
       // Reconciliation every hour: only the caller's report can reveal the stop below.
       const input: LlmBurstInput = { pool: testPool(pool), idleTimeout: '1m', reconcileEvery: '1h' };
       const first = await acquire(taskQueue, input);
-      await peers.stopOutside(first.instanceId);
+      await lab.peers.stopOutside(first.instanceId);
       const handle = handleFor(taskQueue, pool);
       await sleep(300);
       expect((await status(handle)).state).toBe('ready'); // not noticed yet
@@ -141,14 +122,14 @@ describe('llmBurst on moto', () => {
           `started ${first.instanceId}`,
         ]),
       );
-      expect(peers.faults.count('StartInstances', (p) => p.get('InstanceId.1') === first.instanceId)).toBe(1);
+      expect(lab.peers.faults.count('StartInstances', (p) => p.get('InstanceId.1') === first.instanceId)).toBe(1);
       await handle.terminate('test over');
     });
   });
 
   it('terminates an instance stopped for longer than terminateAfter, and launches a new one on demand', async () => {
     const pool = uniqueName('term');
-    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+    await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
       const input: LlmBurstInput = { pool: testPool(pool), idleTimeout: '1s', terminateAfter: '2s' };
       const first = await acquire(taskQueue, input);
       const handle = handleFor(taskQueue, pool);
@@ -165,14 +146,14 @@ describe('llmBurst on moto', () => {
 
   it('fails at once on a bad pool definition, naming the fields, with no EC2 call', async () => {
     const pool = uniqueName('badpool');
-    await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
-      const calls = peers.faults.calls.length;
+    await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
+      const calls = lab.peers.faults.calls.length;
       const input = {
         pool: { ...testPool(pool), region: 'mars', launchTemplate: undefined, instanceTypes: [] },
         idleTimeout: 'soon',
       };
-      const err = await client.workflow
-        .execute('llmBurst', { taskQueue, workflowId: `${llmBurstWorkflowId(pool)}-${taskQueue}`, args: [input] })
+      const err = await lab.client.workflow
+        .execute('llmBurst', { taskQueue, workflowId: burstWorkflowId(taskQueue, pool), args: [input] })
         .catch((e: unknown) => e);
       expect(err).toBeInstanceOf(WorkflowFailedError);
       const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
@@ -183,7 +164,7 @@ describe('llmBurst on moto', () => {
       expect(cause.message).toContain('pool.instanceTypes');
       expect(cause.message).toContain('pool.ami: a burst pool needs a launchTemplate or an ami');
       expect(cause.message).toContain('idleTimeout: expected a positive duration');
-      expect(peers.faults.calls.length).toBe(calls);
+      expect(lab.peers.faults.calls.length).toBe(calls);
     });
   });
 });

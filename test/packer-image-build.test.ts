@@ -6,7 +6,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import type { WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PackerImageBuildInput, PackerImageBuildResult } from '../common/packer-image-build.js';
@@ -15,6 +15,7 @@ import { ensureTool } from '../lib/processes.js';
 import type { FakeGuest } from '../sim/proxmox.js';
 import { startFakePveLab, type FakePveLab } from './harness/fakepve.js';
 import { recordHistory } from './harness/histories.js';
+import { workflowFailure } from './harness/failures.js';
 import { testClient, uniqueName, withWorker } from './harness/temporal.js';
 
 const TEMPLATE = 'packer/simulated-build.pkr.hcl';
@@ -70,15 +71,6 @@ function input(image: string, extra: Partial<PackerImageBuildInput> = {}): Packe
     keep: 2,
     ...extra,
   };
-}
-
-async function failureOf(run: Promise<unknown>): Promise<WorkflowFailedError> {
-  const err = await run.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(WorkflowFailedError);
-  return err as WorkflowFailedError;
 }
 
 /** Packer processes still running a build of `image` (its build folder is in their arguments). */
@@ -166,7 +158,7 @@ describe('packerImageBuild', () => {
       expect(packerProcessesFor(image).length).toBeGreaterThan(0);
       const cancelledAt = Date.now();
       await handle.cancel();
-      const err = await failureOf(handle.result());
+      const err = await workflowFailure(handle.result());
       expect(err.cause).toBeInstanceOf(CancelledFailure);
       // Cancellation reaches the activity with its next heartbeat to the server, at most 5 s apart
       // (the worker's maxHeartbeatThrottleInterval), and Packer then cleans up on its own.
@@ -229,7 +221,7 @@ describe('packerImageBuild', () => {
     await lab.fake.control({ op: 'vm_defaults', defaults: { agent: {} } });
     try {
       await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
-        const err = await failureOf(
+        const err = await workflowFailure(
           client.workflow.execute('packerImageBuild', {
             taskQueue,
             workflowId: `packer-image-build/${image}`,
@@ -256,7 +248,7 @@ describe('packerImageBuild', () => {
       ).length;
     const requestsBefore = await apiRequests();
     await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
-      const err = await failureOf(
+      const err = await workflowFailure(
         client.workflow.execute('packerImageBuild', {
           taskQueue,
           workflowId: uniqueName('packer-image-build/bad'),

@@ -3,10 +3,10 @@
  * API token from the secret store), called directly: what each returns and how PVE's failures
  * are classified. Heartbeats are no-ops outside a worker; the workflow tests run them in one.
  */
-import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { classifyPveError, PveEngine, PveHttpError } from '../activities/proxmox.js';
 import { collectArtifacts, parseMachineLine, stepOf } from '../activities/packer.js';
+import { activityFailure } from './harness/failures.js';
 import { startFakePveLab, type FakePveLab } from './harness/fakepve.js';
 
 let lab: FakePveLab;
@@ -34,15 +34,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await lab?.stop();
 });
-
-async function failure(p: Promise<unknown>): Promise<ApplicationFailure> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(ApplicationFailure);
-  return err as ApplicationFailure;
-}
 
 describe('Proxmox activities on fakepve', () => {
   it('verifies TLS with the configured CA and refuses a certificate it does not vouch for', async () => {
@@ -72,7 +63,7 @@ describe('Proxmox activities on fakepve', () => {
     expect((await pve.pveListTemplates({ host: 'pve1', tags: ['labwright'] })).map((t) => t.vmid)).toEqual([9000]);
     expect(await pve.pveNextFreeVmid({ host: 'pve1', range: { from: 9000, to: 9010 } })).toBe(9002);
     expect(await pve.pveNextFreeVmid({ host: 'pve1', range: { from: 9000, to: 9010 }, exclude: [9002] })).toBe(9003);
-    const full = await failure(pve.pveNextFreeVmid({ host: 'pve1', range: { from: 9000, to: 9001 } }));
+    const full = await activityFailure(pve.pveNextFreeVmid({ host: 'pve1', range: { from: 9000, to: 9001 } }));
     expect(full.type).toBe('PreconditionFailed');
     expect(full.message).toContain('no free VMID in 9000-9001');
   });
@@ -83,7 +74,7 @@ describe('Proxmox activities on fakepve', () => {
     expect(first.upid).toMatch(/^UPID:pve1:.*:qmclone:/);
     expect(await pve.pveWaitForTask({ host: 'pve1', upid: first.upid! })).toMatchObject({ ok: true, exitStatus: 'OK' });
     expect(await pve.pveClone(args)).toEqual({ upid: null, note: 'VM 250 (clone-a) already exists' });
-    const conflict = await failure(pve.pveClone({ ...args, newid: 201, name: 'clone-b' }));
+    const conflict = await activityFailure(pve.pveClone({ ...args, newid: 201, name: 'clone-b' }));
     expect(conflict.type).toBe('ConflictError');
     expect(conflict.nonRetryable).toBe(true);
     expect(conflict.message).toContain('VMID 201 already exists on pve1/pve1 as talos-cp-1, not clone-b');
@@ -110,7 +101,7 @@ describe('Proxmox activities on fakepve', () => {
     expect(vm?.config).toMatchObject({ machine: 'q35', bios: 'ovmf', hostpci0: 'mapping=a5000,pcie=1', cores: '4' });
     expect(vm?.tags).toEqual(['labwright', 'gpu']);
     expect(String(vm?.config.net0)).toContain('bridge=vmbr0');
-    const bad = await failure(pve.pveSetConfig({ ...at, vmid: 250, config: { tags: ['Not A Tag'] } }));
+    const bad = await activityFailure(pve.pveSetConfig({ ...at, vmid: 250, config: { tags: ['Not A Tag'] } }));
     expect(bad.type).toBe('ValidationError');
     expect(await pve.pveGetVm({ ...at, vmid: 4242 })).toBeNull();
   });
@@ -118,12 +109,12 @@ describe('Proxmox activities on fakepve', () => {
   it("a locked VM is retryable with PVE's reason; the same call succeeds once the lock is gone", async () => {
     await lab.fake.control({ op: 'lock', vmid: 250, lock: 'backup' });
     // PVE's own answer: HTTP 500 "VM is locked (backup)", classified as transient.
-    const raw = await failure(pve.pveSetConfig({ ...at, vmid: 250, config: { description: 'x' } }));
+    const raw = await activityFailure(pve.pveSetConfig({ ...at, vmid: 250, config: { description: 'x' } }));
     expect(raw.type).toBe('ServerError');
     expect(raw.nonRetryable).toBe(false);
     expect(raw.message).toBe('set config of VM 250 on pve1: VM is locked (backup)');
     // With an ownership guard the lock is seen before anything is sent.
-    const guarded = await failure(pve.pveDelete({ ...at, vmid: 250, guard: { name: 'clone-a' } }));
+    const guarded = await activityFailure(pve.pveDelete({ ...at, vmid: 250, guard: { name: 'clone-a' } }));
     expect(guarded.nonRetryable).toBe(false);
     expect(guarded.message).toContain('VM 250 on pve1 is locked (backup)');
     await lab.fake.control({ op: 'unlock', vmid: 250 });
@@ -153,9 +144,9 @@ describe('Proxmox activities on fakepve', () => {
     expect(await pve.pveStop({ ...at, vmid: 203 })).toEqual({ upid: null, note: 'VM 203 is already stopped' });
     const stop = await pve.pveShutdown({ ...at, vmid: 202, timeoutSeconds: 30 });
     expect((await pve.pveWaitForTask({ host: 'pve1', upid: stop.upid! })).ok).toBe(true);
-    const refused = await failure(pve.pveDelete({ ...at, vmid: 201, guard: { name: 'clone-a' } }));
+    const refused = await activityFailure(pve.pveDelete({ ...at, vmid: 201, guard: { name: 'clone-a' } }));
     expect(refused.type).toBe('ConflictError');
-    const running = await failure(pve.pveDelete({ ...at, vmid: 201 }));
+    const running = await activityFailure(pve.pveDelete({ ...at, vmid: 201 }));
     expect(running.type).toBe('PreconditionFailed');
     const del = await pve.pveDelete({ ...at, vmid: 250, guard: { name: 'clone-a' } });
     expect((await pve.pveWaitForTask({ host: 'pve1', upid: del.upid! })).ok).toBe(true);
@@ -171,7 +162,7 @@ describe('Proxmox activities on fakepve', () => {
     });
     const ifaces = await pve.pveAgentInterfaces({ ...at, vmid: 201 });
     expect(ifaces.find((i) => i.name === 'eth0')).toMatchObject({ ipv4: ['192.0.2.10'] });
-    const noAgent = await failure(pve.pveAgentInterfaces({ ...at, vmid: 204, node: 'pve2' }));
+    const noAgent = await activityFailure(pve.pveAgentInterfaces({ ...at, vmid: 204, node: 'pve2' }));
     expect(noAgent.message).toContain('QEMU guest agent is not running');
     expect(noAgent.nonRetryable).toBe(false);
     const pci = await pve.pvePciDevices(at);
@@ -201,14 +192,16 @@ describe('Proxmox activities on fakepve', () => {
     const archive = 'unraid-backup:backup/vzdump-qemu-201-2025_01_01-00_00_00.vma.zst';
     // Restoring over an existing VM with the expected name is done; over another VM, a conflict.
     expect(await pve.pveRestore({ ...at, vmid: 201, archive, name: 'talos-cp-1' })).toMatchObject({ upid: null });
-    expect((await failure(pve.pveRestore({ ...at, vmid: 201, archive, name: 'x' }))).type).toBe('ConflictError');
+    expect((await activityFailure(pve.pveRestore({ ...at, vmid: 201, archive, name: 'x' }))).type).toBe(
+      'ConflictError',
+    );
     const restore = await pve.pveRestore({ ...at, vmid: 8901, archive, name: 'drill-201', unique: true });
     expect(restore.upid).toMatch(/:qmrestore:8901:/);
     expect((await pve.pveWaitForTask({ host: 'pve1', upid: restore.upid! })).ok).toBe(true);
     expect((await pve.pveGetVm({ ...at, vmid: 8901 }))?.name).toBe('drill-201');
     expect(await pve.pveRestore({ ...at, vmid: 8901, archive, name: 'drill-201' })).toMatchObject({ upid: null });
     // A missing archive is PVE's own reason, and not worth retrying.
-    const missing = await failure(
+    const missing = await activityFailure(
       pve.pveRestore({ ...at, vmid: 8902, archive: 'unraid-backup:backup/vzdump-qemu-999-x.vma.zst', name: 'y' }),
     );
     expect(missing.type).toBe('NotFoundError');

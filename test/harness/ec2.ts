@@ -6,8 +6,18 @@ import os from 'node:os';
 import path from 'node:path';
 import { promises as fs } from 'node:fs';
 import { DescribeInstancesCommand, StopInstancesCommand, type EC2Client, type Instance } from '@aws-sdk/client-ec2';
+import { WithStartWorkflowOperation, type Client } from '@temporalio/client';
+import { afterAll, beforeAll } from 'vitest';
 import { createEc2Activities } from '../../activities/ec2.js';
-import { parseAddressMap, TAG_POOL, type AddressResolver } from '../../common/llm-burst.js';
+import {
+  acquireUpdate,
+  llmBurstWorkflowId,
+  parseAddressMap,
+  TAG_POOL,
+  type AcquireResult,
+  type AddressResolver,
+  type LlmBurstInput,
+} from '../../common/llm-burst.js';
 import type { BurstPool } from '../../hardware/schema.js';
 import { cacheDir } from '../../lib/paths.js';
 import { SecretStore } from '../../lib/secrets.js';
@@ -21,6 +31,7 @@ import {
   type MotoServer,
 } from '../../sim/ec2.js';
 import { startFaultProxy, type FaultProxy } from './fault-proxy.js';
+import { testClient } from './temporal.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
 
@@ -102,4 +113,44 @@ export async function startEc2Peers(): Promise<Ec2Peers> {
       await fs.rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** A test file's EC2 peers and Temporal client, there from its beforeAll on. */
+export interface BurstLab {
+  readonly peers: Ec2Peers;
+  readonly client: Client;
+}
+
+/** Starts the EC2 peers and a client before the file's tests (beforeAll) and stops the peers after them. */
+export function useBurstLab(): BurstLab {
+  const lab = {} as { peers: Ec2Peers; client: Client };
+  beforeAll(async () => {
+    lab.peers = await startEc2Peers();
+    lab.client = await testClient();
+  });
+  afterAll(async () => {
+    await lab.peers?.stop();
+  });
+  return lab;
+}
+
+/** A pool's workflow ID in a test: `llm-burst/<pool>` made unique with the test's task queue. */
+export const burstWorkflowId = (taskQueue: string, pool: string): string => `${llmBurstWorkflowId(pool)}-${taskQueue}`;
+
+/** acquire with update-with-start (the first call creates the pool's workflow) on a test's task queue. */
+export function acquireBurst(
+  client: Client,
+  taskQueue: string,
+  input: LlmBurstInput,
+  deadlineSeconds = 30,
+): Promise<AcquireResult> {
+  return client.workflow.executeUpdateWithStart(acquireUpdate, {
+    args: [{ deadlineSeconds }],
+    startWorkflowOperation: new WithStartWorkflowOperation('llmBurst', {
+      workflowId: burstWorkflowId(taskQueue, input.pool.name),
+      taskQueue,
+      args: [input],
+      workflowIdConflictPolicy: 'USE_EXISTING',
+    }),
+  });
 }

@@ -9,6 +9,7 @@ import { bundleWorkflowCode } from '@temporalio/worker';
 import type { TestProject } from 'vitest/node';
 import { startDevServer } from '../../lib/dev-server.js';
 import { startKube } from '../../lib/kube-apiserver.js';
+import { quietLogger } from '../../lib/log.js';
 import { cacheDir, projectRoot } from '../../lib/paths.js';
 
 declare module 'vitest' {
@@ -35,7 +36,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     throw err;
   });
   try {
-    const bundle = await bundleWorkflowCode({ workflowsPath: TEST_WORKFLOWS, logger: quietLogger });
+    const bundle = await bundleWorkflowCode({ workflowsPath: TEST_WORKFLOWS, logger: quietLogger(['warn', 'error']) });
     const bundlePath = path.join(cacheDir, 'test-bundle', `workflows-${process.pid}.js`);
     await fs.mkdir(path.dirname(bundlePath), { recursive: true });
     await fs.writeFile(bundlePath, bundle.code);
@@ -53,12 +54,3 @@ export default async function setup(project: TestProject): Promise<() => Promise
     throw err;
   }
 }
-
-const quietLogger = {
-  log: () => undefined,
-  trace: () => undefined,
-  debug: () => undefined,
-  info: () => undefined,
-  warn: (message: string) => console.warn(message),
-  error: (message: string) => console.error(message),
-};

@@ -7,6 +7,7 @@ import type { DataConverter } from '@temporalio/common';
 import { NativeConnection, Runtime, type Worker, type WorkerOptions } from '@temporalio/worker';
 import { inject } from 'vitest';
 import { AesGcmCodec, keyIdOf, parseKey } from '../../lib/codec.js';
+import { quietLogger } from '../../lib/log.js';
 import { projectRoot } from '../../lib/paths.js';
 import { createLabWorker } from '../../workers/worker.js';
 
@@ -27,16 +28,7 @@ let quietRuntime = false;
 export function installQuietRuntime(): void {
   if (quietRuntime || process.env.LABWRIGHT_TEST_LOGS === '1') return;
   quietRuntime = true;
-  Runtime.install({
-    logger: {
-      log: () => undefined,
-      trace: () => undefined,
-      debug: () => undefined,
-      info: () => undefined,
-      warn: () => undefined,
-      error: () => undefined,
-    },
-  });
+  Runtime.install({ logger: quietLogger() });
 }
 
 export function temporalAddress(): string {
