@@ -4,6 +4,7 @@
  * it uses that server instead of starting one.
  */
 import { spawn } from 'node:child_process';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { ensureLocalKey } from '../lib/codec.js';
 import { startDevServer, type DevServer } from '../lib/dev-server.js';
@@ -32,10 +33,17 @@ async function main(): Promise<void> {
   }
 
   let lab: SimulatedLab | undefined;
+  let firstRun = '';
   if (!env.LABWRIGHT_INVENTORY) {
     lab = await startSimulatedLab(path.join(stateDir, 'sim'), SIMULATED_PEERS);
     cleanups.push(() => lab!.stop());
     Object.assign(env, lab.env);
+    const example = path.join(stateDir, 'sim', 'examples', 'talos-bootstrap.json');
+    await fs.mkdir(path.dirname(example), { recursive: true });
+    await fs.writeFile(example, `${JSON.stringify({ cluster: 'home' })}\n`);
+    firstRun = `
+      npx labwright start talosBootstrap --input ${path.relative(projectRoot, example)}
+      npx labwright watch talos-bootstrap/home`;
   }
 
   const worker = spawn(
@@ -57,7 +65,7 @@ labwright is running.
   Lab:       ${lab ? `SIMULATED — no real endpoints configured (LABWRIGHT_INVENTORY is unset); inventory ${path.relative(projectRoot, lab.inventoryFile)}` : env.LABWRIGHT_INVENTORY}
 ${lab ? lab.peers.map((p) => `             ${p.name}: ${p.summary}`).join('\n') : ''}
 Try:  temporal workflow list --address ${env.TEMPORAL_ADDRESS}
-      npx labwright workflows
+      npx labwright workflows${firstRun}
 Stop with Ctrl-C.
 `);
 
