@@ -2,6 +2,9 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { freePort } from '../lib/processes.js';
 import { projectRoot } from '../lib/paths.js';
+import { loadInventory } from '../hardware/load.js';
+import { SecretStore } from '../lib/secrets.js';
+import { createLabActivities, mergeActivities } from '../workers/activities.js';
 import { createDemoActivities } from './fixtures/demo-activities.js';
 import { TEST_CODEC_KEY_FILE, runTs, spawnTs } from './harness/processes.js';
 import { startTestWorker, temporalAddress, testClient, uniqueName } from './harness/temporal.js';
@@ -43,6 +46,16 @@ describe('the worker process', () => {
     const lines = output().trim().split('\n');
     for (const line of lines) expect(() => JSON.parse(line) as unknown, line).not.toThrow();
     expect(output()).toContain('"msg":"worker stopped"');
+  });
+
+  it('registers the activities of every system under distinct names', async () => {
+    const lab = await loadInventory(inventory);
+    const activities = await createLabActivities({ inventory: lab, secrets: new SecretStore('/nonexistent'), env: {} });
+    for (const name of ['pveClone', 'ec2FindPoolInstances', 'k8sApply', 'talosBootstrap']) {
+      expect(Object.keys(activities)).toContain(name);
+    }
+    const step = async (): Promise<void> => undefined;
+    expect(() => mergeActivities([{ step }, { step }])).toThrow('activity step is defined by two factories');
   });
 
   it('lets an in-flight activity finish when it is shut down', async () => {

@@ -17,15 +17,27 @@ export interface LabDeps {
   env: NodeJS.ProcessEnv;
 }
 
-export async function createLabActivities(
-  _deps: LabDeps,
-): Promise<Record<string, (...args: never[]) => Promise<unknown>>> {
-  return {
-    ...createEc2Activities({ secrets: _deps.secrets, env: _deps.env }),
-    ...createProxmoxActivities(proxmoxDepsFromInventory(_deps.inventory, _deps.secrets)),
-    ...createPackerActivities(packerDepsFromLab(_deps)),
-    ...createTalosActivities(talosDepsFromEnv(_deps)),
-    ...createKubernetesActivities({ secrets: _deps.secrets }),
-    ...createDrReportActivities(drReportDepsFromEnv(_deps.env)),
-  };
+type Activities = Record<string, (...args: never[]) => Promise<unknown>>;
+
+export async function createLabActivities(deps: LabDeps): Promise<Activities> {
+  return mergeActivities([
+    createEc2Activities({ secrets: deps.secrets, env: deps.env }),
+    createProxmoxActivities(proxmoxDepsFromInventory(deps.inventory, deps.secrets)),
+    createPackerActivities(packerDepsFromLab(deps)),
+    createTalosActivities(talosDepsFromEnv(deps)),
+    createKubernetesActivities({ secrets: deps.secrets }),
+    createDrReportActivities(drReportDepsFromEnv(deps.env)),
+  ]);
+}
+
+/** Activities are registered by name: two systems using one name would silently replace each other. */
+export function mergeActivities(groups: Activities[]): Activities {
+  const merged: Activities = {};
+  for (const group of groups) {
+    for (const [name, fn] of Object.entries(group)) {
+      if (name in merged) throw new Error(`activity ${name} is defined by two factories`);
+      merged[name] = fn;
+    }
+  }
+  return merged;
 }
