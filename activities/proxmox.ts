@@ -20,6 +20,7 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { proxmoxApi, type ApiRequestable, type Proxmox } from 'proxmox-api';
 import { classifyUnknown, failureForHttpStatus, nonRetryable, retryable } from '../common/errors.js';
+import { diskSizeBytes, formatSize } from '../common/pve-disks.js';
 import type { SecretRef } from '../common/secret-ref.js';
 import type { Inventory, ProxmoxHost, VmidRange } from '../hardware/schema.js';
 import type { SecretStore } from '../lib/secrets.js';
@@ -341,6 +342,16 @@ export interface TaskStarted {
   upid: string | null;
   /** Why no task was started, when `upid` is null. */
   note?: string;
+}
+
+/** What `pveResizeDisk` did: a task to wait for (PVE 8), done at once (older PVE), or nothing. */
+export interface DiskResize extends TaskStarted {
+  /** True when PVE was asked to grow the disk (its task, if any, still to be waited for). */
+  resized: boolean;
+  /** The disk's size before, as PVE spells it (`8G`), or `unknown` when its config has no size=. */
+  from: string;
+  /** The size asked for (`64G`). */
+  to: string;
 }
 
 export interface TaskOutcome {
@@ -669,6 +680,63 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
           .qemu.$(args.vmid)
           .config.$put({ ...set, ...(del.length > 0 ? { delete: del.join(',') } : {}) } as never),
       );
+    },
+
+    /**
+     * Grows a disk to `sizeGiB` GiB (PUT .../resize with an absolute size, `64G`). PVE refuses to
+     * shrink, so the size is read from the VM's config first: a disk already that size or larger
+     * is left as it is (upid null, `resized` false, a note saying why). PVE 8 answers with a
+     * task's UPID to wait for; older PVE resizes synchronously and answers null (upid null,
+     * `resized` true). PVE's own refusal to shrink (the disk grew in between) leaves it as it is
+     * too. A locked VM is retried; `guard` refuses a VM that is not ours.
+     */
+    async pveResizeDisk(args: VmRef & { disk: string; sizeGiB: number; guard?: Ownership }): Promise<DiskResize> {
+      const to = `${args.sizeGiB}G`;
+      const what = `resize ${args.disk} of VM ${args.vmid} on ${args.host} to ${to}`;
+      if (!Number.isInteger(args.sizeGiB) || args.sizeGiB < 1) {
+        throw nonRetryable('validation', `${what}: sizeGiB must be a positive whole number`);
+      }
+      if (!/^(ide|sata|scsi|virtio)\d+$/.test(args.disk)) {
+        throw nonRetryable('validation', `${what}: ${args.disk} is not a PVE disk key (scsi0, virtio0, ...)`);
+      }
+      const vm = await existingVm(args, what);
+      if (args.guard && !owns(vm, args.guard)) {
+        throw nonRetryable('conflict', `${what}: VM ${args.vmid} is ${vm.name}, not ${describeGuard(args.guard)}`);
+      }
+      const value = vm.config[args.disk];
+      if (value === undefined) throw nonRetryable('notFound', `${what}: VM ${args.vmid} has no disk ${args.disk}`);
+      const have = diskSizeBytes(value);
+      const from = have === undefined ? 'unknown' : formatSize(have);
+      if (have !== undefined && have >= args.sizeGiB * 1024 ** 3) {
+        const note =
+          have === args.sizeGiB * 1024 ** 3
+            ? `${args.disk} of VM ${args.vmid} is already ${to}`
+            : `${args.disk} of VM ${args.vmid} is ${from}, larger than ${to}; PVE does not shrink disks: left as it is`;
+        return { upid: null, note, resized: false, from, to };
+      }
+      assertUnlocked(vm, args, what);
+      const { api } = await client(args.host);
+      let answer: unknown;
+      try {
+        answer = await api.nodes
+          .$(args.node)
+          .qemu.$(args.vmid)
+          .resize.$put({ disk: args.disk as never, size: to });
+      } catch (err) {
+        // Grown past `to` since the config was read: PVE refuses to shrink, and that is fine.
+        if (err instanceof PveHttpError && /shrink|skrink/i.test(err.reason)) {
+          return { upid: null, note: `${what}: PVE refuses: ${err.reason}; left as it is`, resized: false, from, to };
+        }
+        throw classifyPveError(err, what);
+      }
+      if (typeof answer === 'string' && answer.startsWith('UPID:')) return { upid: answer, resized: true, from, to };
+      return {
+        upid: null,
+        note: `${args.disk} of VM ${args.vmid} grown from ${from} to ${to}`,
+        resized: true,
+        from,
+        to,
+      };
     },
 
     /** Starts a VM; a running VM is left as it is (upid null). */

@@ -610,6 +610,61 @@ export function createTalosActivities(deps: TalosDeps) {
       });
     },
 
+    /**
+     * (issue 7) A DR drill's scratch cluster gets the cluster's secrets bundle (so a control plane
+     * recovered from the cluster's etcd snapshot can read its data: Secrets encrypted with the
+     * bundle's key, ServiceAccount tokens signed by it). Only into a `drill-` name.
+     */
+    async talosCopyClusterSecrets(args: { from: string; to: string }): Promise<{ secrets: { store: string } }> {
+      if (!args.to.startsWith('drill-')) {
+        throw nonRetryable('validation', `scratch cluster ${args.to}: a scratch cluster's name starts with drill-`);
+      }
+      const from = { store: talosStore.secrets(args.from) };
+      if (!(await deps.secrets.exists(from))) {
+        throw nonRetryable(
+          'precondition',
+          `cluster ${args.from} has no Talos secrets in the secret store (${from.store}): a scratch control plane cannot read its data without them`,
+        );
+      }
+      const name = talosStore.secrets(args.to);
+      await deps.secrets.put(name, await deps.secrets.resolve(from));
+      return { secrets: { store: name } };
+    },
+
+    /** (issue 7) Removes a scratch cluster's Talos material (`talos/<drill-...>/`) from the store. */
+    async talosForgetScratchCluster(args: { cluster: string }): Promise<{ removed: string }> {
+      if (!args.cluster.startsWith('drill-')) {
+        throw nonRetryable(
+          'validation',
+          `refusing to remove the Talos secrets of ${args.cluster}: not a drill- cluster`,
+        );
+      }
+      const folder = `talos/${args.cluster}`;
+      await deps.secrets.removeFolder(folder);
+      return { removed: folder };
+    },
+
+    /**
+     * (issue 7) `etcd snapshot` from a control plane into a private temp file, removed at once:
+     * what talosctl prints of it (hash, revision, total keys), i.e. what that etcd serves now.
+     */
+    async talosEtcdSnapshotStatus(args: {
+      address: string;
+      talosconfig: SecretRef;
+    }): Promise<{ hash: string; revision: number; totalKeys: number; totalSize: number }> {
+      return withTemp(async (dir) => {
+        const tc = await materialize(dir, 'talosconfig', args.talosconfig);
+        const r = await must(
+          [...nodeArgs(args.address, tc), 'etcd', 'snapshot', path.join(dir, 'etcd.snapshot')],
+          `talosctl etcd snapshot on ${args.address}`,
+          { timeoutMs: 600_000 },
+        );
+        const m = /hash ([0-9a-f]+), revision (\d+), total keys (\d+), total size (\d+)/.exec(r.stdout);
+        if (!m) throw retryable('server', `talosctl etcd snapshot on ${args.address} printed no snapshot info`);
+        return { hash: m[1]!, revision: Number(m[2]), totalKeys: Number(m[3]), totalSize: Number(m[4]) };
+      });
+    },
+
     /** `talosctl health` from the first control plane, over the given nodes. */
     async talosHealth(args: {
       address: string;

@@ -7,7 +7,7 @@
  */
 import * as wf from '@temporalio/workflow';
 import { z } from 'zod';
-import { nameSchema, vmidSchema } from '../hardware/schema.js';
+import { ipv4Schema, nameSchema, vmidSchema } from '../hardware/schema.js';
 import { durationSchema, formatDuration } from './llm-burst.js';
 import { secretRefSchema } from './secret-ref.js';
 
@@ -104,6 +104,22 @@ export const etcdTargetSchema = z.strictObject({
    * snapshot` appends): recover with `--recover-skip-hash-check`. Otherwise such a file is refused.
    */
   skipHashCheck: z.boolean().default(false),
+  /**
+   * A drill's scratch control plane: a VM cloned from the cluster's template into a VMID of the
+   * drill range, with the cluster's secrets, that etcd is recovered on. `ip` is its static address
+   * (the Talos API the worker dials); `net` its NIC's PVE network (`bridge=vmbr9,tag=999`: a drill
+   * network only the worker reaches); without `net` the NIC is the cluster's bridge with the link
+   * down and no VLAN, as a drill VM's. Required for a drill of this target.
+   */
+  drill: z
+    .strictObject({
+      ip: ipv4Schema,
+      net: z
+        .string()
+        .regex(/^bridge=[^,]+(,[a-z_]+=[^,]+)*$/, 'expected a PVE net value without model, like bridge=vmbr9,tag=999')
+        .optional(),
+    })
+    .optional(),
 });
 
 export const drTargetSchema = z.discriminatedUnion('kind', [pvcTargetSchema, vmTargetSchema, etcdTargetSchema]);
@@ -186,6 +202,26 @@ export function drillNamespace(plan: string): string {
 export function drillVmName(plan: string, target: string): string {
   return dnsLabel(`drill-${plan}-${target}`);
 }
+
+/**
+ * The scratch control plane of an etcd drill: its VM name, hostname and scratch cluster name (the
+ * secret store's `talos/<name>/`). Always starts with `drill-`: only such names are ever removed.
+ */
+export function drillEtcdName(plan: string, cluster: string): string {
+  return drillVmName(plan, `etcd-${cluster}`);
+}
+
+/** A locally administered MAC for a scratch VM, derived from its name (02:4c:57 + 24 bits of a hash). */
+export function drillMac(name: string): string {
+  const h = fnv1a(name);
+  return `02:4c:57:${h.slice(0, 2)}:${h.slice(2, 4)}:${h.slice(4, 6)}`;
+}
+
+/**
+ * The patch a scratch control plane gets on top of the cluster's: no cluster discovery, so that a
+ * node carrying the cluster's ID and secret never registers as one of the real cluster's members.
+ */
+export const DRILL_CONTROL_PLANE_PATCH = JSON.stringify({ cluster: { discovery: { enabled: false } } });
 
 export function targetLabel(t: DrTarget): string {
   if (t.kind === 'pvc') return `pvc ${t.namespace}/${t.pvc}`;

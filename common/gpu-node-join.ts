@@ -28,6 +28,15 @@ export function gpuNodeJoinWorkflowId(node: string): string {
   return `gpu-node-join/${node}`;
 }
 
+/**
+ * The `efidisk0` a GPU worker's OVMF VM gets when it has none: a new EFI vars disk on `storage`
+ * (`<storage>:1` allocates one; PVE sizes it itself), 4m type, no pre-enrolled Secure Boot keys
+ * (Talos's images boot without them).
+ */
+export function efiDisk(storage: string): string {
+  return `${storage}:1,efitype=4m,pre-enrolled-keys=0`;
+}
+
 export interface PciDeviceView {
   id: string;
   iommuGroup: number;

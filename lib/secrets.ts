@@ -51,6 +51,11 @@ export class SecretStore {
     await fs.rm(this.pathOf(name), { force: true });
   }
 
+  /** Removes a folder of the store (e.g. `talos/<scratch-cluster>`) with everything in it. */
+  async removeFolder(name: string): Promise<void> {
+    await fs.rm(this.pathOf(name), { recursive: true, force: true });
+  }
+
   private pathOf(name: string): string {
     const file = path.resolve(this.dir, name);
     if (!file.startsWith(path.resolve(this.dir) + path.sep)) {

@@ -25,6 +25,7 @@ from aiohttp import web
 from fakepve import FakePve, qemu, settle
 from fakepve.model import FakeVm
 from fakepve.model import PveError  # (labwright issue 7) qmrestore's errors
+from fakepve.lxc import format_size, parse_size  # (labwright: disk sizes) qemu resize
 
 # Attributes every VM made after a `vm_defaults` call starts with (start_secs, shutdown_secs, agent, ...).
 VM_DEFAULTS = {}
@@ -135,6 +136,28 @@ class ControlledPve(FakePve):
                 return PCI_MAPPINGS
             return self._complete_or_sample('/cluster/mapping/pci', values)
         return [('GET', '/nodes/{node}/hardware/pci', devices), ('GET', '/cluster/mapping/pci', mappings)]
+
+    def _routes_labwright_resize(self):
+        # (labwright: disk sizes) fakepve leaves PUT /nodes/{node}/qemu/{vmid}/resize to its schema
+        # sample: it answers with a made-up UPID and changes nothing. Here it grows the disk's size=
+        # in a `resize` task (PVE 8 returns the task's UPID) and refuses to shrink, as PVE does.
+        async def resize(v, user):
+            vm = self.find(v['node'], v['vmid'])
+            self._check_lock(vm)
+            disk, text = v['disk'], str(v['size'])
+            if disk not in vm.config:
+                raise PveError(500, "disk '{0}' does not exist".format(disk))
+            volume, props = qemu.split_drive(vm.config[disk])
+            size = parse_size(props.get('size', '')) or 0
+            new = parse_size(text.lstrip('+'))
+            new = size + new if text.startswith('+') else new
+            if new < size:
+                raise PveError(500, 'shrinking disks is not supported')
+
+            async def body():
+                vm.config[disk] = qemu.join_drive(volume, dict(props, size=format_size(new)))
+            return await self.task(vm.node, 'resize', vm.vmid, user, body, vm=vm)
+        return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', resize)]
 
     def _complete_or_sample(self, template, values):
         from fakepve import schema as pve_schema, shapes

@@ -29,6 +29,10 @@
  *   the real etcd service fails after the bootstrap answered. Each recovery is recorded
  *   (`recoveries`, `etcdState().recoveredFrom`). The stand-in's hash is not etcd's (a CRC of the
  *   keys): it is the first 32 bits of the database's sha256.
+ * - (issue 7) a `scratch` node (a DR drill's scratch control plane, behind a VM of the drill
+ *   range) is a one-node cluster of its own: its etcd is bootstrapped or recovered on its own, its
+ *   member is named by its config's hostname, it never joins the cluster's etcd nor registers a
+ *   Node; deleting its VM wipes it, etcd included (`scratchEtcd`).
  *
  * Every call is recorded, so tests can count bootstraps and AlreadyExists answers; an answer can be
  * held back after the node acted on it (`holdNextAnswer`), so a test can kill the caller in between.
@@ -53,6 +57,12 @@ export interface StandinNodeSpec {
   arch: 'amd64' | 'arm64';
   /** The PVE VM behind a VM node. */
   vm?: { node: string; vmid: number };
+  /**
+   * (issue 7) A one-node cluster of its own, e.g. a DR drill's scratch control plane: its etcd is
+   * not the cluster's (bootstrapped or recovered on its own, members named by its config's
+   * hostname), it never joins the cluster's etcd and registers no Node in the cluster's API.
+   */
+  scratch?: boolean;
 }
 
 export interface PveVmState {
@@ -100,6 +110,9 @@ interface NodeState {
   registering?: Promise<void>;
   /** For metal nodes: whether the machine is switched on. */
   metalPowered: boolean;
+  /** Scratch nodes: the config's hostname, and their own etcd (a member once bootstrapped). */
+  hostname?: string;
+  etcd?: { revision: number; keys: number; recoveredFrom?: StandinSnapshotStatus };
 }
 
 export interface TalosStandin {
@@ -122,6 +135,10 @@ export interface TalosStandin {
    * (as leases do), a key count, and the snapshot it was recovered from. undefined: no etcd data.
    */
   etcdState(): { revision: number; keys: number; recoveredFrom?: StandinSnapshotStatus } | undefined;
+  /** (issue 7) A scratch node's own etcd (undefined: none, e.g. its VM is gone) and member name. */
+  scratchEtcd(
+    name: string,
+  ): { revision: number; keys: number; member: string; recoveredFrom?: StandinSnapshotStatus } | undefined;
   /**
    * The next call that `matches` (seen as it is recorded, e.g. a successful `bootstrap`) is
    * carried out on the node as usual, but its answer is held back until `release()`: `reached`
@@ -349,6 +366,8 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
         n.configuredAt = undefined;
         n.registered = false;
         n.gpuReported = false;
+        n.hostname = undefined;
+        n.etcd = undefined;
         members.delete(n.spec.name);
       } else if (vm.status === 'running') running.add(n.spec.address);
     }
@@ -359,13 +378,14 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
 
   /** What kubelets and joining etcd members do on their own once etcd exists. */
   async function reconcile(running: Set<string>): Promise<void> {
+    for (const n of nodes.values()) if (n.spec.scratch && n.etcd) n.etcd.revision += 1; // its own cluster writes
     if (members.size === 0) {
       etcd = undefined; // no member left: the data went with the last one
       return;
     }
     if (etcd) etcd.revision += 1; // a running cluster writes (leases)
     for (const n of nodes.values()) {
-      if (!running.has(n.spec.address) || !booted(n)) continue;
+      if (!running.has(n.spec.address) || !booted(n) || n.spec.scratch) continue;
       if (n.role === 'controlplane') members.add(n.spec.name);
       if (!n.registered && !n.registering && opts.kubeconfigPath) {
         n.registering = markNodeReady(opts.kubeconfigPath, n.spec.name, {
@@ -418,7 +438,8 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
   }
 
   function machineStatus(n: NodeState, stage: string, address: string): string {
-    const ready = stage === 'running' && n.registered && (n.role !== 'controlplane' || members.has(n.spec.name));
+    const member = n.spec.scratch ? n.etcd !== undefined : members.has(n.spec.name);
+    const ready = stage === 'running' && n.registered && (n.role !== 'controlplane' || member);
     const unmet = ready ? [] : [{ name: 'nodeReady', reason: 'node is not ready' }];
     return `${JSON.stringify(
       {
@@ -536,6 +557,7 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
       n.config = text;
       n.role = role;
       n.labels = doc.machine?.nodeLabels ?? {};
+      n.hostname = (doc.machine as { network?: { hostname?: string } } | undefined)?.network?.hostname;
       n.nvidia = /(^|\n)\s*- name: nvidia\s*(\n|$)/.test(text);
       if (first) n.configuredAt = Date.now();
       return { ...withNode, stderr: first ? '' : 'Applied configuration without a reboot\n' };
@@ -552,11 +574,16 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
           ),
         };
       }
-      if (!members.has(n.spec.name)) {
+      if (n.spec.scratch ? !n.etcd : !members.has(n.spec.name)) {
         return {
           ...withNode,
           stderr: `WARNING: 1 error occurred:\n\t* ${target}: rpc error: code = Unavailable desc = connection error: desc = "transport: Error while dialing: dial tcp 127.0.0.1:2379: connect: connection refused"\n\n`,
         };
+      }
+      if (n.spec.scratch) {
+        const name = n.hostname ?? n.spec.name;
+        const row = `${target}   ${memberId(name)}   ${name}   https://${n.spec.ip}:2380   https://${n.spec.ip}:2379   false`;
+        return { ...withNode, stdout: `NODE   ID   HOSTNAME   PEER URLS   CLIENT URLS   LEARNER\n${row}\n` };
       }
       const rows = [...members].map((name) => {
         const m = byName(name)!;
@@ -580,7 +607,7 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
         if (typeof status === 'string') return { ...withNode, ...fail(status) };
         const stdout = `recovering from snapshot "${recoverFrom}": hash ${status.hash}, revision ${status.revision}, total keys ${status.totalKeys}, total size ${status.totalSize}\n`;
         recovery = { file, status, stdout };
-        if (n.role === 'controlplane' && members.has(n.spec.name)) {
+        if (n.role === 'controlplane' && (n.spec.scratch ? n.etcd !== undefined : members.has(n.spec.name))) {
           recoveries.push({
             node: n.spec.name,
             outcome: 'AlreadyExists',
@@ -598,7 +625,7 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
           ),
         };
       }
-      if (members.has(n.spec.name)) {
+      if (n.spec.scratch ? n.etcd !== undefined : members.has(n.spec.name)) {
         bootstraps.push({ node: n.spec.name, outcome: 'AlreadyExists' });
         return {
           ...withNode,
@@ -620,12 +647,24 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
         bootstraps.push({ node: n.spec.name, outcome: 'bootstrapped' });
         // machined answers the bootstrap, then the etcd service restores: a bad snapshot leaves etcd down.
         if (error) return { ...withNode, stdout: recovery.stdout };
+        if (n.spec.scratch) {
+          n.etcd = {
+            revision: recovery.status.revision,
+            keys: recovery.status.totalKeys,
+            recoveredFrom: recovery.status,
+          };
+          return { ...withNode, stdout: recovery.stdout };
+        }
         etcd = { revision: recovery.status.revision, keys: recovery.status.totalKeys, recoveredFrom: recovery.status };
         members.add(n.spec.name);
         await reconcile(running);
         return { ...withNode, stdout: recovery.stdout };
       }
       bootstraps.push({ node: n.spec.name, outcome: 'bootstrapped' });
+      if (n.spec.scratch) {
+        n.etcd = { revision: 1, keys: 312 };
+        return withNode;
+      }
       members.add(n.spec.name);
       etcd ??= { revision: 1, keys: 312 };
       await reconcile(running);
@@ -645,7 +684,8 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
       if (err) return { ...withNode, ...err };
       const out = words[2];
       if (!out) return { ...withNode, ...fail('accepts 1 arg(s), received 0') };
-      if (n.role !== 'controlplane' || !members.has(n.spec.name) || !etcd) {
+      const data = n.spec.scratch ? n.etcd : members.has(n.spec.name) ? etcd : undefined;
+      if (n.role !== 'controlplane' || !data) {
         return {
           ...withNode,
           ...fail(
@@ -653,7 +693,7 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
           ),
         };
       }
-      const file = standinSnapshot(etcd);
+      const file = standinSnapshot(data);
       const st = standinSnapshotStatus(file) as StandinSnapshotStatus;
       return {
         ...withNode,
@@ -669,8 +709,11 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
     if (words[0] === 'reset') {
       const err = reach('error executing reset: ');
       if (err) return { ...withNode, ...err };
-      members.delete(n.spec.name);
-      if (members.size === 0) etcd = undefined;
+      if (n.spec.scratch) n.etcd = undefined;
+      else {
+        members.delete(n.spec.name);
+        if (members.size === 0) etcd = undefined;
+      }
       n.registered = false;
       if ((flags.get('system-labels-to-wipe') ?? '').split(',').includes('EPHEMERAL')) {
         n.configuredAt = Date.now(); // reboots
@@ -797,6 +840,11 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
     etcdMembers: () => [...members],
     recoveries,
     etcdState: () => (etcd ? { ...etcd } : undefined),
+    scratchEtcd: (name) => {
+      const n = byName(name);
+      if (!n?.spec.scratch) throw new Error(`no scratch node ${name}`);
+      return n.etcd ? { ...n.etcd, member: n.hostname ?? n.spec.name } : undefined;
+    },
     nodeState: (name) => {
       const n = byName(name);
       if (!n) throw new Error(`no node ${name}`);

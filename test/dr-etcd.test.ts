@@ -2,7 +2,9 @@
 // stand-in (sim/talos-standin.ts): a one-control-plane cluster bootstrapped by talosBootstrap, a
 // snapshot taken with `talosctl etcd snapshot`, and recoveries through `talosctl bootstrap
 // --recover-from`, which the stand-in carries out as Talos does (status, upload, bootstrap into an
-// empty etcd, the appended sha256 checked) and records.
+// empty etcd, the appended sha256 checked) and records. A drill recovers on a scratch control
+// plane: a VM of the drill range (8900) that the stand-in plays as a one-node cluster of its own
+// at SCRATCH_IP (mapped to loopback like the inventory's addresses).
 import { createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -12,7 +14,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDrReportActivities } from '../activities/dr-reports.js';
-import type { DrPlan, DrReport } from '../common/dr-restore.js';
+import { drillEtcdName, type DrPlan, type DrReport } from '../common/dr-restore.js';
 import { standinSnapshotStatus, type StandinSnapshotStatus } from '../sim/talos-standin.js';
 import { startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
 import { testClient, uniqueName, withWorker } from './harness/temporal.js';
@@ -20,6 +22,8 @@ import { testClient, uniqueName, withWorker } from './harness/temporal.js';
 const run = promisify(execFile);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const CP = '192.168.1.101';
+const SCRATCH_IP = '192.168.1.190';
+const SCRATCH_VMID = 8900;
 
 let lab: TalosLab;
 let activities: Record<string, (...args: never[]) => Promise<unknown>>;
@@ -46,7 +50,7 @@ function input(plan: string, mode: 'drill' | 'restore', over: Record<string, unk
     plan,
     mode,
     inventory: lab.inventory,
-    targets: [{ kind: 'etcd', cluster: 'home', snapshotDir, ...over }],
+    targets: [{ kind: 'etcd', cluster: 'home', snapshotDir, drill: { ip: SCRATCH_IP }, ...over }],
     maxBackupAge: '1h',
     pollSeconds: 0.2,
     etcdTimeoutSeconds: 5,
@@ -62,8 +66,23 @@ async function planOf(handle: { query: <T>(name: string) => Promise<T> }): Promi
   throw new Error('no plan');
 }
 
+/** The drill's leftovers: its VM, and scratch Talos material in the secret store. */
+async function leftovers(): Promise<{ vm: unknown; scratchSecrets: string[] }> {
+  const vm = await (lab.activities.pveGetVm as (a: unknown) => Promise<unknown>)({
+    host: 'pve1',
+    node: 'pve1',
+    vmid: SCRATCH_VMID,
+  });
+  const talosDir = path.join(lab.dir, 'secrets', 'talos');
+  const scratchSecrets = (await fs.readdir(talosDir)).filter((d) => d !== 'home');
+  return { vm, scratchSecrets };
+}
+
 beforeAll(async () => {
-  lab = await startTalosLab({ cluster: oneControlPlane });
+  lab = await startTalosLab({
+    cluster: oneControlPlane,
+    scratchNodes: [{ name: 'drill-scratch', ip: SCRATCH_IP, node: 'pve1', vmid: SCRATCH_VMID }],
+  });
   activities = { ...lab.activities, ...createDrReportActivities({ dir: path.join(lab.dir, 'reports') }) };
   const client = await testClient();
   await withWorker({ activities }, async ({ taskQueue }) =>
@@ -116,22 +135,149 @@ describe('drRestore of etcd through Talos recovery', () => {
     expect(lab.standin.etcdState()?.recoveredFrom).toBeUndefined();
   });
 
-  it('drills the snapshot: what talosctl and etcd check on a recovery, nothing recovered', async () => {
+  it('drills the snapshot: recovered on a scratch control plane in the drill range, verified, everything removed', async () => {
+    const plan = uniqueName('etcd');
+    const writesBefore = (await lab.pveWrites()).length;
+    const client = await testClient();
+    const report = (await withWorker({ activities }, async ({ taskQueue }) => {
+      const handle = await client.workflow.start('drRestore', {
+        taskQueue,
+        workflowId: `dr-drill/${plan}`,
+        args: [input(plan, 'drill')],
+      });
+      const shown = await planOf(handle);
+      expect(shown.items[0]!.into).toMatch(
+        new RegExp(
+          `^scratch control plane ${drillEtcdName(plan, 'home')} \\(VM ${SCRATCH_VMID} on pve1/pve1, ${SCRATCH_IP}, network isolated\\), with the secrets of home$`,
+        ),
+      );
+      return (await handle.result()) as DrReport;
+    })) as DrReport;
+    const name = drillEtcdName(plan, 'home');
+
+    expect(report.ok).toBe(true);
+    const t = report.targets[0]!;
+    // Recovered from this snapshot, on the scratch node, and its etcd serves at least its revision.
+    const recovery = lab.standin.recoveries.at(-1)!;
+    expect(recovery).toEqual({ node: 'drill-scratch', outcome: 'recovered', snapshot: taken, skipHashCheck: false });
+    expect(t.verification).toMatch(
+      new RegExp(
+        `^etcd recovered on scratch control plane ${name} \\(VM ${SCRATCH_VMID}, ${SCRATCH_IP}\\) from snapshot hash ${taken.hash}, revision ${taken.revision}, ${taken.totalKeys} keys; member ${name}; it serves revision (\\d+), ${taken.totalKeys} keys$`,
+      ),
+    );
+    const served = Number(/serves revision (\d+)/.exec(t.verification!)![1]);
+    expect(served).toBeGreaterThanOrEqual(taken.revision);
+    expect(t.rtoMs).toBeGreaterThan(0);
+    expect(t.rpoMs).toBeGreaterThanOrEqual(0);
+    expect(report.totalRtoMs).toBeGreaterThanOrEqual(t.rtoMs!);
+    expect(report.maxRpoMs).toBe(t.rpoMs);
+
+    // The cluster itself was not touched: its etcd as it was, not recovered.
+    expect(lab.standin.etcdMembers()).toEqual(['talos-cp-1']);
+    expect(lab.standin.etcdState()?.recoveredFrom).toBeUndefined();
+    expect(lab.standin.bootstraps.filter((b) => b.node === 'talos-cp-1')).toHaveLength(1);
+
+    // The VM: a full clone of the template into the drill range, its NIC down and untagged.
+    const writes = (await lab.pveWrites()).slice(writesBefore).map((w) => `${w.method} ${w.path}`);
+    expect(writes).toContain('POST /api2/json/nodes/pve1/qemu/9000/clone');
+    expect(writes).toContain(`DELETE /api2/json/nodes/pve1/qemu/${SCRATCH_VMID}`);
+
+    // Cleaned up: no VM, no scratch secrets or configs, and the scratch node's etcd went with it.
+    expect(report.cleanedUp).toEqual([`VM ${SCRATCH_VMID} (${name})`, `Talos secrets and configs talos/${name}`]);
+    expect(await leftovers()).toEqual({ vm: null, scratchSecrets: [] });
+    await expect.poll(() => lab.standin.scratchEtcd('drill-scratch')).toBeUndefined();
+  });
+
+  it('a drill whose recovered etcd does not start fails with the reason and still cleans up', async () => {
+    // The snapshot rots between the check and the upload: talosctl still reads and uploads it,
+    // the bootstrap answers, and etcd refuses it (its sha256), so no member ever shows up.
+    const original = await fs.readFile(snapshot);
+    const hold = lab.standin.holdNextAnswer((c) => c.node === 'drill-scratch' && c.command === 'apply-config');
+    const plan = uniqueName('etcd-down');
+    const client = await testClient();
+    const err = await withWorker({ activities }, async ({ taskQueue }) => {
+      const done = client.workflow
+        .execute('drRestore', { taskQueue, workflowId: `dr-drill/${plan}`, args: [input(plan, 'drill')] })
+        .catch((e: unknown) => e);
+      await hold.reached;
+      const rotten = Buffer.from(original);
+      rotten[3 * 4096] = 0xff;
+      await fs.writeFile(snapshot, rotten);
+      hold.release();
+      return done;
+    });
+    await fs.writeFile(snapshot, original);
+
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('PreconditionFailed');
+    const name = drillEtcdName(plan, 'home');
+    expect(cause.message).toMatch(
+      new RegExp(
+        `^drill ${plan} FAILED: etcd home: etcd on the scratch control plane ${name} \\(${SCRATCH_IP}\\) has no member 5s after the recovery from .*home-2026\\.snapshot \\(.*: rpc error: code = Unavailable .*connection refused"\\): the snapshot does not recover \\(etcd refused it; talosctl logs etcd tells why\\); RTO`,
+      ),
+    );
+    expect(lab.standin.recoveries.at(-1)).toMatchObject({
+      node: 'drill-scratch',
+      outcome: 'failed',
+      error: expect.stringMatching(/^expected sha256 [0-9a-f]{64}, got [0-9a-f]{64}$/),
+    });
+    const report = (cause.details as [{ report: DrReport }])[0].report;
+    expect(report.ok).toBe(false);
+    expect(report.targets[0]!.error).toMatch(/has no member/);
+    expect(report.cleanedUp).toEqual([`VM ${SCRATCH_VMID} (${name})`, `Talos secrets and configs talos/${name}`]);
+    expect(await leftovers()).toEqual({ vm: null, scratchSecrets: [] });
+    expect(lab.standin.etcdState()?.recoveredFrom).toBeUndefined();
+  });
+
+  it('a drill cancelled while the scratch control plane boots removes its VM and scratch secrets', async () => {
+    const recoveriesBefore = lab.standin.recoveries.length;
+    const hold = lab.standin.holdNextAnswer((c) => c.node === 'drill-scratch' && c.command === 'apply-config');
+    const plan = uniqueName('etcd-cancel');
+    const client = await testClient();
+    await withWorker({ activities }, async ({ taskQueue }) => {
+      const handle = await client.workflow.start('drRestore', {
+        taskQueue,
+        workflowId: `dr-drill/${plan}`,
+        args: [input(plan, 'drill')],
+      });
+      await hold.reached; // the VM runs, the scratch config is stored and being applied
+      expect((await leftovers()).scratchSecrets).toEqual([drillEtcdName(plan, 'home')]);
+      // Its NIC: the cluster's bridge, link down, no VLAN; not started on boot; tagged as a drill's.
+      const { vm } = (await leftovers()) as { vm: { name: string; config: Record<string, unknown>; tags: string[] } };
+      expect(vm.name).toBe(drillEtcdName(plan, 'home'));
+      expect(String(vm.config.net0)).toMatch(/^virtio=02:4C:57:[0-9A-F:]{8},bridge=vmbr0,link_down=1$/);
+      expect(String(vm.config.onboot)).toBe('0');
+      expect(vm.tags).toEqual(expect.arrayContaining(['labwright', 'dr-drill']));
+      await handle.cancel();
+      hold.release();
+      const err = await handle.result().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(WorkflowFailedError);
+      expect((await handle.describe()).status.name).toBe('CANCELLED');
+    });
+    expect(await leftovers()).toEqual({ vm: null, scratchSecrets: [] });
+    expect(lab.standin.recoveries).toHaveLength(recoveriesBefore); // cancelled before its recovery
+  });
+
+  it('a drill without a scratch address fails before anything is touched', async () => {
     const callsBefore = lab.standin.calls.length;
     const client = await testClient();
-    const report = (await withWorker({ activities }, async ({ taskQueue }) =>
-      client.workflow.execute('drRestore', {
-        taskQueue,
-        workflowId: `dr-drill/${uniqueName('etcd')}`,
-        args: [input(uniqueName('etcd'), 'drill')],
-      }),
-    )) as DrReport;
-    expect(report.ok).toBe(true);
-    expect(report.targets[0]!.verification).toMatch(
-      /^snapshot intact: bbolt database, 1048608 bytes, appended sha256 matches, sha256 [0-9a-f]{12} \(not recovered in a drill\)$/,
+    const err = await withWorker({ activities }, async ({ taskQueue }) =>
+      client.workflow
+        .execute('drRestore', {
+          taskQueue,
+          workflowId: `dr-drill/${uniqueName('etcd-noip')}`,
+          args: [
+            { ...input(uniqueName('etcd-noip'), 'drill'), targets: [{ kind: 'etcd', cluster: 'home', snapshotDir }] },
+          ],
+        })
+        .catch((e: unknown) => e),
     );
-    expect(report.targets[0]!.rpoMs).toBeGreaterThanOrEqual(0);
-    expect(lab.standin.calls.length).toBe(callsBefore); // a drill talks to no node
+    expect(((err as WorkflowFailedError).cause as ApplicationFailure).message).toMatch(
+      /etcd home: a drill recovers the snapshot on a scratch control plane: give the target drill\.ip .*; nothing was touched$/,
+    );
+    expect(lab.standin.calls.length).toBe(callsBefore);
+    expect(await leftovers()).toEqual({ vm: null, scratchSecrets: [] });
   });
 
   it('after the control plane is reset, a restore waits for approval and recovers from the snapshot exactly once, with RTO and RPO', async () => {
@@ -142,6 +288,7 @@ describe('drRestore of etcd through Talos recovery', () => {
     await sleep(500); // the reboot
 
     const plan = uniqueName('etcd-restore');
+    const recoveriesBefore = lab.standin.recoveries.length; // the drills' (on the scratch node)
     const client = await testClient();
     const report = await withWorker({ activities }, async ({ taskQueue }) => {
       const handle = await client.workflow.start('drRestore', {
@@ -156,13 +303,13 @@ describe('drRestore of etcd through Talos recovery', () => {
         backup: { id: snapshot, size: 1048608 },
       });
       await sleep(300);
-      expect(lab.standin.recoveries).toEqual([]); // nothing before the approval
+      expect(lab.standin.recoveries.slice(recoveriesBefore)).toEqual([]); // nothing before the approval
       await handle.signal('approve', { digest: shown.digest, by: 'operator', comment: 'lost all control planes' });
       return (await handle.result()) as DrReport;
     });
 
     // Exactly one recovery, from this snapshot, and etcd is at its revision.
-    expect(lab.standin.recoveries).toEqual([
+    expect(lab.standin.recoveries.slice(recoveriesBefore)).toEqual([
       {
         node: 'talos-cp-1',
         outcome: 'recovered',
@@ -180,7 +327,8 @@ describe('drRestore of etcd through Talos recovery', () => {
     expect(state.revision).toBeGreaterThanOrEqual(taken.revision);
     expect(lab.standin.etcdMembers()).toEqual(['talos-cp-1']);
     const recoverCalls = lab.standin.calls.filter(
-      (c) => c.command === 'bootstrap' && c.argv.some((a) => a.startsWith('--recover-from=')),
+      (c) =>
+        c.node === 'talos-cp-1' && c.command === 'bootstrap' && c.argv.some((a) => a.startsWith('--recover-from=')),
     );
     expect(recoverCalls).toHaveLength(1);
 
@@ -211,7 +359,7 @@ describe('drRestore of etcd through Talos recovery', () => {
           args: [
             {
               ...input(uniqueName('etcd-raw'), 'drill'),
-              targets: [{ kind: 'etcd', cluster: 'home', snapshotDir: raw }],
+              targets: [{ kind: 'etcd', cluster: 'home', snapshotDir: raw, drill: { ip: SCRATCH_IP } }],
             },
           ],
         })
@@ -229,12 +377,20 @@ describe('drRestore of etcd through Talos recovery', () => {
         args: [
           {
             ...input(uniqueName('etcd-raw'), 'drill'),
-            targets: [{ kind: 'etcd', cluster: 'home', snapshotDir: raw, skipHashCheck: true }],
+            targets: [
+              { kind: 'etcd', cluster: 'home', snapshotDir: raw, skipHashCheck: true, drill: { ip: SCRATCH_IP } },
+            ],
           },
         ],
       }),
     )) as DrReport;
-    expect(ok.targets[0]!.verification).toMatch(/no appended sha256 \(raw copy; skipHashCheck\)/);
+    expect(ok.targets[0]!.verification).toMatch(/^etcd recovered on scratch control plane drill-.*-etcd-home /);
+    expect(lab.standin.recoveries.at(-1)).toMatchObject({
+      node: 'drill-scratch',
+      outcome: 'recovered',
+      skipHashCheck: true,
+    });
+    expect(await leftovers()).toEqual({ vm: null, scratchSecrets: [] });
 
     // A snapshot whose data does not match its sha256 (bit rot) is refused too.
     const rotten = Buffer.from(file);

@@ -557,28 +557,30 @@ describe('drRestore', () => {
     expect((await lab.pve.fake.vms()).filter((v) => v.vmid >= 8900 && v.vmid <= 8999)).toEqual([]);
   });
 
-  it('drills an etcd snapshot: intact passes, a corrupt one fails with the reason', async () => {
+  it('checks an etcd snapshot before a drill touches anything: intact passes the checks, a corrupt one fails with the reason', async () => {
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-etcd-'));
     try {
       // A bbolt file starts with a meta page whose magic 0xED0CDAED sits at offset 16.
-      // `talosctl etcd snapshot` appends the database's sha256 (test/dr-etcd.test.ts takes real ones).
+      // `talosctl etcd snapshot` appends the database's sha256 (test/dr-etcd.test.ts takes real ones
+      // and recovers them on a scratch control plane; this lab has no Talos).
       const page = Buffer.alloc(4 * 1024 ** 2);
       page.writeUInt32LE(0xed0cdaed, 16);
       const sum = createHash('sha256').update(page).digest();
       await fs.writeFile(path.join(dir, 'etcd-2026.snapshot'), Buffer.concat([page, sum]));
       const client = await testClient();
       const target = { kind: 'etcd', cluster: 'home', snapshotDir: dir };
-      const ok = (await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
-        client.workflow.execute('drRestore', {
-          taskQueue,
-          workflowId: `dr-drill/${uniqueName('etcd')}`,
-          args: [input(uniqueName('etcd'), 'drill', [target])],
-        }),
-      )) as DrReport;
-      expect(ok.ok).toBe(true);
-      expect(ok.targets[0]).toMatchObject({ target: 'etcd home', restoredBytes: 4 * 1024 ** 2 + 32 });
-      expect(ok.targets[0]!.verification).toMatch(
-        /^snapshot intact: bbolt database, 4194336 bytes, appended sha256 matches/,
+      // The snapshot passes its checks; the drill then needs its scratch control plane's address.
+      const noScratch = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+        client.workflow
+          .execute('drRestore', {
+            taskQueue,
+            workflowId: `dr-drill/${uniqueName('etcd')}`,
+            args: [input(uniqueName('etcd'), 'drill', [target])],
+          })
+          .catch((e: unknown) => e),
+      );
+      expect(((noScratch as WorkflowFailedError).cause as ApplicationFailure).message).toMatch(
+        /: etcd home: a drill recovers the snapshot on a scratch control plane: give the target drill\.ip \(its address; drill\.net its isolated network\); nothing was touched$/,
       );
 
       await fs.writeFile(path.join(dir, 'etcd-2027.snapshot'), Buffer.alloc(4 * 1024 ** 2, 1));

@@ -113,6 +113,15 @@ describe('gpuNodeJoin on fakepve, the Talos stand-in and a real kube-apiserver',
     const vm = (await lab.fake.vms()).find((v) => v.vmid === 211)!;
     expect(vm.status).toBe('running');
     expect(vm.config).toMatchObject({ machine: 'q35', bios: 'ovmf', hostpci0: 'mapping=a5000,pcie=1' });
+    // An EFI vars disk for OVMF, and the boot disk grown from the template's 8G to the inventory's 200G.
+    expect(vm.config.efidisk0).toBe('local-lvm:1,efitype=4m,pre-enrolled-keys=0');
+    expect(String(vm.config.scsi0)).toMatch(/(^|,)size=200G(,|$)/);
+    expect(ok.changes).toEqual(
+      expect.arrayContaining([
+        'grew scsi0 of VM 211 (talos-gpu-a5000) from 8G to 200G',
+        'added efidisk0 to VM 211 (local-lvm:1,efitype=4m,pre-enrolled-keys=0)',
+      ]),
+    );
 
     const node = await core.readNode({ name: 'talos-gpu-a5000' });
     expect(node.metadata?.labels).toMatchObject({

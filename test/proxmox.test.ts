@@ -4,7 +4,9 @@
  * are classified. Heartbeats are no-ops outside a worker; the workflow tests run them in one.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { classifyPveError, PveEngine, PveHttpError } from '../activities/proxmox.js';
+import { proxmoxApi } from 'proxmox-api';
+import { classifyPveError, createProxmoxActivities, PveEngine, PveHttpError } from '../activities/proxmox.js';
+import { bootDiskKey, diskSizeBytes } from '../common/pve-disks.js';
 import { collectArtifacts, parseMachineLine, stepOf } from '../activities/packer.js';
 import { activityFailure } from './harness/failures.js';
 import { startFakePveLab, type FakePveLab } from './harness/fakepve.js';
@@ -104,6 +106,98 @@ describe('Proxmox activities on fakepve', () => {
     const bad = await activityFailure(pve.pveSetConfig({ ...at, vmid: 250, config: { tags: ['Not A Tag'] } }));
     expect(bad.type).toBe('ValidationError');
     expect(await pve.pveGetVm({ ...at, vmid: 4242 })).toBeNull();
+  });
+
+  it('grows a disk to an absolute size once, and never asks PVE to shrink one', async () => {
+    const ref = { ...at, vmid: 250 };
+    const resizes = async (): Promise<number> =>
+      (await lab.fake.control<Array<{ method: string; path: string }>>({ op: 'requests' })).filter(
+        (r) => r.method === 'PUT' && r.path.endsWith('/qemu/250/resize'),
+      ).length;
+    const config = async (): Promise<Record<string, string | number>> => (await pve.pveGetVm(ref))!.config;
+    expect(bootDiskKey(await config())).toBe('scsi0');
+    expect(diskSizeBytes((await config()).scsi0)).toBe(4 * 1024 ** 3);
+
+    const grown = await pve.pveResizeDisk({ ...ref, disk: 'scsi0', sizeGiB: 16, guard: { name: 'clone-a' } });
+    expect(grown).toMatchObject({ resized: true, from: '4G', to: '16G' });
+    // PVE 8 answers with the resize task's UPID (fakepve_serve does, too).
+    expect(grown.upid).toMatch(/^UPID:pve1:.*:resize:/);
+    expect(await pve.pveWaitForTask({ host: 'pve1', upid: grown.upid! })).toMatchObject({ ok: true });
+    expect(String((await config()).scsi0)).toMatch(/(^|,)size=16G(,|$)/);
+    expect(await resizes()).toBe(1);
+
+    // The same size again: nothing asked of PVE.
+    expect(await pve.pveResizeDisk({ ...ref, disk: 'scsi0', sizeGiB: 16 })).toEqual({
+      upid: null,
+      note: 'scsi0 of VM 250 is already 16G',
+      resized: false,
+      from: '16G',
+      to: '16G',
+    });
+    // Smaller: PVE refuses to shrink, so it is not asked; the disk keeps its size.
+    const smaller = await pve.pveResizeDisk({ ...ref, disk: 'scsi0', sizeGiB: 8 });
+    expect(smaller).toMatchObject({ upid: null, resized: false, from: '16G', to: '8G' });
+    expect(smaller.note).toMatch(/larger than 8G; PVE does not shrink disks/);
+    expect(await resizes()).toBe(1);
+    expect(String((await config()).scsi0)).toMatch(/size=16G/);
+
+    // PVE's own refusal (the disk grew in between) is left as it is, not retried or failed.
+    const direct = await lab.fake
+      .api('PUT', '/nodes/pve1/qemu/250/resize', { disk: 'scsi0', size: '8G' })
+      .catch((e: unknown) => e);
+    expect(String(direct)).toMatch(/shrinking disks is not supported/);
+    await lab.fake.control({
+      op: 'fail',
+      method: 'PUT',
+      suffix: '/resize',
+      status: 500,
+      message: 'shrinking disks is not supported',
+      times: 1,
+    });
+    const raced = await pve.pveResizeDisk({ ...ref, disk: 'scsi0', sizeGiB: 32 });
+    expect(raced).toMatchObject({ upid: null, resized: false });
+    expect(raced.note).toMatch(/PVE refuses: shrinking disks is not supported/);
+
+    // A disk the VM does not have, another VM's name, a key that is no disk: refused.
+    expect((await activityFailure(pve.pveResizeDisk({ ...ref, disk: 'scsi5', sizeGiB: 32 }))).type).toBe(
+      'NotFoundError',
+    );
+    expect(
+      (await activityFailure(pve.pveResizeDisk({ ...ref, disk: 'scsi0', sizeGiB: 32, guard: { name: 'x' } }))).type,
+    ).toBe('ConflictError');
+    expect((await activityFailure(pve.pveResizeDisk({ ...ref, disk: 'net0', sizeGiB: 32 }))).type).toBe(
+      'ValidationError',
+    );
+  });
+
+  it('older PVE resizes synchronously (no UPID): the disk counts as grown', async () => {
+    const puts: Array<{ path: string; params: unknown }> = [];
+    const engine = {
+      doRequest(method: string, path: string, _t: string, params?: Record<string, unknown>): Promise<unknown> {
+        if (method.toUpperCase() === 'PUT') {
+          puts.push({ path, params });
+          return Promise.resolve(null);
+        }
+        if (path.endsWith('/config')) {
+          return Promise.resolve({ name: 'old', boot: 'order=virtio0;net0', virtio0: 'local:300/d.qcow2,size=10G' });
+        }
+        return Promise.resolve({ status: 'stopped', name: 'old' });
+      },
+    };
+    const old = createProxmoxActivities({
+      clientFor: (host) => Promise.resolve({ host, api: proxmoxApi(engine) }),
+      nodesOf: () => ['pve1'],
+    });
+    expect(await old.pveResizeDisk({ ...at, vmid: 300, disk: 'virtio0', sizeGiB: 20 })).toEqual({
+      upid: null,
+      note: 'virtio0 of VM 300 grown from 10G to 20G',
+      resized: true,
+      from: '10G',
+      to: '20G',
+    });
+    expect(puts).toEqual([{ path: '/api2/json/nodes/pve1/qemu/300/resize', params: { disk: 'virtio0', size: '20G' } }]);
+    expect(bootDiskKey({ boot: 'order=virtio0;net0', virtio0: 'x', scsi0: 'y' })).toBe('virtio0');
+    expect(bootDiskKey({ ide2: 'local:iso/t.iso,media=cdrom', sata1: 'a,size=1G', scsi0: 'b' })).toBe('sata1');
   });
 
   it("a locked VM is retryable with PVE's reason; the same call succeeds once the lock is gone", async () => {

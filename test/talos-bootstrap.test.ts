@@ -150,6 +150,9 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     for (const vmid of [201, 202, 203, 221]) expect(vms.get(vmid)?.status).toBe('running');
     expect(vms.get(202)?.node).toBe('pve2');
     expect(String(vms.get(221)?.config.net0)).toMatch(/BC:24:11:00:02:21.*bridge=vmbr0.*tag=80/i);
+    // Boot disks grown from the template's 8G to the inventory's diskGiB.
+    for (const vmid of [201, 202, 203]) expect(String(vms.get(vmid)?.config.scsi0)).toMatch(/(^|,)size=64G(,|$)/);
+    expect(String(vms.get(221)?.config.scsi0)).toMatch(/(^|,)size=32G(,|$)/);
     expect(vms.has(211)).toBe(false);
 
     // Kubernetes (the real API server) has every node Ready, the Pi as arm64.

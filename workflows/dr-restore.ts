@@ -17,8 +17,11 @@
  *        PVC (copyMethod Direct).
  *      - VM: the newest archive restored to a VMID: a drill to a free VMID of the drill range,
  *        with every NIC's link down (isolated); a restore replaces the VM at its own VMID.
- *      - etcd: a restore recovers through Talos (`talosctl bootstrap --recover-from`); a drill
- *        checks the snapshot's integrity (a scratch cluster is out of its scope).
+ *      - etcd: a restore recovers through Talos (`talosctl bootstrap --recover-from`) on the
+ *        cluster's control plane; a drill recovers on a scratch control plane: a VM cloned from
+ *        the cluster's template into the drill range, NIC isolated, with the cluster's secrets
+ *        (a scratch cluster of its own, discovery off), and checks that its etcd comes up with the
+ *        snapshot's data (revision at least the snapshot's).
  *   6. Verify: a Job checks the PVC's sentinel checksum and size; the VM boots and its guest
  *      agent answers; an undersized or empty result is refused.
  *   7. A drill always cleans up what it created (also on failure and cancellation).
@@ -32,10 +35,13 @@ import type { createProxmoxActivities, TaskOutcome } from '../activities/proxmox
 import type { createTalosActivities } from '../activities/talos.js';
 import { apiCall, oneShot, waitFor } from '../common/activity-options.js';
 import {
+  DRILL_CONTROL_PLANE_PATCH,
   DR_LABELS,
   approveSignal,
   drRestoreInputSchema,
   drStatusQuery,
+  drillEtcdName,
+  drillMac,
   drillNamespace,
   drillVmName,
   dnsLabel,
@@ -66,7 +72,15 @@ import { ProgressTracker } from '../common/progress.js';
 import { runPveTask } from '../common/pve-tasks.js';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
 import type { SecretRef } from '../common/secret-ref.js';
-import { parseInventory, planCluster, talosStore } from '../common/talos.js';
+import {
+  networkOf,
+  nodeConfigRequest,
+  parseInventory,
+  planCluster,
+  talosStore,
+  templateFor,
+  type NodePlan,
+} from '../common/talos.js';
 import { parseInput } from '../common/validation.js';
 import type { Inventory } from '../hardware/schema.js';
 
@@ -80,6 +94,7 @@ const pve = wf.proxyActivities<Pve>(apiCall);
 const pveWait = wf.proxyActivities<Pve>(waitFor);
 const talos = wf.proxyActivities<Talos>(apiCall);
 const talosOnce = wf.proxyActivities<Talos>(oneShot);
+const talosWait = wf.proxyActivities<Talos>(waitFor);
 const files = wf.proxyActivities<DrReportActivities>(apiCall);
 
 export const DR_RESTORE_STEPS = [
@@ -117,7 +132,9 @@ type Checked =
 /** Something a drill made, removed again at the end. */
 type Made =
   | { kind: 'k8s'; apiVersion: string; k8sKind: string; namespace?: string; name: string }
-  | { kind: 'vm'; host: string; node: string; vmid: number; name: string };
+  | { kind: 'vm'; host: string; node: string; vmid: number; name: string }
+  /** A scratch cluster's Talos material in the secret store (`talos/<drill-...>/`). */
+  | { kind: 'talos'; cluster: string };
 
 export async function drRestore(raw: unknown): Promise<DrReport> {
   const input = parseInput(drRestoreInputSchema, raw, 'dr-restore input');
@@ -162,13 +179,17 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     () => `${input.mode} of ${input.targets.length} target(s): ${input.targets.map(targetLabel).join(', ')}`,
   );
 
+  // An etcd drill recovers the snapshot on a scratch control plane (issue 7); runs started before
+  // that only checked the snapshot, and replay the same way.
+  const scratchEtcd = drill && input.targets.some((t) => t.kind === 'etcd') && wf.patched('etcd-drill-recover');
+
   // 2. backups: all targets checked, every problem named, before anything is touched.
   const checked = await progress
     .run(
       'check backups',
       async () => {
         const results = await Promise.all(
-          input.targets.map((t) => checkBackup(t, input, kubeconfig, talosconfig, inventory)),
+          input.targets.map((t) => checkBackup(t, input, kubeconfig, talosconfig, inventory, scratchEtcd)),
         );
         const problems = results.filter((r): r is { problem: string } => 'problem' in r).map((r) => r.problem);
         if (problems.length > 0) {
@@ -195,9 +216,9 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
   const drillVmids = new Map<number, number>();
   if (drill) {
     for (const [i, c] of checked.entries()) {
-      if (c.target.kind !== 'vm') continue;
+      if (c.target.kind !== 'vm' && !(c.target.kind === 'etcd' && scratchEtcd)) continue;
       const vmid = await pve.pveNextFreeVmid({
-        host: c.target.host,
+        host: c.target.kind === 'vm' ? c.target.host : planCluster(inventory!, c.target.cluster).template.host,
         range: inventory!.proxmox.vmidRanges.drills,
         exclude: [...drillVmids.values()],
       });
@@ -205,7 +226,15 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     }
   }
   const namespace = drillNamespace(input.plan);
-  const items: PlanItem[] = checked.map((c, i) => planItem(c, drill, namespace, drillVmids.get(i)));
+  const items: PlanItem[] = checked.map((c, i) =>
+    planItem(
+      c,
+      drill,
+      namespace,
+      drillVmids.get(i),
+      scratchEtcd ? { plan: input.plan, inventory: inventory! } : undefined,
+    ),
+  );
   plan = { plan: input.plan, mode: input.mode, digest: planDigest(items), items, computedAt: new Date().toISOString() };
   progress.done('plan', `digest ${plan.digest}: ${items.map((i) => `${i.target} -> ${i.into}`).join('; ')}`);
 
@@ -341,7 +370,9 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
         step,
       ));
     } else {
-      ({ verification, restoredBytes } = await restoreEtcd(c as Extract<Checked, { target: { kind: 'etcd' } }>, step));
+      const e = c as Extract<Checked, { target: { kind: 'etcd' } }>;
+      ({ verification, restoredBytes } =
+        drill && scratchEtcd ? await restoreEtcdScratch(e, index, step) : await restoreEtcd(e, step));
     }
     step(`verified: ${verification}`);
     return {
@@ -643,8 +674,8 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     step: (d: string) => void,
   ): Promise<{ verification: string; restoredBytes?: number }> {
     // The snapshot was checked before the approval (bbolt, appended sha256): what talosctl and
-    // etcd check on a recovery. A drill stops there: recovering needs a control plane with an
-    // empty etcd, which a lab has no spare of (docs/dr-restore.md).
+    // etcd check on a recovery. A drill started before `etcd-drill-recover` stopped there (its
+    // replay does); newer drills recover on a scratch control plane (restoreEtcdScratch).
     if (drill) {
       return {
         verification: `snapshot intact: ${c.integrity} (not recovered in a drill)`,
@@ -688,9 +719,186 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     };
   }
 
+  /**
+   * An etcd drill: the snapshot recovered on a scratch control plane, a one-node cluster of its
+   * own with the cluster's secrets (so the recovered data is readable as the cluster's), in a VM
+   * cloned from the cluster's template into the drill range, its NIC isolated. What a restore
+   * does, on scratch: the VM and the scratch Talos material are removed by the cleanup.
+   */
+  async function restoreEtcdScratch(
+    c: Extract<Checked, { target: { kind: 'etcd' } }>,
+    index: number,
+    step: (d: string) => void,
+  ): Promise<{ verification: string; restoredBytes?: number }> {
+    const t = c.target;
+    const cp = planCluster(inventory!, t.cluster);
+    const name = drillEtcdName(input.plan, t.cluster);
+    const ip = t.drill!.ip;
+    const vmid = drillVmids.get(index)!;
+    const host = cp.template.host;
+    const ref = { host, node: cp.template.node, vmid };
+    const wait = (upid: string): Promise<TaskOutcome> => pveWait.pveWaitForTask({ host, upid });
+    const like = cp.controlPlane.find((n) => n.vm)?.vm;
+    const mac = drillMac(name);
+    const nic = t.drill!.net
+      ? `virtio=${mac.toUpperCase()},${t.drill!.net}`
+      : isolatedNet(`virtio=${mac.toUpperCase()},bridge=${like?.bridge ?? 'vmbr0'}`);
+    const endpoint = `https://${ip}:6443`;
+    const scratchTc: SecretRef = { store: talosStore.talosconfig(name) };
+    const bootSeconds = input.agentTimeoutSeconds;
+
+    // The scratch cluster's Talos material: the cluster's secrets, a talosconfig and a control
+    // plane config for the scratch endpoint (no discovery: it carries the cluster's identity).
+    step(`scratch cluster ${name} with the secrets of ${t.cluster}`);
+    made.push({ kind: 'talos', cluster: name });
+    await talos.talosCopyClusterSecrets({ from: t.cluster, to: name });
+    await talos.talosEnsureSecrets({ cluster: name, endpoint });
+    const vlan = networkOf(ip, inventory!.proxmox.vlans);
+    const node: NodePlan = {
+      name,
+      role: 'controlplane',
+      ip,
+      prefix: vlan.prefix,
+      gateway: vlan.gateway,
+      kind: 'vm',
+      arch: 'amd64',
+      installDisk: cp.controlPlane[0]!.installDisk,
+      labels: {},
+      taints: [],
+      vm: {
+        host,
+        node: ref.node,
+        vmid,
+        mac,
+        cores: like?.cores ?? 2,
+        memoryMiB: like?.memoryMiB ?? 4096,
+        diskGiB: like?.diskGiB ?? 20,
+        storage: like?.storage ?? inventory!.templates.find((x) => x.name === cp.template.name)?.storage ?? 'local-lvm',
+        bridge: like?.bridge ?? 'vmbr0',
+      },
+    };
+    const config = await talos.talosGenNodeConfig(
+      nodeConfigRequest({ ...cp, name, endpoint, patches: [...cp.patches, DRILL_CONTROL_PLANE_PATCH] }, node),
+    );
+
+    // The VM: a full clone of the cluster's template, isolated, not started on boot.
+    const templates = await pve.pveListTemplates({ host });
+    const template = templateFor(templates, cp.template.name, ref.node);
+    if (!template) {
+      throw nonRetryable(
+        'precondition',
+        `template ${cp.template.name} (clusters.${t.cluster}.template) is not on Proxmox host ${host}`,
+      );
+    }
+    step(`cloning ${cp.template.name} to VM ${vmid} (${name})`);
+    made.push({ kind: 'vm', host, node: ref.node, vmid, name });
+    await runPveTask(
+      `clone VM ${vmid} (${name})`,
+      () =>
+        pve.pveClone({
+          host,
+          node: template.node,
+          vmid: template.vmid,
+          newid: vmid,
+          name,
+          full: true,
+          storage: node.vm!.storage,
+          ...(template.node !== ref.node ? { target: ref.node } : {}),
+        }),
+      wait,
+    );
+    await pve.pveSetConfig({
+      ...ref,
+      guard: { name },
+      config: {
+        net: { 0: nic },
+        cores: node.vm!.cores,
+        memoryMiB: node.vm!.memoryMiB,
+        onboot: false,
+        tags: ['labwright', 'dr-drill'],
+        description: `labwright DR drill ${input.plan} (${info.workflowId}): scratch control plane recovering etcd of ${t.cluster}; removed when the drill ends`,
+      },
+    });
+    step(`starting VM ${vmid} (${name}, ${ip}; NIC ${nic})`);
+    await runPveTask(`start VM ${vmid}`, () => pve.pveStart(ref), wait, { okReasons: ['already-running'] });
+
+    // Talos: maintenance mode, the config, the install and reboot.
+    const boot = async (what: string, body: () => Promise<unknown>): Promise<void> => {
+      try {
+        await body();
+      } catch (err) {
+        if (wf.isCancellation(err)) throw err;
+        throw nonRetryable('precondition', `scratch control plane ${name} (${ip}) ${what}: ${causeMessage(err)}`);
+      }
+    };
+    step(`waiting for Talos on ${ip} (maintenance mode)`);
+    await boot('did not come up in maintenance mode', () =>
+      talosWait.talosWaitForApi({ address: ip, timeoutSeconds: bootSeconds }),
+    );
+    step(`applying the scratch control plane config to ${ip}`);
+    await talos.talosApplyConfig({ address: ip, config: config.config, insecure: true, talosconfig: scratchTc });
+    await boot('did not reach stage running', () =>
+      talosWait.talosWaitForApi({ address: ip, talosconfig: scratchTc, timeoutSeconds: bootSeconds, stage: 'running' }),
+    );
+
+    // The recovery, as a restore does it, then a durable wait for etcd to start from it.
+    step(`talosctl bootstrap --recover-from=${c.snapshot} on ${ip}`);
+    const recovered = await talosOnce.talosRecoverEtcd({
+      address: ip,
+      talosconfig: scratchTc,
+      snapshot: c.snapshot,
+      ...(t.skipHashCheck ? { skipHashCheck: true } : {}),
+    });
+    const deadline = Date.now() + input.etcdTimeoutSeconds * 1000;
+    let members: string[] = [];
+    for (;;) {
+      const m = await talos.talosEtcdMembers({ address: ip, talosconfig: scratchTc });
+      members = m.members.map((x) => x.hostname);
+      if (members.length > 0) break;
+      if (Date.now() >= deadline) {
+        throw nonRetryable(
+          'precondition',
+          `etcd on the scratch control plane ${name} (${ip}) has no member ${formatDuration(input.etcdTimeoutSeconds * 1000)} after the recovery from ${c.snapshot}` +
+            `${m.warning ? ` (${lastLine(m.warning)})` : ''}: the snapshot does not recover (etcd refused it; talosctl logs etcd tells why)`,
+        );
+      }
+      step(`waiting for etcd on ${ip} to start from the snapshot`);
+      await wf.sleep(input.pollSeconds * 1000);
+    }
+    if (!members.includes(name)) {
+      throw nonRetryable(
+        'precondition',
+        `etcd on the scratch control plane ${name} lists member(s) ${members.join(', ')}, not ${name}: not the recovered etcd`,
+      );
+    }
+
+    // Verify: the recovered etcd serves the snapshot's data (its revision at least the snapshot's).
+    const now = await talos.talosEtcdSnapshotStatus({ address: ip, talosconfig: scratchTc });
+    const s = recovered.snapshot;
+    if (s && now.revision < s.revision) {
+      throw nonRetryable(
+        'precondition',
+        `etcd on the scratch control plane ${name} is at revision ${now.revision}, behind the snapshot's ${s.revision}: not recovered from it`,
+      );
+    }
+    const from = s
+      ? `snapshot hash ${s.hash}, revision ${s.revision}, ${s.totalKeys} keys`
+      : `${c.snapshot} (by an earlier attempt)`;
+    return {
+      verification:
+        `etcd recovered on scratch control plane ${name} (VM ${vmid}, ${ip}) from ${from}; ` +
+        `member ${name}; it serves revision ${now.revision}, ${now.totalKeys} keys`,
+      restoredBytes: c.backup.size,
+    };
+  }
+
   /** Removes one thing a drill made; returns what happened, `LEFT ...` when it could not. */
   async function remove(m: Made): Promise<string> {
     try {
+      if (m.kind === 'talos') {
+        const r = await talos.talosForgetScratchCluster({ cluster: m.cluster });
+        return `Talos secrets and configs ${r.removed}`;
+      }
       if (m.kind === 'k8s') {
         const r = await kube.k8sDeleteObject({
           kubeconfig,
@@ -710,7 +918,12 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
       await runPveTask(`delete VM ${m.vmid}`, () => pve.pveDelete({ ...ref, guard: { name: m.name } }), wait);
       return `VM ${m.vmid} (${m.name})`;
     } catch (err) {
-      const what = m.kind === 'vm' ? `VM ${m.vmid}` : `${m.k8sKind} ${m.namespace ?? ''}/${m.name}`;
+      const what =
+        m.kind === 'vm'
+          ? `VM ${m.vmid}`
+          : m.kind === 'talos'
+            ? `Talos secrets talos/${m.cluster}`
+            : `${m.k8sKind} ${m.namespace ?? ''}/${m.name}`;
       return `LEFT ${what}: ${causeMessage(err)}`;
     }
   }
@@ -745,6 +958,15 @@ function assertSize(what: string, bytes: number | undefined, min: number): void 
   }
 }
 
+/** The last non-empty line of talosctl's warning (the node's error, after `WARNING: 1 error occurred:`). */
+function lastLine(text: string): string {
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim().replace(/^\*\s*/, ''))
+    .filter(Boolean);
+  return lines.at(-1) ?? '';
+}
+
 /** The innermost message of an activity failure (`ActivityFailure` wraps the activity's own). */
 function causeMessage(err: unknown): string {
   let e = err as { message?: string; cause?: unknown } | undefined;
@@ -760,6 +982,7 @@ async function checkBackup(
   kubeconfig: SecretRef,
   talosconfig: SecretRef,
   inventory: Inventory | undefined,
+  scratchEtcd = false,
 ): Promise<Checked | { problem: string }> {
   const now = Date.now();
   const label = targetLabel(t);
@@ -859,6 +1082,20 @@ async function checkBackup(
   const integrity = await files.drCheckEtcdSnapshot({ path: snap.path, skipHashCheck: t.skipHashCheck });
   if (!integrity.ok) return { problem: `${label}: etcd snapshot ${snap.path}: ${integrity.detail}` };
   let address: string | undefined;
+  if (input.mode === 'drill' && scratchEtcd) {
+    // The scratch control plane: an address of its own, outside the cluster.
+    if (!t.drill) {
+      return {
+        problem: `${label}: a drill recovers the snapshot on a scratch control plane: give the target drill.ip (its address; drill.net its isolated network)`,
+      };
+    }
+    const cluster = planCluster(inventory!, t.cluster);
+    const taken = [...cluster.controlPlane, ...cluster.workers].find((n) => n.ip === t.drill!.ip);
+    if (taken)
+      return {
+        problem: `${label}: drill.ip ${t.drill.ip} is ${taken.name}'s address: the scratch control plane needs its own`,
+      };
+  }
   if (input.mode === 'restore') {
     const cluster = planCluster(inventory!, t.cluster);
     const node = t.node ? cluster.controlPlane.find((n) => n.name === t.node) : cluster.controlPlane[0];
@@ -889,7 +1126,13 @@ async function checkBackup(
   };
 }
 
-function planItem(c: Checked, drill: boolean, namespace: string, drillVmid: number | undefined): PlanItem {
+function planItem(
+  c: Checked,
+  drill: boolean,
+  namespace: string,
+  drillVmid: number | undefined,
+  scratch?: { plan: string; inventory: Inventory },
+): PlanItem {
   const base = { target: targetLabel(c.target), kind: c.target.kind, backup: c.backup };
   const t = c.target;
   if (t.kind === 'pvc') {
@@ -914,6 +1157,13 @@ function planItem(c: Checked, drill: boolean, namespace: string, drillVmid: numb
             : `nothing (VM ${t.vmid} is absent)`,
           into: `VM ${t.vmid} on ${t.host}/${t.node}`,
         };
+  }
+  if (drill && scratch) {
+    const tpl = planCluster(scratch.inventory, t.cluster).template;
+    return {
+      ...base,
+      into: `scratch control plane ${drillEtcdName(scratch.plan, t.cluster)} (VM ${drillVmid} on ${tpl.host}/${tpl.node}, ${t.drill?.ip}, ${t.drill?.net ? `network ${t.drill.net}` : 'network isolated'}), with the secrets of ${t.cluster}`,
+    };
   }
   return drill
     ? { ...base, into: 'nowhere: the snapshot is checked, not recovered' }

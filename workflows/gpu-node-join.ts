@@ -8,7 +8,8 @@
  *      holds only its own functions (or a resource mapping covers it), no other VM has it.
  *   3. The cluster's secrets must exist (talos-bootstrap made them); generate and validate the GPU
  *      worker's machine config (NVIDIA modules, nvidia runtime, labels, taints).
- *   4. Clone the VM (q35, OVMF, hostpci with pcie) and start it.
+ *   4. Clone the VM (q35, OVMF, hostpci with pcie, an EFI disk, the boot disk grown to the
+ *      inventory's size) and start it.
  *   5. Wait for maintenance mode, apply the config, wait for it to run.
  *   6. Wait for the Node Ready; label and taint it as the inventory says.
  *   7. Wait for allocatable nvidia.com/gpu (the device plugin); run a smoke Job asking for one GPU.
@@ -22,6 +23,7 @@ import type { createProxmoxActivities } from '../activities/proxmox.js';
 import type { createTalosActivities } from '../activities/talos.js';
 import { apiCall, waitFor } from '../common/activity-options.js';
 import {
+  efiDisk,
   gpuNodeJoinInputSchema,
   gpuProblems,
   smokeJob,
@@ -142,7 +144,14 @@ export async function gpuNodeJoin(raw: unknown): Promise<GpuNodeJoinResult> {
           );
         }
         const templates = new Map(t ? [[node.name, { vmid: t.vmid, node: t.node }]] : []);
-        await ensureVm(plan, node, templates, changes);
+        const current = await ensureVm(plan, node, templates, changes);
+        // An OVMF VM keeps its EFI variables (boot entries) only on an EFI disk. Histories
+        // recorded before it was added replay without it.
+        if (wf.patched('disk-size') && current && current.config.efidisk0 === undefined) {
+          const efidisk0 = efiDisk(vm.storage);
+          await pve.pveSetConfig({ ...ref, config: { disks: { efidisk0 } }, guard: { name: node.name } });
+          changes.push(`added efidisk0 to VM ${vm.vmid} (${efidisk0})`);
+        }
       },
       () => `VM ${vm.vmid}: q35, OVMF, hostpci0 ${vmConfigFor(node, plan.name).hostpci?.[0] ?? ''}`,
     );

@@ -5,7 +5,8 @@
  *
  *   1. Validate the inventory and the cluster's part of it.
  *   2. Clone every VM node from the cluster's template and configure it (CPU, memory, NIC with
- *      MAC and VLAN), in parallel; a VM that exists with the same name is kept.
+ *      MAC and VLAN), in parallel; a VM that exists with the same name is kept. Grow its boot
+ *      disk to the inventory's diskGiB (never shrunk: PVE refuses).
  *   3. Start the VMs.
  *   4. Wait for each node's Talos API in maintenance mode (metal nodes, e.g. the Raspberry Pi,
  *      are booted by hand from their image and waited for at their address).
@@ -28,6 +29,7 @@ import type { createTalosActivities } from '../activities/talos.js';
 import { apiCall, oneShot, waitFor, withHeartbeat } from '../common/activity-options.js';
 import { nonRetryable } from '../common/errors.js';
 import { ProgressTracker } from '../common/progress.js';
+import { bootDiskKey, diskSizeBytes, formatSize } from '../common/pve-disks.js';
 import { runPveTask } from '../common/pve-tasks.js';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
 import {
@@ -298,13 +300,18 @@ async function templatesByHost(
   return out;
 }
 
-/** Clones the node's VM unless it exists with its name, then sets whatever config differs. */
+/**
+ * Clones the node's VM unless it exists with its name, sets whatever config differs and grows its
+ * boot disk to the inventory's size. Returns the VM as it was before the config was set.
+ */
 export async function ensureVm(
   plan: ClusterPlan,
   n: NodePlan,
   templates: Map<string, { vmid: number; node: string }>,
   changes: string[],
-): Promise<void> {
+): Promise<VmDetails | null> {
+  // Histories recorded before disk sizes were applied replay without the resize.
+  const sizeDisks = wf.patched('disk-size');
   const vm = n.vm!;
   const ref = { host: vm.host, node: vm.node, vmid: vm.vmid };
   let current = await pve.pveGetVm(ref);
@@ -339,6 +346,41 @@ export async function ensureVm(
   if (diff.length > 0) {
     await pve.pveSetConfig({ ...ref, config: desired, guard: { name: n.name } });
     changes.push(`configured VM ${vm.vmid} (${n.name}): ${diff.join(', ')}`);
+  }
+  if (sizeDisks) await growBootDisk(n, current, changes);
+  return current;
+}
+
+/**
+ * Grows the VM's boot disk to the inventory's `diskGiB`; no call when it is that size already. A
+ * larger disk is kept (PVE does not shrink), and a VM without a disk has nothing to grow.
+ */
+async function growBootDisk(n: NodePlan, current: VmDetails | null, changes: string[]): Promise<void> {
+  const vm = n.vm!;
+  const disk = current ? bootDiskKey(current.config) : undefined;
+  if (!current || !disk) return;
+  const have = diskSizeBytes(current.config[disk]);
+  if (have !== undefined && have >= vm.diskGiB * 1024 ** 3) return;
+  let resized = false;
+  await runPveTask(
+    `resize ${disk} of VM ${vm.vmid} (${n.name}) to ${vm.diskGiB}G`,
+    async () => {
+      const r = await pve.pveResizeDisk({
+        host: vm.host,
+        node: vm.node,
+        vmid: vm.vmid,
+        disk,
+        sizeGiB: vm.diskGiB,
+        guard: { name: n.name },
+      });
+      resized ||= r.resized;
+      return r;
+    },
+    (upid) => pveWait.pveWaitForTask({ host: vm.host, upid }),
+  );
+  if (resized) {
+    const from = have === undefined ? '' : ` from ${formatSize(have)}`;
+    changes.push(`grew ${disk} of VM ${vm.vmid} (${n.name})${from} to ${vm.diskGiB}G`);
   }
 }
 

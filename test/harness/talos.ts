@@ -16,7 +16,13 @@ import { projectRoot } from '../../lib/paths.js';
 import { ensureTool } from '../../lib/processes.js';
 import { SecretStore } from '../../lib/secrets.js';
 import { startFakePve, type FakePve } from '../../sim/proxmox.js';
-import { loopbackFor, pveVmLister, startTalosStandin, type TalosStandin } from '../../sim/talos-standin.js';
+import {
+  loopbackFor,
+  pveVmLister,
+  startTalosStandin,
+  type StandinNodeSpec,
+  type TalosStandin,
+} from '../../sim/talos-standin.js';
 import { startKube, type KubeHandle } from './kube.js';
 
 export type Draft = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -38,6 +44,11 @@ export interface TalosLab {
 export interface TalosLabOptions {
   /** Edits the example inventory's `home` cluster before anything starts. */
   cluster?: (home: Draft, inventory: Draft) => void;
+  /**
+   * (issue 7) Scratch control planes outside the inventory (a DR drill's), each a one-node cluster
+   * of its own on the stand-in, behind a PVE VM; their addresses are mapped to loopback too.
+   */
+  scratchNodes?: Array<{ name: string; ip: string; node: string; vmid: number }>;
 }
 
 /** PCI devices as a PVE host lists them, for the example lab's GPUs (and an audio function). */
@@ -134,14 +145,27 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
     stops.push(() => kube.stop());
 
     const home = inventory.clusters.home as Draft;
-    const nodes = [...(home.controlPlane as Draft[]), ...((home.workers as Draft[]) ?? [])].map((n) => ({
-      name: n.name as string,
-      ip: n.ip as string,
-      address: loopbackFor(n.ip as string),
-      kind: n.kind as 'vm' | 'metal',
-      arch: (n.arch ?? 'amd64') as 'amd64' | 'arm64',
-      ...(n.kind === 'vm' ? { vm: { node: n.node as string, vmid: n.vmid as number } } : {}),
-    }));
+    const nodes: StandinNodeSpec[] = [...(home.controlPlane as Draft[]), ...((home.workers as Draft[]) ?? [])].map(
+      (n) => ({
+        name: n.name as string,
+        ip: n.ip as string,
+        address: loopbackFor(n.ip as string),
+        kind: n.kind as 'vm' | 'metal',
+        arch: (n.arch ?? 'amd64') as 'amd64' | 'arm64',
+        ...(n.kind === 'vm' ? { vm: { node: n.node as string, vmid: n.vmid as number } } : {}),
+      }),
+    );
+    for (const s of opts.scratchNodes ?? []) {
+      nodes.push({
+        name: s.name,
+        ip: s.ip,
+        address: loopbackFor(s.ip),
+        kind: 'vm',
+        arch: 'amd64',
+        vm: { node: s.node, vmid: s.vmid },
+        scratch: true,
+      });
+    }
     const standin = await startTalosStandin({
       dir: path.join(dir, 'talos'),
       nodes,
