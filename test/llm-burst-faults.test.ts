@@ -303,29 +303,33 @@ describe('llmBurst under faults', () => {
       // the StartInstances that EC2 applies after the workflow gave up is caught by reconciliation.
       await h.signal(shutdownNowSignal, 'again');
       await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
-      const startDelayMs = 4000;
+      const startDelayMs = 3000;
       lab.peers.faults.add({ action: 'StartInstances', fault: { kind: 'delay', ms: startDelayMs } });
-      const startSentAt = Date.now();
       const waiting = acquire(taskQueue, input).catch((e: unknown) => e);
       await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 50 }).toBe('starting');
       await h.signal(shutdownNowSignal, 'while starting');
       const failed = await waiting;
       expect(failed).toBeInstanceOf(WorkflowUpdateFailedError);
       expect((failed as Error & { cause: Error }).cause.message).toContain('shutdownNow: while starting');
-      await expect.poll(async () => (await status(h)).state, { timeout: 10_000, interval: 100 }).toBe('stopped');
-      const stoppedBeforeStartLanded = Date.now() - startSentAt < startDelayMs;
-      await sleep(Math.max(0, startSentAt + startDelayMs + 500 - Date.now())); // the delayed StartInstances lands
+      // Wait until the delayed StartInstances has reached EC2 and been answered.
+      const delayedStart = lab.peers.faults.calls
+        .filter((c) => c.action === 'StartInstances' && c.fault === 'delay')
+        .at(-1)!;
+      await expect.poll(() => delayedStart.status, { timeout: 15_000, interval: 100 }).toBeDefined();
       await expect.poll(() => states(pool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
       await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
       const events = (await status(h)).events.map((e) => e.what).join('\n');
       expect(events).toContain('start cancelled: shutdownNow: while starting');
-      if (stoppedBeforeStartLanded) {
+      // Which came first at EC2 decides who stops the instance; both orders end stopped.
+      const shutdownStop = lab.peers.faults.calls.find(
+        (c) => c.action === 'StopInstances' && c.startedAt > delayedStart.startedAt,
+      )!;
+      const startAppliedAt = delayedStart.startedAt + startDelayMs;
+      if (shutdownStop.endedAt < startAppliedAt) {
         // The stop found nothing running; the start EC2 applied afterwards is reconciliation's to catch.
-        await expect
-          .poll(async () => (await status(h)).events.map((e) => e.what).join('\n'), { timeout: 10_000, interval: 200 })
-          .toMatch(/reconcile: i-\w+ found (running|pending) though labwright had it stopped/);
+        expect(events).toMatch(/reconcile: i-\w+ found (running|pending) though labwright had it stopped/);
       } else {
-        // On a loaded machine the stop may come after the start landed: then it stopped it itself.
+        // The start landed first (a loaded machine): the shutdown's own stop stopped it.
         expect(events).toMatch(/stopped i-\w+: shutdownNow: while starting/);
       }
       await h.terminate('test over');
