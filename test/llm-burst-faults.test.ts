@@ -306,15 +306,17 @@ describe('llmBurst under faults', () => {
       const startDelayMs = 3000;
       lab.peers.faults.add({ action: 'StartInstances', fault: { kind: 'delay', ms: startDelayMs } });
       const waiting = acquire(taskQueue, input).catch((e: unknown) => e);
-      await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 50 }).toBe('starting');
+      // shutdownNow once the StartInstances is on its way to EC2 (held by the proxy).
+      const delayedStartCall = () =>
+        lab.peers.faults.calls.filter((c) => c.action === 'StartInstances' && c.fault === 'delay').at(-1);
+      await expect.poll(delayedStartCall, { timeout: 10_000, interval: 50 }).toBeDefined();
+      const delayedStart = delayedStartCall()!;
+      expect((await status(h)).state).toBe('starting');
       await h.signal(shutdownNowSignal, 'while starting');
       const failed = await waiting;
       expect(failed).toBeInstanceOf(WorkflowUpdateFailedError);
       expect((failed as Error & { cause: Error }).cause.message).toContain('shutdownNow: while starting');
       // Wait until the delayed StartInstances has reached EC2 and been answered.
-      const delayedStart = lab.peers.faults.calls
-        .filter((c) => c.action === 'StartInstances' && c.fault === 'delay')
-        .at(-1)!;
       await expect.poll(() => delayedStart.status, { timeout: 15_000, interval: 100 }).toBeDefined();
       await expect.poll(() => states(pool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
       await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
