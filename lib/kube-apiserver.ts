@@ -14,7 +14,7 @@
  * deleted stays Terminating, nothing garbage-collects owned objects, and no
  * "default" ServiceAccount is made in new namespaces.
  */
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as https from 'node:https';
@@ -22,11 +22,9 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
 import { parseAllDocuments } from 'yaml';
 import { projectRoot } from './paths.js';
-
-const execFileAsync = promisify(execFile);
+import { makeCa, signLeaf } from './pki.js';
 
 export interface KubeHandle {
   /** Admin kubeconfig (client certificate in group system:masters, data embedded). */
@@ -142,17 +140,6 @@ function tail(file: string, lines = 40): string {
   }
 }
 
-async function openssl(args: string[], cwd: string): Promise<void> {
-  try {
-    await execFileAsync('openssl', args, { cwd });
-  } catch (err) {
-    const e = err as Error & { stderr?: string; code?: string };
-    if (e.code === 'ENOENT')
-      throw new Error('openssl CLI not found; the test kube harness needs it to make certificates');
-    throw new Error(`openssl ${args.join(' ')} failed: ${e.stderr ?? e.message}`);
-  }
-}
-
 interface Pki {
   caCert: string;
   servingCert: string;
@@ -165,64 +152,11 @@ interface Pki {
 
 /** CA, a serving cert for 127.0.0.1/localhost, an admin client cert (O=system:masters), the SA key pair. */
 async function makePki(dir: string): Promise<Pki> {
-  fs.mkdirSync(dir, { recursive: true });
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  await openssl(
-    [
-      'req',
-      '-x509',
-      ...ec,
-      '-keyout',
-      'ca.key',
-      '-out',
-      'ca.crt',
-      '-days',
-      '3650',
-      '-subj',
-      '/CN=labwright-test-ca',
-      '-addext',
-      'basicConstraints=critical,CA:TRUE',
-      '-addext',
-      'keyUsage=critical,keyCertSign,cRLSign',
-    ],
-    dir,
-  );
-  const leaf = async (name: string, subj: string, ext: string): Promise<void> => {
-    fs.writeFileSync(path.join(dir, `${name}.ext`), ext);
-    await openssl(['req', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subj], dir);
-    await openssl(
-      [
-        'x509',
-        '-req',
-        '-in',
-        `${name}.csr`,
-        '-CA',
-        'ca.crt',
-        '-CAkey',
-        'ca.key',
-        '-CAcreateserial',
-        '-out',
-        `${name}.crt`,
-        '-days',
-        '3650',
-        '-extfile',
-        `${name}.ext`,
-      ],
-      dir,
-    );
-  };
+  await makeCa(dir, 'labwright-test-ca');
+  const kubeNames = ['kubernetes', 'kubernetes.default', 'kubernetes.default.svc'].map((n) => `DNS:${n}`);
   await Promise.all([
-    leaf(
-      'serving',
-      '/CN=kube-apiserver',
-      'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' +
-        'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n',
-    ),
-    leaf(
-      'admin',
-      '/O=system:masters/CN=labwright-admin',
-      'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n',
-    ),
+    signLeaf(dir, 'serving', '/CN=kube-apiserver', { server: ['IP:127.0.0.1', 'DNS:localhost', ...kubeNames] }),
+    signLeaf(dir, 'admin', '/O=system:masters/CN=labwright-admin', { client: true }),
   ]);
   const sa = generateKeyPairSync('ec', {
     namedCurve: 'prime256v1',

@@ -7,17 +7,15 @@
  * separate process cannot otherwise reach: API tokens, extra nodes, and a control endpoint for its
  * fault switches (locks, PVE's catalogued errors, slow guests). See that file.
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { createWriteStream, promises as fs } from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
-import { promisify } from 'node:util';
+import { makeCa, signLeaf } from '../lib/pki.js';
 import { ensureTool, freePort, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
 import { projectRoot } from '../lib/paths.js';
 import type { PeerStarter } from './index.js';
-
-const execFileAsync = promisify(execFile);
 
 /** A guest in fakepve's guests file (fakepve's own format, plus its per-VM fault attributes). */
 export interface FakeGuest {
@@ -96,75 +94,14 @@ export interface FakePve {
   stop(): Promise<void>;
 }
 
-/** Makes a CA and a server certificate for 127.0.0.1 and localhost with the openssl CLI. */
+/** A CA and a server certificate for 127.0.0.1 and localhost. */
 export async function makeLoopbackPki(dir: string): Promise<{ caFile: string; certFile: string; keyFile: string }> {
-  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  await makeCa(dir, 'labwright test PVE CA');
+  await signLeaf(dir, 'pve', '/CN=fakepve', { server: ['IP:127.0.0.1', 'DNS:localhost'] });
   const f = (name: string): string => path.join(dir, name);
-  const openssl = (...args: string[]): Promise<unknown> => execFileAsync('openssl', args, { cwd: dir });
-  await openssl(
-    'req',
-    '-x509',
-    '-new',
-    '-nodes',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:prime256v1',
-    '-keyout',
-    f('ca.key'),
-    '-out',
-    f('ca.crt'),
-    '-days',
-    '30',
-    '-subj',
-    '/CN=labwright test PVE CA',
-    '-addext',
-    'basicConstraints=critical,CA:TRUE',
-    '-addext',
-    'keyUsage=critical,keyCertSign,cRLSign',
-  );
-  await openssl(
-    'req',
-    '-new',
-    '-nodes',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:prime256v1',
-    '-keyout',
-    f('pve.key'),
-    '-out',
-    f('pve.csr'),
-    '-subj',
-    '/CN=fakepve',
-  );
-  await fs.writeFile(
-    f('pve.ext'),
-    'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n',
-  );
-  await openssl(
-    'x509',
-    '-req',
-    '-in',
-    f('pve.csr'),
-    '-CA',
-    f('ca.crt'),
-    '-CAkey',
-    f('ca.key'),
-    '-CAcreateserial',
-    '-out',
-    f('pve.crt'),
-    '-days',
-    '30',
-    '-extfile',
-    f('pve.ext'),
-  );
-  await fs.chmod(f('pve.key'), 0o600);
-  await fs.chmod(f('ca.key'), 0o600);
   return { caFile: f('ca.crt'), certFile: f('pve.crt'), keyFile: f('pve.key') };
 }
 
-/** The Python of the venv scripts/ensure-python-peers.sh builds (it holds the pinned fakepve). */
 /** PVE's form encoding of request parameters. */
 export function pveForm(params: Record<string, unknown>): string {
   return new URLSearchParams(Object.entries(params).map(([k, v]): [string, string] => [k, String(v)])).toString();
