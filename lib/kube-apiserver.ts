@@ -14,7 +14,7 @@
  * deleted stays Terminating, nothing garbage-collects owned objects, and no
  * "default" ServiceAccount is made in new namespaces.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as https from 'node:https';
@@ -25,6 +25,7 @@ import * as path from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { projectRoot } from './paths.js';
 import { makeCa, signLeaf } from './pki.js';
+import { spawnLogged } from './processes.js';
 
 export interface KubeHandle {
   /** Admin kubeconfig (client certificate in group system:masters, data embedded). */
@@ -354,18 +355,13 @@ async function startKubeOnce(opts: StartKubeOptions): Promise<KubeHandle> {
     await stop().catch(() => undefined);
     throw new Error(msg);
   };
-  const spawnLogged = (bin: string, args: string[], log: string): ChildProcess => {
-    const fd = fs.openSync(log, 'a');
-    try {
-      // LABWRIGHT_EXIT_WITH_PARENT: the binaries (test/kube) exit by themselves
-      // if this process dies without stop(), e.g. a worker killed by a signal.
-      const env = { ...process.env, LABWRIGHT_EXIT_WITH_PARENT: '1' };
-      const child = spawn(bin, args, { stdio: ['ignore', fd, fd], cwd: dataDir, env });
-      track(child);
-      return child;
-    } finally {
-      fs.closeSync(fd);
-    }
+  const spawnPeer = (bin: string, args: string[], log: string): ChildProcess => {
+    // LABWRIGHT_EXIT_WITH_PARENT: the binaries (test/kube) exit by themselves
+    // if this process dies without stop(), e.g. a worker killed by a signal.
+    const env = { ...process.env, LABWRIGHT_EXIT_WITH_PARENT: '1' };
+    const child = spawnLogged(bin, args, log, { cwd: dataDir, env });
+    track(child);
+    return child;
   };
   const exitedEarly = (child: ChildProcess | undefined) =>
     child && (child.exitCode !== null || child.signalCode !== null)
@@ -380,7 +376,7 @@ async function startKubeOnce(opts: StartKubeOptions): Promise<KubeHandle> {
     step('PKI made');
     const etcdEndpoint = `http://127.0.0.1:${etcdClientPort}`;
     const peer = `http://127.0.0.1:${etcdPeerPort}`;
-    etcd = spawnLogged(
+    etcd = spawnPeer(
       bins.etcd,
       [
         '--name=labwright',
@@ -413,7 +409,7 @@ async function startKubeOnce(opts: StartKubeOptions): Promise<KubeHandle> {
     step('etcd healthy');
 
     const server = `https://127.0.0.1:${apiPort}`;
-    apiserver = spawnLogged(
+    apiserver = spawnPeer(
       bins.kubeApiServer,
       [
         '--bind-address=127.0.0.1',

@@ -3,6 +3,7 @@
  * it, made with the openssl CLI, so clients verify TLS against a known CA instead of switching it off.
  */
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -46,6 +47,13 @@ export async function makeCa(dir: string, commonName: string): Promise<void> {
   await fs.chmod(path.join(dir, 'ca.key'), 0o600);
 }
 
+/** A positive 127-bit serial in openssl's hex form (RFC 5280 allows up to 20 octets). */
+function randomSerial(): string {
+  const bytes = randomBytes(16);
+  bytes.writeUInt8(bytes.readUInt8(0) & 0x7f, 0);
+  return `0x${bytes.toString('hex')}`;
+}
+
 export type LeafUsage = { server: string[] } | { client: true };
 
 /**
@@ -70,7 +78,10 @@ export async function signLeaf(dir: string, name: string, subject: string, usage
       'ca.crt',
       '-CAkey',
       'ca.key',
-      '-CAcreateserial',
+      // A random serial per certificate: leaves signed at once share no serial file to race on,
+      // and no two certificates of one CA share a serial.
+      '-set_serial',
+      randomSerial(),
       '-out',
       `${name}.crt`,
       '-days',

@@ -1,6 +1,6 @@
 /** Helpers for the local peers labwright starts: free ports, log tails, orderly stops. */
-import { execFileSync, type ChildProcess } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { openSync, closeSync, promises as fs } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { projectRoot } from './paths.js';
@@ -35,6 +35,20 @@ export function ensureTool(script: string): string {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
   }).trim();
+}
+
+/**
+ * Spawns `bin` with its stdout and stderr written straight to `logFile`. The child writes the file
+ * itself (no pipe in between), so whatever it said before exiting is in the file once it has exited,
+ * and an error that quotes the log's tail never quotes a log still in flight.
+ */
+export function spawnLogged(bin: string, args: string[], logFile: string, options: SpawnOptions = {}): ChildProcess {
+  const fd = openSync(logFile, 'w');
+  try {
+    return spawn(bin, args, { ...options, stdio: ['ignore', fd, fd] });
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** SIGTERM, then SIGKILL if the process outlives `graceMs`. */

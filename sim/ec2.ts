@@ -4,8 +4,7 @@
  * the model server on every instance (moto's instances have 10.x addresses nobody may connect to,
  * so the worker gets an address map that sends them all to the fake on 127.0.0.1).
  */
-import { spawn } from 'node:child_process';
-import { createWriteStream, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -15,7 +14,7 @@ import {
   DescribeLaunchTemplatesCommand,
   EC2Client,
 } from '@aws-sdk/client-ec2';
-import { ensureTool, freePort, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
+import { ensureTool, freePort, spawnLogged, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
 import type { PeerStarter } from './index.js';
 
 /** Dummy keys: moto accepts any, and they keep the SDK from looking for real ones. */
@@ -33,12 +32,7 @@ export async function startMotoServer(opts: { logFile: string; port?: number }):
   const bin = ensureTool('ensure-python-peers.sh');
   const port = opts.port ?? (await freePort());
   await fs.mkdir(path.dirname(opts.logFile), { recursive: true });
-  const log = createWriteStream(opts.logFile);
-  const child = spawn(path.join(bin, 'moto_server'), ['-H', '127.0.0.1', '-p', String(port)], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  child.stdout.pipe(log);
-  child.stderr.pipe(log);
+  const child = spawnLogged(path.join(bin, 'moto_server'), ['-H', '127.0.0.1', '-p', String(port)], opts.logFile);
   const endpoint = `http://127.0.0.1:${port}`;
   try {
     await waitUntilReady(
@@ -54,10 +48,7 @@ export async function startMotoServer(opts: { logFile: string; port?: number }):
     endpoint,
     port,
     logFile: opts.logFile,
-    stop: async () => {
-      await stopProcess(child);
-      log.end();
-    },
+    stop: () => stopProcess(child),
   };
 }
 

@@ -7,13 +7,12 @@
  * separate process cannot otherwise reach: API tokens, extra nodes, and a control endpoint for its
  * fault switches (locks, PVE's catalogued errors, slow guests). See that file.
  */
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { createWriteStream, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { makeCa, signLeaf } from '../lib/pki.js';
-import { ensureTool, freePort, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
+import { ensureTool, freePort, spawnLogged, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
 import { projectRoot } from '../lib/paths.js';
 import type { PeerStarter } from './index.js';
 
@@ -190,7 +189,6 @@ export async function startFakePve(opts: FakePveOptions): Promise<FakePve> {
   await fs.writeFile(guestsFile, JSON.stringify({ guests: opts.guests ?? [] }));
   const port = await freePort();
   const logFile = path.join(dir, 'fakepve.log');
-  const log = createWriteStream(logFile);
   const args = [
     path.join(projectRoot, 'sim', 'fakepve_serve.py'),
     guestsFile,
@@ -211,9 +209,7 @@ export async function startFakePve(opts: FakePveOptions): Promise<FakePve> {
     '--key',
     keyFile,
   ];
-  const child = spawn(peersPython(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stdout.pipe(log);
-  child.stderr.pipe(log);
+  const child = spawnLogged(peersPython(), args, logFile);
   const url = `https://127.0.0.1:${port}`;
   const ca = await fs.readFile(caFile);
   const agent = new https.Agent({ ca, keepAlive: false });
@@ -243,7 +239,6 @@ export async function startFakePve(opts: FakePveOptions): Promise<FakePve> {
     stop: async () => {
       agent.destroy();
       await stopProcess(child);
-      log.end();
     },
   };
   try {
