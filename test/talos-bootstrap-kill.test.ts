@@ -10,7 +10,7 @@ import type { ChildProcess } from 'node:child_process';
 import { CoreV1Api } from '@kubernetes/client-node';
 import type { WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import { kubeConfigFor } from './harness/kube-controllers.js';
 import { TEST_CODEC_KEY_FILE, spawnTs } from './harness/processes.js';
@@ -52,6 +52,9 @@ describe('talosBootstrap with its worker process killed (SIGKILL) mid-step', () 
       LABWRIGHT_TALOS_ADDRESS_MAP: JSON.stringify(lab.standin.addressMap),
       LABWRIGHT_SIMULATED: '1',
       LABWRIGHT_METRICS_ADDRESS: 'off',
+      // Each of the three worker processes loads the run's bundle instead of bundling the workflows
+      // again: on a loaded machine that took most of the test's time.
+      LABWRIGHT_WORKFLOW_BUNDLE: inject('workflowBundlePath'),
     };
   });
   afterAll(async () => {

@@ -8,6 +8,8 @@
  *   LABWRIGHT_METRICS_ADDRESS   Prometheus bind address (default 127.0.0.1:9464; `off` disables)
  *   LABWRIGHT_SHUTDOWN_GRACE    grace period for in-flight activities on SIGINT/SIGTERM (default 30s)
  *   LABWRIGHT_LOG_LEVEL         TRACE, DEBUG, INFO, WARN or ERROR
+ *   LABWRIGHT_WORKFLOW_BUNDLE   a prebuilt workflow bundle (JS file) to load instead of bundling the
+ *                               workflows from source at every start
  */
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
@@ -44,6 +46,7 @@ try {
     taskQueue: taskQueue(env),
     dataConverter: settings.dataConverter,
     activities: await createLabActivities({ inventory, secrets, env }),
+    workflowBundle: env.LABWRIGHT_WORKFLOW_BUNDLE ? { codePath: env.LABWRIGHT_WORKFLOW_BUNDLE } : undefined,
     shutdownGraceTime: env.LABWRIGHT_SHUTDOWN_GRACE ?? '30 seconds',
   });
   logger.info('worker started', {
