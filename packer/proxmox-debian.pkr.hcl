@@ -114,7 +114,7 @@ source "proxmox-iso" "debian" {
 
   # Served from memory by Packer's HTTP server: the preseed with the build password's hash.
   http_content = {
-    "/debian-preseed.cfg" = templatefile("${path.root}/http/debian-preseed.pkrtpl", {
+    "/debian-preseed.cfg" = templatefile("${abspath(path.root)}/http/debian-preseed.pkrtpl", {
       password_hash = bcrypt(var.build_password)
     })
   }
@@ -136,12 +136,12 @@ build {
 
   provisioner "shell" {
     execute_command = "sudo sh -eux '{{ .Path }}'"
-    scripts         = ["${path.root}/scripts/cloud-init-ready.sh"]
+    scripts         = ["${abspath(path.root)}/scripts/cloud-init-ready.sh"]
   }
 
   # Last: nobody can log in as the build user any more, with any password or key.
   provisioner "shell" {
     execute_command = "sudo sh -eux '{{ .Path }}'"
-    scripts         = ["${path.root}/scripts/lock-build-user.sh"]
+    scripts         = ["${abspath(path.root)}/scripts/lock-build-user.sh"]
   }
 }
