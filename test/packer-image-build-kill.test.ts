@@ -9,6 +9,7 @@ import type { ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
@@ -17,6 +18,7 @@ import type { Progress } from '../common/progress.js';
 import { projectRoot } from '../lib/paths.js';
 import { cloudImageSeed } from '../sim/proxmox.js';
 import { startFakePveLab, type FakePveLab } from './harness/fakepve.js';
+import { workflowFailure } from './harness/failures.js';
 import { TEST_CODEC_KEY_FILE, spawnTs } from './harness/processes.js';
 import { temporalAddress, testClient, uniqueName } from './harness/temporal.js';
 
@@ -56,6 +58,13 @@ afterAll(async () => {
   await lab?.stop();
 });
 
+/** A worker that has connected and polls the task queue. */
+async function standbyWorker(): Promise<WorkerProcess> {
+  const w = startWorker();
+  await expect.poll(() => w.output(), { timeout: 60_000, interval: 200 }).toContain('"msg":"worker started"');
+  return w;
+}
+
 function startWorker(): WorkerProcess {
   const { child, output } = spawnTs('workers/main.ts', workerEnv, { group: true });
   const exited = new Promise<NodeJS.Signals | number | null>((resolve) =>
@@ -72,9 +81,10 @@ async function workerNodePid(w: WorkerProcess): Promise<number> {
     if (!/^\d+$/.test(pid)) continue;
     const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
     const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-    if (ppid === w.child.pid) return Number(pid);
+    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (ppid === w.child.pid && cmdline.includes('workers/main.ts')) return Number(pid);
   }
-  return w.child.pid!;
+  throw new Error(`no node process running workers/main.ts under tsx (pid ${w.child.pid})`);
 }
 
 function alive(pid: number): boolean {
@@ -86,11 +96,11 @@ function alive(pid: number): boolean {
   }
 }
 
-function input(image: string, from: number): PackerImageBuildInput {
+function input(image: string, from: number, buildSeconds: number): PackerImageBuildInput {
   return {
     image,
     template: 'packer/proxmox-clone.pkr.hcl',
-    variables: { build_seconds: '12' },
+    variables: { build_seconds: String(buildSeconds) },
     host: 'pve1',
     node: 'pve1',
     storage: 'vmdata',
@@ -100,12 +110,16 @@ function input(image: string, from: number): PackerImageBuildInput {
 }
 
 /** Starts the build and waits until Packer is provisioning its running VM; returns Packer's pid. */
-async function midBuild(image: string, from: number): Promise<{ handle: WorkflowHandle; packerPid: number }> {
+async function midBuild(
+  image: string,
+  from: number,
+  buildSeconds: number,
+): Promise<{ handle: WorkflowHandle; packerPid: number }> {
   const client = await testClient();
   const handle = await client.workflow.start('packerImageBuild', {
     taskQueue: workerEnv.LABWRIGHT_TASK_QUEUE!,
     workflowId: `packer-image-build/${image}`,
-    args: [input(image, from)],
+    args: [input(image, from, buildSeconds)],
   });
   const pidFile = path.join(lab.packerWorkDir, image, 'packer.pid');
   await expect
@@ -126,7 +140,7 @@ async function midBuild(image: string, from: number): Promise<{ handle: Workflow
             ),
           )
           .catch(() => '');
-        return vm?.status === 'running' && log.includes('provisioning 2/12');
+        return vm?.status === 'running' && log.includes(`provisioning 2/${buildSeconds}`);
       },
       { timeout: 60_000, interval: 250 },
     )
@@ -158,14 +172,14 @@ describe('packerImageBuild with its worker killed mid-build', () => {
   it('SIGKILL to the worker and its Packer: the retry removes the half-made VM and builds again', async () => {
     const image = uniqueName('killall');
     const first = startWorker();
-    const { handle, packerPid } = await midBuild(image, 9100);
+    const { handle, packerPid } = await midBuild(image, 9100, 12);
+    await standbyWorker();
     // The machine dies: the worker's process group and Packer's.
     process.kill(-first.child.pid!, 'SIGKILL');
     process.kill(-packerPid, 'SIGKILL');
     expect(await first.exited).toBe('SIGKILL');
     // Packer's VM is left half-made (running, not a template).
     expect((await lab.fake.vms()).find((v) => v.vmid === 9100)).toMatchObject({ status: 'running', template: false });
-    startWorker();
     await expectOneTemplate(handle, image, 9100);
     const progress = await handle.query<Progress>('progress');
     expect(progress.steps.find((s) => s.name === 'packer build')?.status).toBe('done');
@@ -180,12 +194,13 @@ describe('packerImageBuild with its worker killed mid-build', () => {
   it("killing only the worker process: the retry stops the previous attempt's Packer, then builds again", async () => {
     const image = uniqueName('killworker');
     const first = startWorker();
-    const { handle, packerPid } = await midBuild(image, 9110);
+    // Long enough that the orphaned Packer still runs when the retry comes.
+    const { handle, packerPid } = await midBuild(image, 9110, 40);
+    await standbyWorker();
     process.kill(await workerNodePid(first), 'SIGKILL');
     await first.exited;
     // Packer runs on without its worker (its own process group, its output in the build folder).
     expect(alive(packerPid)).toBe(true);
-    startWorker();
     await expectOneTemplate(handle, image, 9110);
     expect(alive(packerPid)).toBe(false);
     const progress = await handle.query<Progress>('progress');
@@ -208,25 +223,25 @@ describe('packerImageBuild with its worker killed mid-build', () => {
   it("a VMID taken by a VM that is not the build's is a conflict, and that VM is left alone", async () => {
     const image = uniqueName('taken');
     startWorker();
-    const { handle, packerPid } = await midBuild(image, 9120);
+    const { handle, packerPid } = await midBuild(image, 9120, 12);
     // Someone replaces the build's VM with their own at the same VMID while the worker is gone.
     const [worker] = workers.slice(-1);
     process.kill(-worker!.child.pid!, 'SIGKILL');
     process.kill(-packerPid, 'SIGKILL');
     await worker!.exited;
-    await lab.fake.api('POST', '/api2/json/nodes/pve1/qemu/9120/status/stop');
+    await lab.fake.api('POST', '/nodes/pve1/qemu/9120/status/stop');
     await lab.fake.control({ op: 'settle' });
-    await lab.fake.api('DELETE', '/api2/json/nodes/pve1/qemu/9120');
+    await lab.fake.api('DELETE', '/nodes/pve1/qemu/9120');
     await lab.fake.control({ op: 'settle' });
-    await lab.fake.api('POST', '/api2/json/nodes/pve1/qemu', { vmid: 9120, name: 'someone-elses' });
+    await lab.fake.api('POST', '/nodes/pve1/qemu', { vmid: 9120, name: 'someone-elses' });
     await lab.fake.control({ op: 'settle' });
     startWorker();
-    const err = await handle.result().then(
-      () => undefined,
-      (e: unknown) => e as Error & { cause?: Error & { type?: string } },
-    );
-    expect(err?.cause?.type).toBe('ConflictError');
-    expect(err?.cause?.message).toContain(`VMID 9120 on pve1 is taken by someone-elses`);
+    const err = await workflowFailure(handle.result());
+    expect(err.cause).toBeInstanceOf(ApplicationFailure);
+    expect({ type: (err.cause as ApplicationFailure).type, message: err.cause?.message }).toEqual({
+      type: 'ConflictError',
+      message: `VMID 9120 on pve1 is taken by someone-elses, not this build's ${image}-${(await handle.query<Progress>('progress')).steps.find((s) => s.name === 'hash')?.detail?.replace('sha256 ', '')}`,
+    });
     expect((await lab.fake.vms()).find((v) => v.vmid === 9120)?.name).toBe('someone-elses');
   }, 180_000);
 });

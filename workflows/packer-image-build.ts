@@ -158,7 +158,7 @@ export async function packerImageBuild(raw: unknown): Promise<PackerImageBuildRe
               });
             } catch (err) {
               if (attempt >= PACKER_ATTEMPTS || !worthAnotherBuild(err)) throw err;
-              await wf.sleep(`${10 * attempt} seconds`);
+              await wf.sleep(`${5 * attempt} seconds`);
             }
           }
         },
