@@ -58,11 +58,28 @@ afterAll(async () => {
   await lab?.stop();
 });
 
-/** A worker that has connected and polls the task queue. */
-async function standbyWorker(): Promise<WorkerProcess> {
-  const w = startWorker();
-  await expect.poll(() => w.output(), { timeout: 60_000, interval: 200 }).toContain('"msg":"worker started"');
+/** At least two live workers polling the task queue: one runs the build, another takes over. */
+async function twoWorkers(): Promise<void> {
+  const live = workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null);
+  const started = [...live];
+  while (started.length < 2) started.push(startWorker());
+  for (const w of started) {
+    await expect.poll(() => w.output(), { timeout: 90_000, interval: 200 }).toContain('"msg":"worker started"');
+  }
+}
+
+/** The worker running `pid` (Packer is a child of the worker's node process, itself tsx's child). */
+async function workerOf(pid: number): Promise<WorkerProcess> {
+  const node = await parentOf(pid);
+  const tsx = await parentOf(node);
+  const w = workers.find((x) => x.child.pid === tsx);
+  if (!w) throw new Error(`packer ${pid} does not run under a test worker`);
   return w;
+}
+
+async function parentOf(pid: number): Promise<number> {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
 }
 
 function startWorker(): WorkerProcess {
@@ -171,9 +188,9 @@ async function expectOneTemplate(handle: WorkflowHandle, image: string, vmid: nu
 describe('packerImageBuild with its worker killed mid-build', () => {
   it('SIGKILL to the worker and its Packer: the retry removes the half-made VM and builds again', async () => {
     const image = uniqueName('killall');
-    const first = startWorker();
+    await twoWorkers();
     const { handle, packerPid } = await midBuild(image, 9100, 12);
-    await standbyWorker();
+    const first = await workerOf(packerPid);
     // The machine dies: the worker's process group and Packer's.
     process.kill(-first.child.pid!, 'SIGKILL');
     process.kill(-packerPid, 'SIGKILL');
@@ -193,10 +210,10 @@ describe('packerImageBuild with its worker killed mid-build', () => {
 
   it("killing only the worker process: the retry stops the previous attempt's Packer, then builds again", async () => {
     const image = uniqueName('killworker');
-    const first = startWorker();
+    await twoWorkers();
     // Long enough that the orphaned Packer still runs when the retry comes.
     const { handle, packerPid } = await midBuild(image, 9110, 40);
-    await standbyWorker();
+    const first = await workerOf(packerPid);
     process.kill(await workerNodePid(first), 'SIGKILL');
     await first.exited;
     // Packer runs on without its worker (its own process group, its output in the build folder).
@@ -222,20 +239,19 @@ describe('packerImageBuild with its worker killed mid-build', () => {
 
   it("a VMID taken by a VM that is not the build's is a conflict, and that VM is left alone", async () => {
     const image = uniqueName('taken');
-    startWorker();
-    const { handle, packerPid } = await midBuild(image, 9120, 12);
+    await twoWorkers();
+    const { handle, packerPid } = await midBuild(image, 9120, 30);
     // Someone replaces the build's VM with their own at the same VMID while the worker is gone.
-    const [worker] = workers.slice(-1);
-    process.kill(-worker!.child.pid!, 'SIGKILL');
+    const worker = await workerOf(packerPid);
+    process.kill(-worker.child.pid!, 'SIGKILL');
     process.kill(-packerPid, 'SIGKILL');
-    await worker!.exited;
+    await worker.exited;
     await lab.fake.api('POST', '/nodes/pve1/qemu/9120/status/stop');
     await lab.fake.control({ op: 'settle' });
     await lab.fake.api('DELETE', '/nodes/pve1/qemu/9120');
     await lab.fake.control({ op: 'settle' });
     await lab.fake.api('POST', '/nodes/pve1/qemu', { vmid: 9120, name: 'someone-elses' });
     await lab.fake.control({ op: 'settle' });
-    startWorker();
     const err = await workflowFailure(handle.result());
     expect(err.cause).toBeInstanceOf(ApplicationFailure);
     expect({ type: (err.cause as ApplicationFailure).type, message: err.cause?.message }).toEqual({
