@@ -22,7 +22,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -495,6 +495,17 @@ async function listFiles(dir: string): Promise<string[]> {
 
 export type PackerActivities = ReturnType<typeof createPackerActivities>;
 
+/** scripts/ensure-packer.sh's packer; a worker without the script (an image) must set PACKER_BIN. */
+function ensurePacker(): string {
+  if (!existsSync(path.join(projectRoot, 'scripts', 'ensure-packer.sh'))) {
+    throw nonRetryable(
+      'precondition',
+      'PACKER_BIN is not set and scripts/ensure-packer.sh is not here to build packer',
+    );
+  }
+  return ensureTool('ensure-packer.sh');
+}
+
 /** Packer's view of an inventory host: API URL with /api2/json and the token split in two. */
 export function packerAccessFrom(host: { apiUrl: string; caFile?: string }, token: string): PackerProxmoxAccess {
   const match = /^([^@\s]+@[^!\s]+![^=\s]+)=(\S+)$/.exec(token.trim());
@@ -518,7 +529,7 @@ export function packerDepsFromLab(lab: {
 }): PackerDeps {
   let packerPath: string | undefined;
   return {
-    packerBin: () => (packerPath ??= lab.env.PACKER_BIN ?? ensureTool('ensure-packer.sh')),
+    packerBin: () => (packerPath ??= lab.env.PACKER_BIN ?? ensurePacker()),
     baseEnv: lab.env,
     projectRoot,
     workDir: lab.env.LABWRIGHT_PACKER_WORKDIR ?? path.join(stateDir, 'packer'),
