@@ -18,6 +18,7 @@ export const LABWRIGHT_PACKER_VARIABLES = [
   'proxmox_token',
   'proxmox_node',
   'storage_pool',
+  'build_password',
 ] as const;
 
 const variableName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_-]*$/, 'expected a Packer variable name');
@@ -41,6 +42,11 @@ export const packerImageBuildInput = z
     storage: z.string().regex(/^[a-z][a-z0-9_.-]*$/i, 'expected a PVE storage id like local-lvm'),
     /** VMIDs the template (and the canary) may take, usually the inventory's vmidRanges.templates. */
     vmidRange: vmidRangeSchema,
+    /**
+     * Seconds without a heartbeat after which a Packer build whose worker died is given to
+     * another worker (default: the longProgram profile's minute).
+     */
+    heartbeatSeconds: z.int().min(5).max(600).optional(),
     /** How many templates of this image to keep, the new one included. */
     keep: z.int().min(1).max(50).default(2),
     /** Boot a linked clone of the new template and wait for its guest agent before promoting it. */
@@ -78,7 +84,8 @@ export interface PackerImageBuildResult {
   templateName: string;
   /** False when a template with this hash existed and nothing was built. */
   built: boolean;
-  canary?: { vmid: number; ipv4: string[] };
+  /** `removed: false` with PVE's reason when the canary VM could not be deleted: remove it by hand. */
+  canary?: { vmid: number; ipv4: string[]; removed: boolean; removalError?: string };
   retention: { kept: number[]; deleted: number[]; inUse: number[] };
 }
 

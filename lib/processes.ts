@@ -79,3 +79,17 @@ export async function waitUntilReady(
   }
   throw new Error(`${what} was not ready after ${opts.timeoutMs} ms:\n${await opts.describe()}`);
 }
+
+/** Variables a program run on the lab's behalf (packer) may inherit: where programs are, home, proxies. */
+const PROGRAM_BASE_ENV = /^(PATH|HOME|USER|LANG|LC_[A-Z]+|TZ|TMPDIR|(https?|no|all)_proxy|(HTTPS?|NO|ALL)_PROXY)$/;
+
+/**
+ * The environment of an external program without the worker's own variables (its codec key
+ * file, Temporal address, secret folder and whatever else it was given): only PATH, HOME, locale
+ * and proxy settings of `parent`, plus `extra`.
+ */
+export function programBaseEnv(parent: NodeJS.ProcessEnv, extra: Record<string, string>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(parent)) if (v !== undefined && PROGRAM_BASE_ENV.test(k)) env[k] = v;
+  return { ...env, ...extra };
+}

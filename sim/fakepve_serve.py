@@ -26,6 +26,8 @@ from fakepve import FakePve, qemu, settle
 from fakepve.model import FakeVm
 from fakepve.model import PveError  # (labwright issue 7) qmrestore's errors
 from fakepve.lxc import format_size, parse_size  # (labwright: disk sizes) qemu resize
+from fakepve.storage import _is_file  # (labwright issue 12) cloud-init volumes
+import time  # (labwright issue 12) cloud-init volumes
 
 # Attributes every VM made after a `vm_defaults` call starts with (start_secs, shutdown_secs, agent, ...).
 VM_DEFAULTS = {}
@@ -158,6 +160,37 @@ class ControlledPve(FakePve):
                 vm.config[disk] = qemu.join_drive(volume, dict(props, size=format_size(new)))
             return await self.task(vm.node, 'resize', vm.vmid, user, body, vm=vm)
         return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', resize)]
+
+    async def _apply_config(self, vm, user, p):
+        # (labwright issue 12) A new cloud-init drive, `ide0=<storage>:cloudinit`, as Packer's
+        # proxmox builders add one to the template: PVE allocates vm-<vmid>-cloudinit on that
+        # storage (which must exist and take images) and writes the drive as a CD-ROM. fakepve
+        # stored the request's text as it came.
+        made = []
+        p = dict(p)
+        for key, val in list(p.items()):
+            volume = str(val).split(',')[0]
+            if re.fullmatch(r'(ide|sata|scsi)\d+', key) and re.fullmatch(r'[^:/\s]+:cloudinit', volume):
+                p[key] = self._labwright_cloudinit_drive(vm, user, volume.split(':')[0])
+                made.append(p[key].split(',')[0])
+        try:
+            return await super()._apply_config(vm, user, p)
+        except Exception:
+            for volid in made:
+                self._qm_free(volid)
+            raise
+
+    def _labwright_cloudinit_drive(self, vm, user, sid):
+        store = self._qm_image_store(sid, user)
+        volname = 'vm-{0}-cloudinit'.format(vm.vmid)
+        if _is_file(store):
+            volname = '{0}/{1}.qcow2'.format(vm.vmid, volname)
+        if volname in self._volumes(sid):
+            raise PveError(500, "volume '{0}:{1}' already exists".format(sid, volname))
+        store.setdefault('volumes', {})[volname] = {
+            'content': 'images', 'format': 'qcow2' if _is_file(store) else 'raw', 'size': 4 * 1024 ** 2,
+            'vmid': vm.vmid, 'ctime': int(time.time())}
+        return '{0}:{1},media=cdrom'.format(sid, volname)
 
     def _complete_or_sample(self, template, values):
         from fakepve import schema as pve_schema, shapes

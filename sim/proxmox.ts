@@ -35,6 +35,29 @@ export interface FakeGuest {
   agent?: Record<string, unknown> | null;
 }
 
+/**
+ * The template packer/proxmox-clone.pkr.hcl clones by default (`clone_vm`): what a lab makes once
+ * from Debian's genericcloud image with `qm importdisk`, a cloud-init ready disk and the agent on.
+ */
+export function cloudImageSeed(storage: string, vmid = 8000, node = 'pve1'): FakeGuest {
+  return {
+    vmid,
+    name: 'debian-12-genericcloud',
+    node,
+    template: true,
+    config: {
+      scsi0: `${storage}:base-${vmid}-disk-0,size=2G`,
+      scsihw: 'virtio-scsi-single',
+      boot: 'order=scsi0',
+      net0: 'virtio=BC:24:11:00:80:00,bridge=vmbr0',
+      agent: 1,
+      ostype: 'l26',
+      serial0: 'socket',
+      tags: 'cloud-image',
+    },
+  };
+}
+
 export interface FakePveOptions {
   /** Folder for the PKI, guests file, token file and log. */
   dir: string;
@@ -274,6 +297,8 @@ export const proxmoxPeer: PeerStarter = async (ctx) => {
     nodes: nodes.length > 0 ? nodes : ['pve1'],
     timeScale: 0.05,
     storages: [{ storage: 'unraid-backup', type: 'dir', path: '/mnt/unraid-backup', content: 'backup' }],
+    // packer/proxmox-clone.pkr.hcl's base image, so `packerImageBuild` runs the real proxmox-clone builder.
+    guests: [cloudImageSeed('local-lvm', 8000, nodes[0] ?? 'pve1')],
   });
   await fake.control({ op: 'vm_defaults', defaults: { agent: {}, start_secs: 5, shutdown_secs: 10 } });
   for (const host of hosts) {

@@ -7,9 +7,12 @@
  *    nothing is built; a half-made VM of this very build (same name) is removed first;
  * 4. take the lowest free VMID of the range;
  * 5. run `packer build -machine-readable` (heartbeating its step; cancelling sends it SIGINT
- *    and waits for its own cleanup), and read the template's VMID from its artifacts;
+ *    and waits for its own cleanup), and read the template's VMID from its artifacts; an attempt
+ *    whose worker died is followed by one that first stops that attempt's Packer and removes its
+ *    half-made VM (a VM at the VMID that is not this build's is a conflict);
  * 6. verify the template in Proxmox (exists, is a template, has the build's name);
- * 7. optionally boot a linked-clone canary, wait for its guest agent, and destroy it;
+ * 7. optionally boot a linked-clone canary, wait for its guest agent, and destroy it (a canary
+ *    that cannot be deleted is reported in the result and the progress, the template stands);
  * 8. promote: tag the template `labwright`, `image-<image>`, `sha-<hash>`, `built-<time>`;
  * 9. retention: delete this image's templates beyond `keep`, never one a linked clone uses.
  * A failure (or cancellation) in 5-8 removes whatever VM the build left behind.
@@ -19,8 +22,8 @@
 import * as wf from '@temporalio/workflow';
 import type { PackerActivities } from '../activities/packer.js';
 import type { ProxmoxActivities, TaskOutcome, VmSummary } from '../activities/proxmox.js';
-import { apiCall, longProgram, waitFor } from '../common/activity-options.js';
-import { nonRetryable } from '../common/errors.js';
+import { apiCall, longProgram, waitFor, withHeartbeat } from '../common/activity-options.js';
+import { NON_RETRYABLE_ERROR_TYPES, nonRetryable } from '../common/errors.js';
 import {
   LABWRIGHT_TAG,
   builtAtOf,
@@ -40,7 +43,10 @@ import { parseInput } from '../common/validation.js';
 const pve = wf.proxyActivities<ProxmoxActivities>(apiCall);
 const pveWait = wf.proxyActivities<ProxmoxActivities>(waitFor);
 const packerApi = wf.proxyActivities<PackerActivities>(apiCall);
-const packer = wf.proxyActivities<PackerActivities>(longProgram);
+const packerWait = wf.proxyActivities<PackerActivities>(waitFor);
+
+/** Attempts of `packer build`; each after the first starts by clearing what the last one left. */
+const PACKER_ATTEMPTS = 3;
 
 export const PACKER_IMAGE_BUILD_STEPS = [
   'validate',
@@ -61,6 +67,12 @@ export async function packerImageBuild(raw: unknown): Promise<PackerImageBuildRe
   wf.upsertSearchAttributes([{ key: RESOURCE_KEY, value: input.image }]);
 
   const { host, node } = input;
+  // One attempt per activity: the workflow retries, so that each retry first stops the previous
+  // attempt's Packer and removes its half-made VM.
+  const packer = wf.proxyActivities<PackerActivities>({
+    ...withHeartbeat(longProgram, input.heartbeatSeconds),
+    retry: { maximumAttempts: 1 },
+  });
   const wait = (upid: string): Promise<TaskOutcome> => pveWait.pveWaitForTask({ host, upid });
 
   const { hash } = await progress.run(
@@ -120,19 +132,36 @@ export async function packerImageBuild(raw: unknown): Promise<PackerImageBuildRe
       madeVmids.push(vmid);
       const build = await progress.run(
         'packer build',
-        () =>
-          packer.packerBuild({
-            image: input.image,
-            template: input.template,
-            hash,
-            variables: input.variables,
-            secretVariables: input.secretVariables,
-            host,
-            node,
-            storage: input.storage,
-            vmid,
-            templateName: name,
-          }),
+        async () => {
+          for (let attempt = 1; ; attempt++) {
+            if (attempt > 1) {
+              const { stopped } = await packerWait.packerStopPrevious({ image: input.image });
+              progress.detail(
+                'packer build',
+                `attempt ${attempt}` + (stopped ? `: stopped the previous attempt's packer (pid ${stopped})` : ''),
+              );
+              await clearVmid(vmid);
+            }
+            try {
+              return await packer.packerBuild({
+                image: input.image,
+                template: input.template,
+                hash,
+                variables: input.variables,
+                secretVariables: input.secretVariables,
+                host,
+                node,
+                storage: input.storage,
+                vmid,
+                templateName: name,
+                attempt,
+              });
+            } catch (err) {
+              if (attempt >= PACKER_ATTEMPTS || !worthAnotherBuild(err)) throw err;
+              await wf.sleep(`${5 * attempt} seconds`);
+            }
+          }
+        },
         (b) => `template VMID ${b.templateVmid} in ${Math.round(b.durationMs / 1000)} s`,
       );
       templateVmid = build.templateVmid;
@@ -172,12 +201,24 @@ export async function packerImageBuild(raw: unknown): Promise<PackerImageBuildRe
       progress.detail('canary', `waiting for the guest agent of ${vmid}`);
       const ifaces = await pveWait.pveWaitForAgent({ ...ref, timeoutSeconds: canary.agentTimeoutSeconds });
       const canaryIpv4 = ifaces.filter((i) => i.name !== 'lo').flatMap((i) => i.ipv4);
-      canaryResult = { vmid, ipv4: canaryIpv4 };
       progress.detail('canary', `agent up (${canaryIpv4.join(', ') || 'no IPv4'}); shutting down`);
       const shutdown = await runShutdown(vmid, canary.shutdownTimeoutSeconds, wait);
-      await removeVm(vmid, node, canaryName, wait);
       canaryVmid = undefined;
-      progress.done('canary', `canary ${vmid} booted (${canaryIpv4.join(', ') || 'no IPv4'}); ${shutdown}; destroyed`);
+      const removalError = await removeVm(vmid, node, canaryName, wait).then(
+        () => undefined,
+        (err: unknown) => failureMessage(err),
+      );
+      canaryResult = {
+        vmid,
+        ipv4: canaryIpv4,
+        removed: removalError === undefined,
+        ...(removalError ? { removalError } : {}),
+      };
+      progress.done(
+        'canary',
+        `canary ${vmid} booted (${canaryIpv4.join(', ') || 'no IPv4'}); ${shutdown}; ` +
+          (removalError ? `NOT destroyed: ${removalError} (delete VM ${vmid} by hand)` : 'destroyed'),
+      );
     } else {
       progress.skip('canary', 'not asked for');
     }
@@ -200,7 +241,12 @@ export async function packerImageBuild(raw: unknown): Promise<PackerImageBuildRe
     );
   } catch (err) {
     await wf.CancellationScope.nonCancellable(async () => {
-      if (canaryVmid !== undefined) await removeVm(canaryVmid, node, canaryName, wait).catch(() => undefined);
+      if (canaryVmid !== undefined) {
+        const left = canaryVmid;
+        await removeVm(left, node, canaryName, wait).catch((removal: unknown) => {
+          progress.detail('canary', `failed, and canary ${left} could not be deleted: ${failureMessage(removal)}`);
+        });
+      }
       for (const vmid of madeVmids) await removeVm(vmid, node, name, wait);
     });
     throw err;
@@ -238,6 +284,19 @@ export async function packerImageBuild(raw: unknown): Promise<PackerImageBuildRe
     const ref = { host, node: on, vmid };
     if (vm.status !== 'stopped') await runPveTask(`stop VM ${vmid}`, () => pve.pveStop(ref), waitTask);
     await runPveTask(`delete VM ${vmid}`, () => pve.pveDelete({ ...ref, guard: { name: expectName } }), waitTask);
+  }
+
+  /**
+   * Makes `vmid` free for a new attempt: this build's VM there (half-made, or a template the
+   * stopped Packer finished but nobody promoted) goes; another VM there is a conflict.
+   */
+  async function clearVmid(vmid: number): Promise<void> {
+    const vm = await pve.pveGetVm({ host, node, vmid });
+    if (!vm) return;
+    if (vm.name !== name) {
+      throw nonRetryable('conflict', `VMID ${vmid} on ${node} is taken by ${vm.name}, not this build's ${name}`);
+    }
+    await removeVm(vmid, node, name, wait);
   }
 
   /** ACPI shutdown; a guest that outlasts the timeout (PVE: `got timeout`) is stopped hard. */
@@ -296,6 +355,21 @@ async function applyRetention(
     deleted.push(t.vmid);
   }
   return { kept, deleted, inUse };
+}
+
+/** A failed build attempt another may fix: its worker died (timeout) or the failure is retryable. */
+function worthAnotherBuild(err: unknown): boolean {
+  const cause = err instanceof wf.ActivityFailure ? err.cause : err;
+  if (cause instanceof wf.TimeoutFailure) return true;
+  if (cause instanceof wf.ApplicationFailure) {
+    return !cause.nonRetryable && !NON_RETRYABLE_ERROR_TYPES.includes(cause.type ?? '');
+  }
+  return false;
+}
+
+function failureMessage(err: unknown): string {
+  const cause = err instanceof wf.ActivityFailure && err.cause ? err.cause : err;
+  return cause instanceof Error ? cause.message : String(cause);
 }
 
 function byBuildTimeDesc(a: VmSummary, b: VmSummary): number {

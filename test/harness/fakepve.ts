@@ -22,6 +22,7 @@ export interface FakePveLab {
   packerWorkDir: string;
   proxmox: ReturnType<typeof createProxmoxActivities>;
   packer: ReturnType<typeof createPackerActivities>;
+  packerDeps: PackerDeps;
   /** Every activity, for a test worker. */
   activities: Record<string, (...args: never[]) => Promise<unknown>>;
   stop(): Promise<void>;
@@ -87,6 +88,7 @@ export async function startFakePveLab(opts: { guests?: FakeGuest[]; timeScale?: 
     packerWorkDir,
     proxmox,
     packer,
+    packerDeps,
     activities: { ...proxmox, ...packer },
     stop: async () => {
       pveDeps.close();
