@@ -5,7 +5,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { proxmoxApi } from 'proxmox-api';
-import { classifyPveError, createProxmoxActivities, PveEngine, PveHttpError } from '../activities/proxmox.js';
+import { createProxmoxActivities } from '../activities/proxmox.js';
+import { classifyPveError, PveEngine, PveHttpError } from '../clients/proxmox.js';
 import { bootDiskKey, diskSizeBytes } from '../common/pve-disks.js';
 import { collectArtifacts, parseMachineLine, stepOf } from '../activities/packer.js';
 import { activityFailure } from './harness/failures.js';
