@@ -121,6 +121,12 @@ export interface PciDevice {
   mdev?: boolean;
 }
 
+export interface NodeStorage {
+  storage: string;
+  /** Shared storage (NFS, Ceph, ...): every node reaches the same volumes. */
+  shared: boolean;
+}
+
 export interface PciMapping {
   id: string;
   description?: string;
@@ -619,11 +625,15 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
       }
     },
 
-    /** PCI devices of a node (GPUs and their IOMMU groups). */
+    /**
+     * PCI devices of a node (GPUs and their IOMMU groups), with PVE's default class filter: no
+     * memory controllers, bridges or processors (`05;06;0b`), which share a GPU's IOMMU group
+     * without being passed through.
+     */
     async pvePciDevices(args: { host: string; node: string }): Promise<PciDevice[]> {
       const { api } = await client(args.host);
       const list = await pveCall(`PCI devices of ${args.host}/${args.node}`, () =>
-        api.nodes.$(args.node).hardware.pci.$get({ 'pci-class-blacklist': '' }),
+        api.nodes.$(args.node).hardware.pci.$get(),
       );
       return list.map((d) => ({
         id: String(d.id),
@@ -635,6 +645,15 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
         class: String(d.class),
         ...(d.mdev !== undefined ? { mdev: Boolean(d.mdev) } : {}),
       }));
+    },
+
+    /** The storages a node sees, and which of them are shared (a clone to another node needs that). */
+    async pveNodeStorages(args: { host: string; node: string }): Promise<NodeStorage[]> {
+      const { api } = await client(args.host);
+      const list = await pveCall(`storages of ${args.host}/${args.node}`, () => api.nodes.$(args.node).storage.$get());
+      return list
+        .map((st) => ({ storage: String(st.storage), shared: Boolean(Number(st.shared ?? 0)) }))
+        .sort((a, b) => a.storage.localeCompare(b.storage));
     },
 
     /** Datacenter PCI resource mappings (Datacenter > Resource Mappings). */

@@ -206,7 +206,8 @@ async function readCa(file: string, host: string): Promise<Buffer> {
 // ------------------------------------------------------------ classification
 
 /** What a PVE error message means, independent of the HTTP status it came with. */
-export type PveReason = 'locked' | 'exists' | 'already-running' | 'not-running' | 'missing' | 'no-quorum' | 'other';
+export type PveReason =
+  'locked' | 'exists' | 'already-running' | 'not-running' | 'missing' | 'no-quorum' | 'permission' | 'other';
 
 export function pveReason(message: string): PveReason {
   if (/VM is locked \(|can't lock file .* got timeout|is locked \(/i.test(message)) return 'locked';
@@ -221,6 +222,9 @@ export function pveReason(message: string): PveReason {
     return 'missing';
   }
   if (/no quorum/i.test(message)) return 'no-quorum';
+  // PVE answers some permission checks (`only root can set 'hostpci0' config for non-mapped
+  // devices`) with a 500: no retry changes who is asking.
+  if (/^only root can|Permission check failed/i.test(message)) return 'permission';
   return 'other';
 }
 
@@ -246,6 +250,8 @@ export function classifyPveError(err: unknown, what: string): ApplicationFailure
         return nonRetryable('notFound', message, details);
       case 'exists':
         return nonRetryable('conflict', message, details);
+      case 'permission':
+        return nonRetryable('client', message, details);
       default:
         // 595 is pveproxy's "no route to host" to another node: a connection problem.
         if (err.status === 595 || err.status === 596) return retryable('connection', message, details);

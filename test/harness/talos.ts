@@ -188,7 +188,7 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
         addressMap: standin.addressMap,
         loopbackOnly: true,
         pollMs: 200,
-        tmpDir: dir,
+        tmpDir: path.join(dir, 'tmp'),
       }),
       ...createKubernetesActivities({ secrets, pollMs: 200 }),
     } as unknown as TalosLab['activities'];
