@@ -24,6 +24,8 @@ export interface DevServer {
   uiUrl?: string;
   logFile: string;
   stop(): Promise<void>;
+  /** SIGKILL, as when its machine dies: nothing is flushed or closed (tests of outages). */
+  kill(): Promise<void>;
 }
 
 export async function startDevServer(opts: DevServerOptions): Promise<DevServer> {
@@ -78,6 +80,14 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     logFile: opts.logFile,
     stop: async () => {
       await stopProcess(child);
+      log.end();
+    },
+    kill: async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((resolve) => child.once('exit', resolve));
+        child.kill('SIGKILL');
+        await exited;
+      }
       log.end();
     },
   };

@@ -30,13 +30,24 @@ interface WorkerProcess {
   exited: Promise<NodeJS.Signals | number | null>;
 }
 
+/** This file's cluster: talos-bootstrap runs only as talos-bootstrap/<cluster>. */
+const CLUSTER = 'kill-lab';
+
+/** Every file under `dir` (relative paths). */
+async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await fs.readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
+  return entries.filter((e) => e.isFile()).map((e) => path.relative(dir, path.join(e.parentPath, e.name)));
+}
+
 describe('talosBootstrap with its worker process killed (SIGKILL) mid-step', () => {
   let lab: TalosLab;
+  let tempRoot: string;
   let workerEnv: NodeJS.ProcessEnv;
   const workers: WorkerProcess[] = [];
 
   beforeAll(async () => {
-    lab = await startTalosLab({ cluster: threePlusTwo });
+    lab = await startTalosLab({ cluster: threePlusTwo, clusterName: CLUSTER });
+    tempRoot = path.join(lab.dir, 'worker-tmp');
     // The worker process gets the lab as a deployment would: an inventory file (pointed at
     // fakepve, its token a secret-store reference), the secret store, and the Talos stand-in's
     // talosctl with its loopback address map.
@@ -52,6 +63,7 @@ describe('talosBootstrap with its worker process killed (SIGKILL) mid-step', () 
       LABWRIGHT_TALOS_ADDRESS_MAP: JSON.stringify(lab.standin.addressMap),
       LABWRIGHT_SIMULATED: '1',
       LABWRIGHT_METRICS_ADDRESS: 'off',
+      LABWRIGHT_TALOS_TMPDIR: tempRoot,
     };
   });
   afterAll(async () => {
@@ -105,8 +117,8 @@ describe('talosBootstrap with its worker process killed (SIGKILL) mid-step', () 
     const first = startWorker();
     const handle = await client.workflow.start('talosBootstrap', {
       taskQueue: workerEnv.LABWRIGHT_TASK_QUEUE!,
-      workflowId: `talos-bootstrap/home-${uniqueName('kill')}`,
-      args: [{ cluster: 'home', inventory: lab.inventory, waitSeconds: 60, heartbeatSeconds: 5 }],
+      workflowId: `talos-bootstrap/${CLUSTER}`,
+      args: [{ cluster: CLUSTER, inventory: lab.inventory, waitSeconds: 60, heartbeatSeconds: 5 }],
     });
     const result = handle.result();
     result.catch(() => undefined); // awaited below
@@ -125,6 +137,11 @@ describe('talosBootstrap with its worker process killed (SIGKILL) mid-step', () 
     expect(await completed(handle, 'talosApplyConfig')).toBeLessThan(5);
     kill(first, 'SIGKILL');
     expect(await first.exited).toBe('SIGKILL');
+    // The killed worker's talosctl files (the machine config, the talosconfig: a client key) are
+    // left in its private temp folder...
+    expect(await filesUnder(tempRoot)).toEqual(
+      expect.arrayContaining([expect.stringMatching(/^\d+\/talosctl-\w+\/machine\.yaml$/)]),
+    );
     apply.release();
     const second = startWorker();
 
@@ -140,6 +157,8 @@ describe('talosBootstrap with its worker process killed (SIGKILL) mid-step', () 
     const third = startWorker();
 
     const run: TalosBootstrapResult = await result;
+    // ...and the next worker removed them as it started: no secret file is left behind.
+    expect(await filesUnder(tempRoot)).toEqual([]);
 
     // Exactly one bootstrap reached a node, and nothing ever answered AlreadyExists.
     expect(lab.standin.bootstraps).toEqual([{ node: 'talos-cp-1', outcome: 'bootstrapped' }]);

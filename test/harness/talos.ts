@@ -36,6 +36,8 @@ export interface TalosLab {
   secrets: SecretStore;
   /** The inventory the workflows get (raw, as YAML gives it), pointed at fakepve. */
   inventory: Draft;
+  /** The name of the lab's cluster (the example's `home`, or `clusterName`). */
+  cluster: string;
   activities: Record<string, (...args: never[]) => Promise<unknown>>;
   /** Non-GET requests fakepve has answered so far. */
   pveWrites(): Promise<Array<{ method: string; path: string }>>;
@@ -46,6 +48,11 @@ export interface TalosLabOptions {
   /** Edits the example inventory's `home` cluster before anything starts. */
   cluster?: (home: Draft, inventory: Draft) => void;
   /**
+   * The cluster's name (default `home`). talos-bootstrap runs only as `talos-bootstrap/<cluster>`,
+   * so test files that bootstrap on the shared dev server at the same time each take their own.
+   */
+  clusterName?: string;
+  /**
    * (issue 7) Scratch control planes outside the inventory (a DR drill's), each a one-node cluster
    * of its own on the stand-in, behind a PVE VM; their addresses are mapped to loopback too.
    */
@@ -53,7 +60,7 @@ export interface TalosLabOptions {
 }
 
 /** PCI devices as a PVE host lists them, for the example lab's GPUs (and an audio function). */
-const PCI = {
+export const LAB_PCI_DEVICES = {
   pve1: [
     {
       id: '0000:01:00.0',
@@ -102,6 +109,10 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
     await fs.readFile(path.join(projectRoot, 'hardware', 'lab.example.yaml'), 'utf8'),
   ) as Draft;
   opts.cluster?.(inventory.clusters.home, inventory);
+  const cluster = opts.clusterName ?? 'home';
+  if (cluster !== 'home') {
+    inventory.clusters = { [cluster]: inventory.clusters.home };
+  }
   const secrets = new SecretStore(path.join(dir, 'secrets'));
   const realTalosctl = ensureTool('ensure-talosctl.sh');
 
@@ -127,13 +138,14 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
       ],
     });
     stops.push(() => fake.stop());
-    for (const [node, devices] of Object.entries(PCI)) {
+    for (const [node, devices] of Object.entries(LAB_PCI_DEVICES)) {
       await fake.control({ op: 'pci_devices', node, devices });
     }
     await fake.control({
       op: 'pci_mappings',
       mappings: [
-        { id: 'a5000', description: 'RTX A5000', map: ['node=pve1,path=0000:01:00.0,id=10de:2231,iommugroup=14'] },
+        { id: 'a5000', description: 'RTX A5000', map: ['node=pve1,path=0000:01:00,id=10de:2231,iommugroup=14'] },
+        { id: 'a2000', description: 'RTX A2000', map: ['node=pve2,path=0000:01:00,id=10de:2531,iommugroup=12'] },
       ],
     });
     for (const host of inventory.proxmox.hosts as Draft[]) {
@@ -145,7 +157,7 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
     const kube = await startKube({ crdsDir: false });
     stops.push(() => kube.stop());
 
-    const home = inventory.clusters.home as Draft;
+    const home = inventory.clusters[cluster] as Draft;
     const nodes: StandinNodeSpec[] = [...(home.controlPlane as Draft[]), ...((home.workers as Draft[]) ?? [])].map(
       (n) => ({
         name: n.name as string,
@@ -200,6 +212,7 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
       standin,
       secrets,
       inventory,
+      cluster,
       activities,
       pveWrites: async () =>
         (await fake.control<Array<{ method: string; path: string }>>({ op: 'requests' })).filter(
