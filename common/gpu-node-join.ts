@@ -162,13 +162,14 @@ export function smokeJob(
   taints: Array<{ key: string; value?: string; effect: string }>,
   runId?: string,
 ) {
+  // The run ID's last digits: its first ones are a timestamp (UUIDv7), shared by runs a minute apart.
   const suffix =
     runId === undefined
       ? ''
       : `-${runId
           .replace(/[^a-z0-9]/gi, '')
           .toLowerCase()
-          .slice(0, 8)}`;
+          .slice(-8)}`;
   return {
     apiVersion: 'batch/v1',
     kind: 'Job',
