@@ -13,8 +13,8 @@ import { temporal } from '@temporalio/proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import { kubeConfigFor } from './harness/kube-controllers.js';
-import { TEST_CODEC_KEY_FILE, spawnTs } from './harness/processes.js';
-import { startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
+import { spawnTs } from './harness/processes.js';
+import { labWorkerEnv, startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
 import { temporalAddress, testClient, uniqueName } from './harness/temporal.js';
 
 const EventType = temporal.api.enums.v1.EventType;
@@ -48,23 +48,11 @@ describe('talosBootstrap with its worker process killed (SIGKILL) mid-step', () 
   beforeAll(async () => {
     lab = await startTalosLab({ cluster: threePlusTwo, clusterName: CLUSTER });
     tempRoot = path.join(lab.dir, 'worker-tmp');
-    // The worker process gets the lab as a deployment would: an inventory file (pointed at
-    // fakepve, its token a secret-store reference), the secret store, and the Talos stand-in's
-    // talosctl with its loopback address map.
-    const inventoryFile = path.join(lab.dir, 'inventory.json');
-    await fs.writeFile(inventoryFile, JSON.stringify(lab.inventory));
-    workerEnv = {
-      TEMPORAL_ADDRESS: temporalAddress(),
-      LABWRIGHT_CODEC_KEY_FILE: TEST_CODEC_KEY_FILE,
-      LABWRIGHT_TASK_QUEUE: uniqueName('talos-kill'),
-      LABWRIGHT_INVENTORY: inventoryFile,
-      LABWRIGHT_SECRETS_DIR: path.join(lab.dir, 'secrets'),
-      LABWRIGHT_TALOSCTL: lab.standin.talosctl,
-      LABWRIGHT_TALOS_ADDRESS_MAP: JSON.stringify(lab.standin.addressMap),
-      LABWRIGHT_SIMULATED: '1',
-      LABWRIGHT_METRICS_ADDRESS: 'off',
-      LABWRIGHT_TALOS_TMPDIR: tempRoot,
-    };
+    workerEnv = await labWorkerEnv(lab, {
+      temporalAddress: temporalAddress(),
+      taskQueue: uniqueName('talos-kill'),
+      extra: { LABWRIGHT_TALOS_TMPDIR: tempRoot },
+    });
   });
   afterAll(async () => {
     for (const w of workers) if (w.child.exitCode === null && w.child.signalCode === null) kill(w, 'SIGKILL');

@@ -13,8 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import { startDevServer, type DevServer } from '../lib/dev-server.js';
 import { freePort } from '../lib/processes.js';
-import { TEST_CODEC_KEY_FILE, spawnTs } from './harness/processes.js';
-import { startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
+import { spawnTs } from './harness/processes.js';
+import { labWorkerEnv, startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
 import { NAMESPACE, testDataConverter } from './harness/temporal.js';
 
 const EventType = temporal.api.enums.v1.EventType;
@@ -49,20 +49,8 @@ describe('talosBootstrap with its Temporal server killed and restarted during th
   });
 
   it('costs seconds, not minutes, and the result says this run bootstrapped etcd', async () => {
-    const inventoryFile = path.join(lab.dir, 'inventory.json');
-    await (await import('node:fs')).promises.writeFile(inventoryFile, JSON.stringify(lab.inventory));
     const taskQueue = 'talos-outage';
-    worker = spawnTs('workers/main.ts', {
-      TEMPORAL_ADDRESS: server.address,
-      LABWRIGHT_CODEC_KEY_FILE: TEST_CODEC_KEY_FILE,
-      LABWRIGHT_TASK_QUEUE: taskQueue,
-      LABWRIGHT_INVENTORY: inventoryFile,
-      LABWRIGHT_SECRETS_DIR: path.join(lab.dir, 'secrets'),
-      LABWRIGHT_TALOSCTL: lab.standin.talosctl,
-      LABWRIGHT_TALOS_ADDRESS_MAP: JSON.stringify(lab.standin.addressMap),
-      LABWRIGHT_SIMULATED: '1',
-      LABWRIGHT_METRICS_ADDRESS: 'off',
-    });
+    worker = spawnTs('workers/main.ts', await labWorkerEnv(lab, { temporalAddress: server.address, taskQueue }));
     const connect = async (): Promise<Client> =>
       new Client({
         connection: await Connection.connect({ address: server.address }),

@@ -251,6 +251,33 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     expect(lab.standin.bootstraps).toHaveLength(1);
   });
 
+  it("refuses a clone to another PVE node from local storage before any clone, naming the inventory's fields", async () => {
+    const client = await testClient();
+    await lab.fake.api('DELETE', '/nodes/pve2/qemu/9001');
+    // One PVE cluster of two nodes behind the pve1 endpoint: the template on pve1 only, and a new
+    // control plane VMID on pve2, which needs a clone across nodes, from local-lvm.
+    const moved = structuredClone(lab.inventory);
+    moved.proxmox.hosts[0].nodes = ['pve1', 'pve2'];
+    Object.assign(moved.clusters[cluster].controlPlane[1], { host: 'pve1', vmid: 205 });
+    const writesBefore = (await lab.pveWrites()).length;
+    const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow
+        .execute('talosBootstrap', {
+          taskQueue,
+          workflowId: `talos-bootstrap/${cluster}`,
+          args: [{ cluster, inventory: moved, waitSeconds: 60 }],
+        })
+        .catch((e: unknown) => e),
+    );
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('PreconditionFailed');
+    expect(cause.message).toBe(
+      `VM 205 (talos-cp-2) cannot be cloned: template talos-v1-11-5 (clusters.${cluster}.template) is on PVE node pve1, not on pve2 (clusters.${cluster}.controlPlane[1].node), and PVE clones to another node only onto shared storage; local-lvm (clusters.${cluster}.controlPlane[1].storage) is not shared. Make the template on pve2 too, or give clusters.${cluster}.controlPlane[1].storage a shared storage`,
+    );
+    expect((await lab.pveWrites()).slice(writesBefore)).toEqual([]);
+  });
+
   it('fails at once on a bad PCI address and duplicate VMIDs, naming the fields, and touches nothing', async () => {
     const client = await testClient();
     const bad = structuredClone(lab.inventory);

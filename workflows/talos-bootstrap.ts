@@ -330,7 +330,10 @@ async function templatesByHost(
         `template ${plan.template.name} (clusters.${plan.name}.template) is not on Proxmox host ${host}`,
       );
     }
+    // Only VMs still to be cloned need a source; all are checked before the first clone starts.
     for (const n of vms.filter((v) => v.vm!.host === host)) {
+      const vm = n.vm!;
+      if ((await pve.pveGetVm({ host, node: vm.node, vmid: vm.vmid })) !== null) continue;
       out.set(n.name, await cloneSource(plan, n, list));
     }
   }

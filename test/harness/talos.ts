@@ -25,6 +25,7 @@ import {
   type TalosStandin,
 } from '../../sim/talos-standin.js';
 import { startKube, type KubeHandle } from './kube.js';
+import { TEST_CODEC_KEY_FILE } from './processes.js';
 
 export type Draft = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -224,4 +225,29 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
     await stop();
     throw err;
   }
+}
+
+/**
+ * The environment of a worker process (workers/main.ts) on `lab`, as a deployment gives it: an
+ * inventory file (pointed at fakepve, its token a secret-store reference), the secret store, the
+ * Talos stand-in's talosctl with its loopback address map, and the test codec key.
+ */
+export async function labWorkerEnv(
+  lab: TalosLab,
+  opts: { temporalAddress: string; taskQueue: string; extra?: NodeJS.ProcessEnv },
+): Promise<NodeJS.ProcessEnv> {
+  const inventoryFile = path.join(lab.dir, 'inventory.json');
+  await fs.writeFile(inventoryFile, JSON.stringify(lab.inventory));
+  return {
+    TEMPORAL_ADDRESS: opts.temporalAddress,
+    LABWRIGHT_CODEC_KEY_FILE: TEST_CODEC_KEY_FILE,
+    LABWRIGHT_TASK_QUEUE: opts.taskQueue,
+    LABWRIGHT_INVENTORY: inventoryFile,
+    LABWRIGHT_SECRETS_DIR: path.join(lab.dir, 'secrets'),
+    LABWRIGHT_TALOSCTL: lab.standin.talosctl,
+    LABWRIGHT_TALOS_ADDRESS_MAP: JSON.stringify(lab.standin.addressMap),
+    LABWRIGHT_SIMULATED: '1',
+    LABWRIGHT_METRICS_ADDRESS: 'off',
+    ...opts.extra,
+  };
 }
