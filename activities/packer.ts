@@ -32,7 +32,7 @@ import { nonRetryable, retryable } from '../common/errors.js';
 import type { SecretRef } from '../common/secret-ref.js';
 import type { Inventory } from '../hardware/schema.js';
 import { projectRoot, stateDir } from '../lib/paths.js';
-import { ensureTool, programBaseEnv } from '../lib/processes.js';
+import { childEnv, ensureTool } from '../lib/processes.js';
 import type { SecretStore } from '../lib/secrets.js';
 
 /** How Packer reaches the Proxmox host a template is built on. */
@@ -203,7 +203,7 @@ function canonical(value: unknown): string {
 async function packerIdentity(bin: string): Promise<string> {
   const version = execFileSync(bin, ['version'], {
     encoding: 'utf8',
-    env: programBaseEnv(process.env, { CHECKPOINT_DISABLE: '1' }),
+    env: childEnv({ CHECKPOINT_DISABLE: '1' }),
   }).split('\n')[0];
   const modules = await fs.readFile(path.join(path.dirname(bin), 'packer.versions'), 'utf8').catch(() => '');
   return `${version}\n${modules}`;
@@ -329,7 +329,7 @@ export function createPackerActivities(deps: PackerDeps) {
       const started = Date.now();
       const child = spawn(packer, ['build', '-machine-readable', '-color=false', `-var-file=${varFile}`, file], {
         cwd: buildDir,
-        env: programBaseEnv(deps.baseEnv ?? process.env, own),
+        env: childEnv(own, deps.baseEnv ?? process.env),
         // Output to the log file, not a pipe to this worker: Packer keeps going (and can be stopped
         // cleanly by the next attempt) when the worker dies, instead of dying on a broken pipe.
         stdio: ['ignore', out.fd, out.fd],

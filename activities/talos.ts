@@ -3,8 +3,10 @@
  *
  * Secrets bundle, machine configs, talosconfig and kubeconfig live in the secret store and
  * travel as references: an activity resolves a reference into a 0600 file in a private temp
- * folder for talosctl, and removes the folder afterwards. Nothing talosctl prints that could hold
- * key material is returned.
+ * folder for talosctl, and removes the folder afterwards (a killed worker's folder goes when the
+ * next worker starts: lib/processes.ts `PrivateTemp`). talosctl gets only `childEnv()`: PATH,
+ * HOME, locale and proxies, none of the worker's credentials. Nothing talosctl prints that could
+ * hold key material is returned.
  *
  * Output: talosctl's `-o json` writes a stream of indented JSON objects, one per resource (not an
  * array), and `version --json` one protojson object a line; `parseJsonStream` reads both.
@@ -28,6 +30,7 @@ import type { ApplicationFailure } from '@temporalio/common';
 import { nonRetryable, retryable } from '../common/errors.js';
 import type { SecretRef } from '../common/secret-ref.js';
 import { talosStore, type NodePlan } from '../common/talos.js';
+import { childEnv, PrivateTemp } from '../lib/processes.js';
 import type { SecretStore } from '../lib/secrets.js';
 
 export interface TalosDeps {
@@ -38,11 +41,14 @@ export interface TalosDeps {
   addressMap?: Record<string, string>;
   /** Refuse to dial anything that is not loopback after mapping (tests, simulated lab). */
   loopbackOnly?: boolean;
-  /** Where private temp folders go (default the OS temp dir). */
+  /**
+   * Root of the private temp folders for talosctl's secret files (default
+   * `<os temp dir>/labwright-talos`); leftovers of a killed worker are removed at the next start.
+   */
   tmpDir?: string;
   /** Poll interval of the waits (default 2 s). */
   pollMs?: number;
-  /** Environment talosctl runs with (default process.env). */
+  /** Environment talosctl runs with (default `childEnv()`: PATH, HOME, locale, proxies; no secrets). */
   env?: NodeJS.ProcessEnv;
   /** The worker's inventory, handed to workflows started without one. */
   inventory?: unknown;
@@ -214,15 +220,13 @@ export function createTalosActivities(deps: TalosDeps) {
     return mapped;
   }
 
+  // Created with the activities, i.e. as the worker starts: a killed worker's leftovers go now.
+  const temp = new PrivateTemp(deps.tmpDir ?? path.join(os.tmpdir(), 'labwright-talos'));
+  const env = deps.env ?? childEnv();
+
   /** A private 0700 folder for talosctl's files, removed after `body`. */
-  async function withTemp<T>(body: (dir: string) => Promise<T>): Promise<T> {
-    const dir = await fs.mkdtemp(path.join(deps.tmpDir ?? os.tmpdir(), 'labwright-talos-'));
-    await fs.chmod(dir, 0o700);
-    try {
-      return await body(dir);
-    } finally {
-      await fs.rm(dir, { recursive: true, force: true });
-    }
+  function withTemp<T>(body: (dir: string) => Promise<T>): Promise<T> {
+    return temp.run('talosctl-', body);
   }
 
   async function materialize(dir: string, name: string, ref: SecretRef): Promise<string> {
@@ -240,7 +244,7 @@ export function createTalosActivities(deps: TalosDeps) {
         args,
         {
           cwd: opts.cwd,
-          env: deps.env ?? process.env,
+          env,
           timeout: opts.timeoutMs ?? 120_000,
           maxBuffer: 16 * 1024 * 1024,
           killSignal: 'SIGTERM',
@@ -518,11 +522,15 @@ export function createTalosActivities(deps: TalosDeps) {
       });
     },
 
-    /** `etcd members` on a control plane; an empty list when etcd is not running there yet. */
+    /**
+     * `etcd members` on a control plane. `reachable` is false when etcd did not answer (talosctl's
+     * warning, `code = Unavailable`, with no members): not running yet, or restarting; an empty
+     * list from an etcd that answered has `reachable` true.
+     */
     async talosEtcdMembers(args: {
       address: string;
       talosconfig: SecretRef;
-    }): Promise<{ members: EtcdMember[]; warning?: string }> {
+    }): Promise<{ members: EtcdMember[]; reachable: boolean; warning?: string }> {
       return withTemp(async (dir) => {
         const tc = await materialize(dir, 'talosconfig', args.talosconfig);
         const r = await must(
@@ -530,28 +538,38 @@ export function createTalosActivities(deps: TalosDeps) {
           `talosctl etcd members on ${args.address}`,
         );
         const warning = r.stderr.trim();
-        return { members: parseEtcdMembers(r.stdout), ...(warning ? { warning } : {}) };
+        const members = parseEtcdMembers(r.stdout);
+        const reachable =
+          members.length > 0 || !/code = (Unavailable|DeadlineExceeded)|connection refused/.test(warning);
+        return { members, reachable, ...(warning ? { warning } : {}) };
       });
     },
 
     /**
      * Bootstraps etcd on one control plane, guarded: if etcd already has members there, nothing
      * is done; AlreadyExists (the etcd data directory is not empty) means it was done before.
-     * Only `bootstrapped` means this call did it.
+     * `bootstrapped` means this call did it; `bootstrapped-by-earlier-attempt` that a retry of it
+     * found etcd bootstrapped: the workflow calls it only after seeing no member on any control
+     * plane, under its one-per-cluster ID, so the earlier attempt (whose answer was lost) did it.
      */
-    async talosBootstrap(args: {
-      address: string;
-      talosconfig: SecretRef;
-    }): Promise<{ outcome: 'bootstrapped' | 'already-member' | 'already-exists'; members: number }> {
+    async talosBootstrap(args: { address: string; talosconfig: SecretRef }): Promise<{
+      outcome: 'bootstrapped' | 'bootstrapped-by-earlier-attempt' | 'already-member' | 'already-exists';
+      members: number;
+    }> {
+      const retry = (inActivity()?.info.attempt ?? 1) > 1;
       return withTemp(async (dir) => {
         const tc = await materialize(dir, 'talosconfig', args.talosconfig);
         const node = nodeArgs(args.address, tc);
         const before = await must([...node, 'etcd', 'members'], `talosctl etcd members on ${args.address}`);
         const members = parseEtcdMembers(before.stdout);
-        if (members.length > 0) return { outcome: 'already-member', members: members.length };
+        if (members.length > 0) {
+          return { outcome: retry ? 'bootstrapped-by-earlier-attempt' : 'already-member', members: members.length };
+        }
         const r = await run([...node, 'bootstrap']);
         if (r.code === 0) return { outcome: 'bootstrapped', members: 1 };
-        if (/code = AlreadyExists/.test(r.stderr)) return { outcome: 'already-exists', members: 0 };
+        if (/code = AlreadyExists/.test(r.stderr)) {
+          return { outcome: retry ? 'bootstrapped-by-earlier-attempt' : 'already-exists', members: 0 };
+        }
         throw classifyTalosctl(r, `talosctl bootstrap on ${args.address}`);
       });
     },
@@ -727,6 +745,7 @@ export type TalosActivities = ReturnType<typeof createTalosActivities>;
  *   LABWRIGHT_TALOSCTL              path of talosctl (default: `talosctl` on PATH)
  *   LABWRIGHT_TALOS_ADDRESS_MAP     JSON object, inventory address -> address to dial
  *   LABWRIGHT_SIMULATED=1           dial loopback only (the simulated lab)
+ *   LABWRIGHT_TALOS_TMPDIR          root of the private temp folders (default <os temp>/labwright-talos)
  */
 export function talosDepsFromEnv(lab: { inventory: unknown; secrets: SecretStore; env: NodeJS.ProcessEnv }): TalosDeps {
   let addressMap: Record<string, string> | undefined;
@@ -744,5 +763,6 @@ export function talosDepsFromEnv(lab: { inventory: unknown; secrets: SecretStore
     inventory: lab.inventory,
     ...(addressMap ? { addressMap } : {}),
     loopbackOnly: lab.env.LABWRIGHT_SIMULATED === '1',
+    ...(lab.env.LABWRIGHT_TALOS_TMPDIR ? { tmpDir: lab.env.LABWRIGHT_TALOS_TMPDIR } : {}),
   };
 }

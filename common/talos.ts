@@ -42,9 +42,9 @@ export const talosBootstrapInputSchema = z.strictObject({
   waitSeconds: z.int().min(10).max(7200).default(1800),
   /**
    * Heartbeat timeout (seconds) of the Talos calls and the Talos and Kubernetes waits, which all
-   * heartbeat while they run: how soon a call in flight on a worker that died is retried on
-   * another. Left out: the profiles' (30 s for waits; none for the other Talos calls, which a dead
-   * worker then holds until their start-to-close timeout: 60 s, 10 min for the etcd bootstrap).
+   * heartbeat while they run: how soon a call in flight on a worker (or server) that died is
+   * retried. Left out: the profiles' (30 s for waits, 10 s for the etcd bootstrap; none for the
+   * other Talos calls, which a dead worker then holds until their 60 s start-to-close timeout).
    * At least 5: heartbeats reach the server every 0.8 × this, or every 5 s.
    */
   heartbeatSeconds: z.int().min(5).max(600).optional(),
@@ -97,6 +97,8 @@ export interface ClusterPlan {
   talosVersion: string;
   kubernetesVersion: string;
   endpoint: string;
+  /** The VIP the control planes share at the endpoint (Talos moves it between them). */
+  vip?: string;
   /** The inventory's template (name, host, node) VMs are cloned from. */
   template: { name: string; host: string; node: string };
   controlPlane: NodePlan[];
@@ -183,6 +185,7 @@ export function planCluster(inv: Inventory, clusterName: string): ClusterPlan {
     talosVersion: cluster.talosVersion,
     kubernetesVersion: cluster.kubernetesVersion.replace(/^v/, ''),
     endpoint: cluster.endpoint,
+    ...(cluster.apiEndpoint?.kind === 'vip' ? { vip: cluster.apiEndpoint.ip } : {}),
     template: { name: template.name, host: template.host, node: template.node },
     controlPlane: cluster.controlPlane.map((n) => planNode(n, 'controlplane', inv)),
     workers: cluster.workers.map((n) => planNode(n, 'worker', inv)),
@@ -197,9 +200,29 @@ export function vmTags(cluster: string, role: TalosRole): string[] {
   return ['labwright', 'talos', `cluster-${cluster}`, role];
 }
 
-/** The `hostpci0` value for a GPU: by resource mapping when one covers it, by address otherwise. */
+/** `0000:01:00.0` and `01:00.0` name the same function; `01:00` names all functions of a device. */
+export function normalizePci(address: string): string {
+  const a = address.toLowerCase();
+  return a.length <= 7 ? `0000:${a}` : a;
+}
+
+/** The device (`0000:01:00`) of a PCI address, without its function. */
+export function pciSlot(address: string): string {
+  return normalizePci(address).replace(/\.\d$/, '');
+}
+
+/** What is passed through: the whole device (all functions) unless the inventory names one. */
+export function passthroughAddress(gpu: Gpu): string {
+  const slot = pciSlot(gpu.pciAddress);
+  return gpu.onlyFunction === undefined ? slot : `${slot}.${gpu.onlyFunction}`;
+}
+
+/**
+ * The `hostpci0` value for a GPU: by resource mapping (gpu-node-join refuses a GPU without one
+ * before any change: PVE takes a raw address from root@pam only), by its address otherwise.
+ */
 export function hostpciValue(gpu: Gpu): string {
-  return gpu.mappingId ? `mapping=${gpu.mappingId},pcie=1` : `${gpu.pciAddress},pcie=1`;
+  return gpu.mappingId ? `mapping=${gpu.mappingId},pcie=1` : `${passthroughAddress(gpu)},pcie=1`;
 }
 
 /** The PVE config keys a node's VM must have (compared before writing, so a re-run writes nothing). */
@@ -259,7 +282,7 @@ export function nodeConfigRequest(plan: ClusterPlan, node: NodePlan, nvidiaSchem
     kubernetesVersion: plan.kubernetesVersion,
     talosVersion: plan.talosVersion,
     node: { name: node.name, role: node.role },
-    patches: [...nodePatches(node, plan.talosVersion, nvidiaSchematic), ...plan.patches],
+    patches: [...nodePatches(node, plan.talosVersion, nvidiaSchematic, plan.vip), ...plan.patches],
   };
 }
 
@@ -274,10 +297,11 @@ export function templateFor<T extends { name: string; node: string }>(
 
 /**
  * The strategic-merge patches (JSON, which Talos reads as YAML) that make the generic role config
- * this node's: hostname, install disk and image, static address, node labels and taints, and for
+ * this node's: hostname, install disk and image, static address (and on control planes the
+ * cluster's VIP), node labels and taints, and for
  * NVIDIA GPU workers the kernel modules, the BPF sysctl and the nvidia default runtime.
  */
-export function nodePatches(plan: NodePlan, talosVersion: string, nvidiaSchematic?: string): string[] {
+export function nodePatches(plan: NodePlan, talosVersion: string, nvidiaSchematic?: string, vip?: string): string[] {
   const iface =
     plan.kind === 'vm' ? { deviceSelector: { hardwareAddr: plan.vm!.mac } } : { deviceSelector: { physical: true } };
   const machine: Record<string, unknown> = {
@@ -290,6 +314,8 @@ export function nodePatches(plan: NodePlan, talosVersion: string, nvidiaSchemati
           dhcp: false,
           addresses: [`${plan.ip}/${plan.prefix}`],
           routes: [{ network: '0.0.0.0/0', gateway: plan.gateway }],
+          // The cluster's VIP rides on every control plane's interface (one holds it at a time).
+          ...(vip !== undefined && plan.role === 'controlplane' ? { vip: { ip: vip } } : {}),
         },
       ],
     },

@@ -114,11 +114,27 @@ export const clusterNodeSchema = z.discriminatedUnion('kind', [vmNodeSchema, met
 export type ClusterNode = z.infer<typeof clusterNodeSchema>;
 export type VmNode = z.infer<typeof vmNodeSchema>;
 
+/**
+ * What answers at a cluster's Kubernetes API endpoint when it is not a single control plane's own
+ * address: a Talos VIP that the control planes share (Talos puts it on each one's interface, the
+ * one selected by its MAC, and moves it to a healthy control plane), or a load balancer outside
+ * the cluster that forwards to every control plane's :6443.
+ */
+export const apiEndpointSchema = z.discriminatedUnion('kind', [
+  z.strictObject({ kind: z.literal('vip'), ip: ipv4Schema }),
+  z.strictObject({ kind: z.literal('loadBalancer') }),
+]);
+
 export const clusterSchema = z.strictObject({
   talosVersion: z.string().regex(/^v\d+\.\d+\.\d+$/, 'expected a Talos version like v1.11.5'),
   kubernetesVersion: z.string().regex(/^v?\d+\.\d+\.\d+$/, 'expected a Kubernetes version like 1.34.1'),
-  /** The Kubernetes API endpoint, usually a VIP: https://192.168.1.100:6443 */
+  /**
+   * The Kubernetes API endpoint: https://192.168.1.100:6443. Its host is `apiEndpoint`'s VIP, a
+   * load balancer's address, or (one control plane only) that control plane's address.
+   */
   endpoint: z.url({ protocol: /^https$/, message: 'expected an https URL' }),
+  /** What answers at `endpoint`: a VIP of the control planes, or an external load balancer. */
+  apiEndpoint: apiEndpointSchema.optional(),
   /** Template (from `templates`) the VMs are cloned from. */
   template: nameSchema,
   controlPlane: z.array(clusterNodeSchema).min(1),
@@ -145,8 +161,13 @@ export const gpuSchema = z.strictObject({
   iommuGroup: z.int().min(0),
   vendor: z.enum(['nvidia', 'amd', 'intel']),
   model: z.string().min(1),
-  /** PVE resource mapping id (Datacenter > Resource Mappings), when one covers this device. */
+  /**
+   * PVE resource mapping id (Datacenter > Resource Mappings) that covers this device. Required to
+   * pass it through: PVE lets only root@pam itself set a raw hostpci, and labwright uses an API token.
+   */
   mappingId: z.string().optional(),
+  /** Pass only this function of the device; all its functions (GPU, audio, ...) when left out. */
+  onlyFunction: z.int().min(0).max(7).optional(),
 });
 export type Gpu = z.infer<typeof gpuSchema>;
 
@@ -233,6 +254,7 @@ function checkReferences(inv: z.output<typeof inventoryObject>, ctx: z.Refinemen
     if (!templates.has(cluster.template)) {
       ctx.addIssue({ code: 'custom', path: [...base, 'template'], message: `unknown template ${cluster.template}` });
     }
+    checkEndpoint(cluster, base, ctx);
     for (const role of ['controlPlane', 'workers'] as const) {
       cluster[role].forEach((node, i) => {
         const path = [...base, role, i];
@@ -259,5 +281,44 @@ function checkReferences(inv: z.output<typeof inventoryObject>, ctx: z.Refinemen
     if (poolNames.has(p.name))
       ctx.addIssue({ code: 'custom', path: ['burstPools', i, 'name'], message: `duplicate pool ${p.name}` });
     poolNames.add(p.name);
+  });
+}
+
+/** The endpoint must be served: by the declared VIP or load balancer, or by the one control plane. */
+function checkEndpoint(cluster: Cluster, base: PropertyKey[], ctx: z.RefinementCtx): void {
+  const host = new URL(cluster.endpoint).hostname;
+  const path = [...base, 'endpoint'];
+  const nodes = [...cluster.controlPlane, ...cluster.workers];
+  const via = cluster.apiEndpoint;
+  if (via?.kind === 'vip') {
+    if (host !== via.ip) {
+      ctx.addIssue({
+        code: 'custom',
+        path,
+        message: `the endpoint's host ${host} is not the VIP ${via.ip} of apiEndpoint: use https://${via.ip}:6443`,
+      });
+    }
+    const taken = nodes.find((n) => n.ip === via.ip);
+    if (taken) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [...base, 'apiEndpoint', 'ip'],
+        message: `VIP ${via.ip} is ${taken.name}'s own address: a VIP is an address no node has`,
+      });
+    }
+    return;
+  }
+  if (via?.kind === 'loadBalancer') return;
+  const only = cluster.controlPlane.length === 1 ? cluster.controlPlane[0] : undefined;
+  if (only && only.ip === host) return;
+  ctx.addIssue({
+    code: 'custom',
+    path,
+    message:
+      `nothing answers at ${host}: declare what serves the endpoint, apiEndpoint: { kind: vip, ip: ${host} } ` +
+      `(a Talos VIP on the control planes' interface) or apiEndpoint: { kind: loadBalancer }` +
+      (cluster.controlPlane.length === 1
+        ? `, or use the control plane's own address ${cluster.controlPlane[0]!.ip}`
+        : ''),
   });
 }

@@ -23,6 +23,8 @@ export interface DevServer {
   uiUrl?: string;
   logFile: string;
   stop(): Promise<void>;
+  /** SIGKILL, as when its machine dies: nothing is flushed or closed (tests of outages). */
+  kill(): Promise<void>;
 }
 
 export async function startDevServer(opts: DevServerOptions): Promise<DevServer> {
@@ -73,5 +75,12 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     uiUrl,
     logFile: opts.logFile,
     stop: () => stopProcess(child),
+    kill: async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((resolve) => child.once('exit', resolve));
+        child.kill('SIGKILL');
+        await exited;
+      }
+    },
   };
 }

@@ -80,16 +80,86 @@ export async function waitUntilReady(
   throw new Error(`${what} was not ready after ${opts.timeoutMs} ms:\n${await opts.describe()}`);
 }
 
-/** Variables a program run on the lab's behalf (packer) may inherit: where programs are, home, proxies. */
-const PROGRAM_BASE_ENV = /^(PATH|HOME|USER|LANG|LC_[A-Z]+|TZ|TMPDIR|(https?|no|all)_proxy|(HTTPS?|NO|ALL)_PROXY)$/;
+/** What a child program inherits from the worker: its search path, home, locale, temp dir, CA and proxy settings. */
+const INHERITED_ENV = [
+  'PATH',
+  'HOME',
+  'USER',
+  'LANG',
+  'LC_ALL',
+  'TZ',
+  'TMPDIR',
+  'SSL_CERT_FILE',
+  'SSL_CERT_DIR',
+  'HTTP_PROXY',
+  'HTTPS_PROXY',
+  'NO_PROXY',
+  'http_proxy',
+  'https_proxy',
+  'no_proxy',
+];
 
 /**
- * The environment of an external program without the worker's own variables (its codec key
- * file, Temporal address, secret folder and whatever else it was given): only PATH, HOME, locale
- * and proxy settings of `parent`, plus `extra`.
+ * The environment for a child program (talosctl, packer): the INHERITED_ENV part of `from` plus
+ * its `own` variables (its own credentials), and nothing else, so the worker's secrets (AWS keys,
+ * the codec key, PVE tokens) never reach a program that does not need them.
  */
-export function programBaseEnv(parent: NodeJS.ProcessEnv, extra: Record<string, string>): NodeJS.ProcessEnv {
+export function childEnv(
+  own: Record<string, string | undefined> = {},
+  from: NodeJS.ProcessEnv = process.env,
+): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(parent)) if (v !== undefined && PROGRAM_BASE_ENV.test(k)) env[k] = v;
-  return { ...env, ...extra };
+  for (const key of INHERITED_ENV) if (from[key] !== undefined) env[key] = from[key];
+  for (const [key, value] of Object.entries(own)) if (value !== undefined) env[key] = value;
+  return env;
+}
+
+/**
+ * Private (0700) temp folders for the files with secrets that activities hand to child programs:
+ * `<root>/<pid>/<prefix>XXXXXX`, each removed when its activity ends. A worker killed meanwhile
+ * leaves its `<pid>` folder behind; the next worker's `PrivateTemp` removes every folder whose
+ * process is gone (and one with its own pid: a restarted container reuses pids) as it starts,
+ * before it makes a folder of its own.
+ */
+export class PrivateTemp {
+  private readonly own: string;
+  private readonly swept: Promise<void>;
+
+  constructor(readonly root: string) {
+    this.own = path.join(root, String(process.pid));
+    this.swept = this.sweep();
+    this.swept.catch(() => undefined); // awaited by `run`
+  }
+
+  /** Removes the folders of worker processes that are no longer running. */
+  private async sweep(): Promise<void> {
+    await fs.mkdir(this.root, { recursive: true, mode: 0o700 });
+    for (const name of await fs.readdir(this.root)) {
+      const pid = Number(name);
+      if (!Number.isInteger(pid) || (pid !== process.pid && isRunning(pid))) continue;
+      await fs.rm(path.join(this.root, name), { recursive: true, force: true });
+    }
+  }
+
+  /** Runs `body` with a fresh private folder, removed afterwards whatever `body` did. */
+  async run<T>(prefix: string, body: (dir: string) => Promise<T>): Promise<T> {
+    await this.swept;
+    await fs.mkdir(this.own, { recursive: true, mode: 0o700 });
+    const dir = await fs.mkdtemp(path.join(this.own, prefix));
+    await fs.chmod(dir, 0o700);
+    try {
+      return await body(dir);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  }
+}
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

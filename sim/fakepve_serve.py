@@ -130,7 +130,7 @@ class ControlledPve(FakePve):
     def _routes_labwright_pci(self):
         async def devices(values, user):
             if values['node'] in PCI_DEVICES:
-                return PCI_DEVICES[values['node']]
+                return self._labwright_pci_filter(PCI_DEVICES[values['node']], values)
             return self._complete_or_sample('/nodes/{node}/hardware/pci', values)
 
         async def mappings(values, user):
@@ -161,7 +161,7 @@ class ControlledPve(FakePve):
             return await self.task(vm.node, 'resize', vm.vmid, user, body, vm=vm)
         return [('PUT', '/nodes/{node}/qemu/{vmid}/resize', resize)]
 
-    async def _apply_config(self, vm, user, p):
+    async def _labwright_apply_with_cloudinit(self, vm, user, p):
         # (labwright issue 12) A new cloud-init drive, `ide0=<storage>:cloudinit`, as Packer's
         # proxmox builders add one to the template: PVE allocates vm-<vmid>-cloudinit on that
         # storage (which must exist and take images) and writes the drive as a CD-ROM. fakepve
@@ -192,6 +192,52 @@ class ControlledPve(FakePve):
             'vmid': vm.vmid, 'ctime': int(time.time())}
         return '{0}:{1},media=cdrom'.format(sid, volname)
 
+    # ---------------------------------------------------------------- (labwright issue 11) PVE rules
+    # Rules of PVE 8/9 that fakepve 0.5.0 forgives and labwright depends on. Each one is PVE's own
+    # check with PVE's message (qemu-server's API2/Qemu.pm, pve-manager's API2/Hardware/PCI.pm).
+
+    def _labwright_check_hostpci(self, user, vm, updates, deletes=()):
+        # check_hostpci_perm: only root@pam itself may set (or remove) a hostpci that names a raw
+        # device; an API token, even root@pam's, may only use a resource mapping.
+        if user == 'root@pam':
+            return
+        current = vm.config if vm is not None else {}
+        values = [(k, x) for k, x in updates.items() if re.fullmatch(r'hostpci\d+', k)]
+        values += [(k, current[k]) for k in deletes if re.fullmatch(r'hostpci\d+', k) and k in current]
+        for key, value in values:
+            first = str(value).split(',')[0]
+            if not first.startswith('mapping='):
+                raise PveError(500, "only root can set '{0}' config for non-mapped devices".format(key))
+
+    async def _apply_config(self, vm, user, p):
+        deletes = [k for k in str(p.get('delete', '') or '').split(',') if k]
+        self._labwright_check_hostpci(user, vm, p, deletes)
+        return await self._labwright_apply_with_cloudinit(vm, user, p)
+
+    async def _qm_clone(self, v, user):
+        # clone_vm: a clone to another node (`target`) needs every disk on shared storage (the
+        # `storage` given for the clone, else each disk's own); fakepve checks only `storage`.
+        node, target = v['node'], v.get('target')
+        if target and target not in (node, 'localhost') and not v.get('storage'):
+            src = self.find(node, v['vmid'])
+            for _key, volume, props in qemu.drives_of(src.config):
+                sid = qemu.volume_ref(volume)[0]
+                if qemu.is_cdrom(volume, props) or sid is None:
+                    continue
+                if not self.storages.get(sid, {}).get('shared'):
+                    raise PveError(500, "can't clone VM to node '{0}' (VM uses local storage)".format(target))
+        return await super()._qm_clone(v, user)
+
+    @staticmethod
+    def _labwright_pci_filter(devices, values):
+        # GET /nodes/{node}/hardware/pci leaves out the classes of `pci-class-blacklist`
+        # (default '05;06;0b': memory controllers, bridges, processors); '' lists everything.
+        blacklist = values.get('pci-class-blacklist')
+        blacklist = '05;06;0b' if blacklist is None else str(blacklist)
+        prefixes = [c.strip().lower() for c in re.split(r'[;,\s]+', blacklist) if c.strip()]
+        return [d for d in devices
+                if not any(str(d.get('class', '')).lower().replace('0x', '', 1).startswith(c) for c in prefixes)]
+
     def _complete_or_sample(self, template, values):
         from fakepve import schema as pve_schema, shapes
         returns = pve_schema.load().paths[template]['GET'].get('returns') or {}
@@ -203,6 +249,7 @@ class ControlledPve(FakePve):
         # with the config of the VM the archive was taken of (when that VM still exists), the
         # given name and config keys, locked `create` while its `qmrestore` task runs.
         archive = v.get('archive')
+        self._labwright_check_hostpci(user, None, v)  # (labwright issue 11)
         if not archive:
             return await super()._qm_create(v, user)
         node, vmid = v['node'], int(v['vmid'])

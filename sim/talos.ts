@@ -12,6 +12,8 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { passthroughAddress } from '../common/talos.js';
+import type { Gpu } from '../hardware/schema.js';
 import { ensureTool } from '../lib/processes.js';
 import { SecretStore } from '../lib/secrets.js';
 import { startKube } from '../lib/kube-apiserver.js';
@@ -69,7 +71,11 @@ export const talosPeer: PeerStarter = async (ctx) => {
   }
   const mappings = (inv.gpus ?? [])
     .filter((g) => g.mappingId)
-    .map((g) => ({ id: String(g.mappingId), map: [`node=${g.node},path=${g.pciAddress},iommugroup=${g.iommuGroup}`] }));
+    .map((g) => ({
+      id: String(g.mappingId),
+      // The whole device (every function), as gpu-node-join passes it unless the inventory names one.
+      map: [`node=${g.node},path=${passthroughAddress(g as unknown as Gpu)},iommugroup=${g.iommuGroup}`],
+    }));
   if (mappings.length > 0) await pve('POST', '/_labwright/control', { op: 'pci_mappings', mappings }, true);
 
   let kubeconfigPath = path.join(ctx.dir, 'talos-kubeconfig');

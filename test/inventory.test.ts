@@ -64,6 +64,31 @@ describe('the lab inventory', () => {
     ]);
   });
 
+  it('refuses a cluster endpoint that nothing serves: neither its VIP, a load balancer, nor the one control plane', async () => {
+    const noVip = await withEdited((t) => t.replace('    apiEndpoint: { kind: vip, ip: 192.168.1.100 }\n', ''));
+    expect((noVip as InventoryError).problems).toEqual([
+      "clusters.home.endpoint: nothing answers at 192.168.1.100: declare what serves the endpoint, apiEndpoint: { kind: vip, ip: 192.168.1.100 } (a Talos VIP on the control planes' interface) or apiEndpoint: { kind: loadBalancer }",
+    ]);
+    const otherVip = await withEdited((t) => t.replace('ip: 192.168.1.100 }', 'ip: 192.168.1.99 }'));
+    expect((otherVip as InventoryError).problems).toEqual([
+      "clusters.home.endpoint: the endpoint's host 192.168.1.100 is not the VIP 192.168.1.99 of apiEndpoint: use https://192.168.1.99:6443",
+    ]);
+    const nodesVip = await withEdited((t) =>
+      t
+        .replace('endpoint: https://192.168.1.100:6443', 'endpoint: https://192.168.1.101:6443')
+        .replace('ip: 192.168.1.100 }', 'ip: 192.168.1.101 }'),
+    );
+    expect((nodesVip as InventoryError).problems).toEqual([
+      "clusters.home.apiEndpoint.ip: VIP 192.168.1.101 is talos-cp-1's own address: a VIP is an address no node has",
+    ]);
+    const lb = await withEdited((t) =>
+      t
+        .replace('endpoint: https://192.168.1.100:6443', 'endpoint: https://k8s.lab:6443')
+        .replace('{ kind: vip, ip: 192.168.1.100 }', '{ kind: loadBalancer }'),
+    );
+    expect(lb).not.toBeInstanceOf(Error);
+  });
+
   it('ships a JSON Schema for editors that matches the zod schema', async () => {
     const committed = await fs.readFile(path.join(projectRoot, 'hardware', 'inventory.schema.json'), 'utf8');
     expect(committed).toBe(inventoryJsonSchema());

@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import type { PackerImageBuildInput, PackerImageBuildResult } from '../common/packer-image-build.js';
 import type { Progress } from '../common/progress.js';
@@ -49,6 +49,7 @@ beforeAll(async () => {
     LABWRIGHT_SECRETS_DIR: path.join(lab.dir, 'secrets'),
     LABWRIGHT_PACKER_WORKDIR: lab.packerWorkDir,
     LABWRIGHT_METRICS_ADDRESS: 'off',
+    LABWRIGHT_WORKFLOW_BUNDLE: inject('workflowBundlePath'),
   };
 });
 afterAll(async () => {

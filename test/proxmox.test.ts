@@ -5,7 +5,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { proxmoxApi } from 'proxmox-api';
-import { classifyPveError, createProxmoxActivities, PveEngine, PveHttpError } from '../activities/proxmox.js';
+import { createProxmoxActivities } from '../activities/proxmox.js';
+import { classifyPveError, PveEngine, PveHttpError } from '../clients/proxmox.js';
 import { bootDiskKey, diskSizeBytes } from '../common/pve-disks.js';
 import { collectArtifacts, parseMachineLine, stepOf } from '../activities/packer.js';
 import { activityFailure } from './harness/failures.js';
@@ -300,6 +301,51 @@ describe('Proxmox activities on fakepve', () => {
     );
     expect(missing.type).toBe('NotFoundError');
     expect(missing.message).toContain("can't find archive");
+  });
+
+  // (issue 11) Rules PVE enforces and labwright relies on; the peer (sim/fakepve_serve.py) has them.
+  it("refuses a raw hostpci to an API token with PVE's message, and takes a resource mapping", async () => {
+    await lab.fake.api('POST', '/nodes/pve1/qemu', { vmid: 260, name: 'gpu-vm', memory: 2048 });
+    const raw = await activityFailure(
+      pve.pveSetConfig({ ...at, vmid: 260, config: { hostpci: { 0: '0000:01:00,pcie=1' } } }),
+    );
+    expect(raw.type).toBe('ClientError');
+    expect(raw.nonRetryable).toBe(true);
+    expect(raw.message).toBe(
+      "set config of VM 260 on pve1: only root can set 'hostpci0' config for non-mapped devices",
+    );
+    expect((await pve.pveGetVm({ ...at, vmid: 260 }))?.config.hostpci0).toBeUndefined();
+    await pve.pveSetConfig({ ...at, vmid: 260, config: { hostpci: { 0: 'mapping=a5000,pcie=1' } } });
+    expect((await pve.pveGetVm({ ...at, vmid: 260 }))?.config.hostpci0).toBe('mapping=a5000,pcie=1');
+  });
+
+  it('refuses a clone to another node from local storage, and reports which storages are shared', async () => {
+    // Template 9000's disk is on vmdata, a directory storage of one node.
+    expect(await pve.pveNodeStorages(at)).toContainEqual({ storage: 'vmdata', shared: false });
+    const across = await activityFailure(
+      pve.pveClone({ ...at, vmid: 9000, newid: 261, name: 'across', full: true, target: 'pve2' }),
+    );
+    expect(across.message).toBe(
+      "clone VM 9000 to 261 (across) on pve1: can't clone VM to node 'pve2' (VM uses local storage)",
+    );
+    expect((await lab.fake.vms()).some((v) => v.vmid === 261)).toBe(false);
+  });
+
+  it("lists PCI devices with PVE's default class filter: no bridges, unless asked for everything", async () => {
+    await lab.fake.control({
+      op: 'pci_devices',
+      node: 'pve1',
+      devices: [
+        { id: '0000:00:01.0', class: '0x060400', vendor: '0x1022', device: '0x1483', iommugroup: 2 },
+        { id: '0000:01:00.0', class: '0x030000', vendor: '0x10de', device: '0x2231', iommugroup: 2 },
+        { id: '0000:01:00.1', class: '0x040300', vendor: '0x10de', device: '0x1aef', iommugroup: 2 },
+      ],
+    });
+    expect((await pve.pvePciDevices(at)).map((d) => d.id)).toEqual(['0000:01:00.0', '0000:01:00.1']);
+    const all = await lab.fake.api<Array<{ id: string }>>('GET', '/nodes/pve1/hardware/pci', {
+      'pci-class-blacklist': '',
+    });
+    expect(all.map((d) => d.id)).toContain('0000:00:01.0');
   });
 });
 

@@ -10,11 +10,11 @@ import type { ChildProcess } from 'node:child_process';
 import { CoreV1Api } from '@kubernetes/client-node';
 import type { WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import { kubeConfigFor } from './harness/kube-controllers.js';
-import { TEST_CODEC_KEY_FILE, spawnTs } from './harness/processes.js';
-import { startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
+import { spawnTs } from './harness/processes.js';
+import { labWorkerEnv, startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
 import { temporalAddress, testClient, uniqueName } from './harness/temporal.js';
 
 const EventType = temporal.api.enums.v1.EventType;
@@ -30,32 +30,29 @@ interface WorkerProcess {
   exited: Promise<NodeJS.Signals | number | null>;
 }
 
+/** This file's cluster: talos-bootstrap runs only as talos-bootstrap/<cluster>. */
+const CLUSTER = 'kill-lab';
+
+/** Every file under `dir` (relative paths). */
+async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await fs.readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
+  return entries.filter((e) => e.isFile()).map((e) => path.relative(dir, path.join(e.parentPath, e.name)));
+}
+
 describe('talosBootstrap with its worker process killed (SIGKILL) mid-step', () => {
   let lab: TalosLab;
+  let tempRoot: string;
   let workerEnv: NodeJS.ProcessEnv;
   const workers: WorkerProcess[] = [];
 
   beforeAll(async () => {
-    lab = await startTalosLab({ cluster: threePlusTwo });
-    // The worker process gets the lab as a deployment would: an inventory file (pointed at
-    // fakepve, its token a secret-store reference), the secret store, and the Talos stand-in's
-    // talosctl with its loopback address map.
-    const inventoryFile = path.join(lab.dir, 'inventory.json');
-    await fs.writeFile(inventoryFile, JSON.stringify(lab.inventory));
-    workerEnv = {
-      TEMPORAL_ADDRESS: temporalAddress(),
-      LABWRIGHT_CODEC_KEY_FILE: TEST_CODEC_KEY_FILE,
-      LABWRIGHT_TASK_QUEUE: uniqueName('talos-kill'),
-      LABWRIGHT_INVENTORY: inventoryFile,
-      LABWRIGHT_SECRETS_DIR: path.join(lab.dir, 'secrets'),
-      LABWRIGHT_TALOSCTL: lab.standin.talosctl,
-      LABWRIGHT_TALOS_ADDRESS_MAP: JSON.stringify(lab.standin.addressMap),
-      LABWRIGHT_SIMULATED: '1',
-      LABWRIGHT_METRICS_ADDRESS: 'off',
-      // Each of the three worker processes loads the run's bundle instead of bundling the workflows
-      // again: on a loaded machine that took most of the test's time.
-      LABWRIGHT_WORKFLOW_BUNDLE: inject('workflowBundlePath'),
-    };
+    lab = await startTalosLab({ cluster: threePlusTwo, clusterName: CLUSTER });
+    tempRoot = path.join(lab.dir, 'worker-tmp');
+    workerEnv = await labWorkerEnv(lab, {
+      temporalAddress: temporalAddress(),
+      taskQueue: uniqueName('talos-kill'),
+      extra: { LABWRIGHT_TALOS_TMPDIR: tempRoot },
+    });
   });
   afterAll(async () => {
     for (const w of workers) if (w.child.exitCode === null && w.child.signalCode === null) kill(w, 'SIGKILL');
@@ -108,8 +105,8 @@ describe('talosBootstrap with its worker process killed (SIGKILL) mid-step', () 
     const first = startWorker();
     const handle = await client.workflow.start('talosBootstrap', {
       taskQueue: workerEnv.LABWRIGHT_TASK_QUEUE!,
-      workflowId: `talos-bootstrap/home-${uniqueName('kill')}`,
-      args: [{ cluster: 'home', inventory: lab.inventory, waitSeconds: 60, heartbeatSeconds: 5 }],
+      workflowId: `talos-bootstrap/${CLUSTER}`,
+      args: [{ cluster: CLUSTER, inventory: lab.inventory, waitSeconds: 60, heartbeatSeconds: 5 }],
     });
     const result = handle.result();
     result.catch(() => undefined); // awaited below
@@ -128,6 +125,11 @@ describe('talosBootstrap with its worker process killed (SIGKILL) mid-step', () 
     expect(await completed(handle, 'talosApplyConfig')).toBeLessThan(5);
     kill(first, 'SIGKILL');
     expect(await first.exited).toBe('SIGKILL');
+    // The killed worker's talosctl files (the machine config, the talosconfig: a client key) are
+    // left in its private temp folder...
+    expect(await filesUnder(tempRoot)).toEqual(
+      expect.arrayContaining([expect.stringMatching(/^\d+\/talosctl-\w+\/machine\.yaml$/)]),
+    );
     apply.release();
     const second = startWorker();
 
@@ -143,6 +145,8 @@ describe('talosBootstrap with its worker process killed (SIGKILL) mid-step', () 
     const third = startWorker();
 
     const run: TalosBootstrapResult = await result;
+    // ...and the next worker removed them as it started: no secret file is left behind.
+    expect(await filesUnder(tempRoot)).toEqual([]);
 
     // Exactly one bootstrap reached a node, and nothing ever answered AlreadyExists.
     expect(lab.standin.bootstraps).toEqual([{ node: 'talos-cp-1', outcome: 'bootstrapped' }]);

@@ -6,6 +6,7 @@ import type { TalosBootstrapResult } from '../common/talos.js';
 import type { Progress } from '../common/progress.js';
 import { recordHistory } from './harness/histories.js';
 import { kubeConfigFor } from './harness/kube-controllers.js';
+import { parse as parseYaml } from 'yaml';
 import { startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { inject } from 'vitest';
@@ -54,11 +55,12 @@ function threePlusTwo(home: Draft): void {
 
 describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserver', () => {
   let lab: TalosLab;
-  const cluster = 'home';
+  // Its own cluster name: talos-bootstrap runs only as talos-bootstrap/<cluster>.
+  const cluster = 'boot';
   let firstRun: TalosBootstrapResult;
 
   beforeAll(async () => {
-    lab = await startTalosLab({ cluster: threePlusTwo });
+    lab = await startTalosLab({ cluster: threePlusTwo, clusterName: cluster });
     // Installs the harness's quiet SDK runtime before the uncached workers below create theirs.
     await withWorker({}, async () => undefined);
   });
@@ -106,7 +108,7 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     let worker = await startUncachedWorker(activities, taskQueue);
     const handle = await client.workflow.start('talosBootstrap', {
       taskQueue,
-      workflowId: `talos-bootstrap/${cluster}-${uniqueName('t')}`,
+      workflowId: `talos-bootstrap/${cluster}`,
       args: [{ cluster, inventory: lab.inventory, waitSeconds: 60 }],
     });
     let restarts = 0;
@@ -135,9 +137,11 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     expect(lab.standin.etcdMembers().sort()).toEqual(['talos-cp-1', 'talos-cp-2', 'talos-cp-3']);
 
     // The cluster's own endpoint is reported (the test reaches it through the loopback address map).
-    expect(firstRun.endpoint).toBe(lab.inventory.clusters.home!.endpoint);
-    expect(firstRun.kubeconfig).toEqual({ store: 'talos/home/kubeconfig' });
-    expect(firstRun.etcd.node).toBe('talos-cp-1');
+    expect(firstRun.endpoint).toBe(lab.inventory.clusters[cluster]!.endpoint);
+    expect(firstRun.kubeconfig).toEqual({ store: `talos/${cluster}/kubeconfig` });
+    // The bootstrap's reply was lost and its retry found etcd running: this run did it, and says so.
+    expect(firstRun.etcd).toEqual({ node: 'talos-cp-1', bootstrappedByThisRun: true });
+    expect(firstRun.changes).toContain('bootstrapped etcd on talos-cp-1');
     expect(firstRun.changes).toEqual(
       expect.arrayContaining(['cloned VM 201 (talos-cp-1)', 'cloned VM 221 (talos-iot-1)']),
     );
@@ -171,7 +175,23 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     ).toBe('iot');
 
     // Secrets live in the store, and only their names travel.
-    expect(await lab.secrets.exists({ store: 'talos/home/secrets.yaml' })).toBe(true);
+    expect(await lab.secrets.exists({ store: `talos/${cluster}/secrets.yaml` })).toBe(true);
+
+    // The endpoint is the cluster's VIP (apiEndpoint in the inventory): every control plane carries
+    // it on its interface, selected by its MAC; workers do not. (Each config passed the real
+    // `talosctl validate --mode metal --strict`.)
+    for (const [name, mac] of [
+      ['talos-cp-1', 'bc:24:11:00:02:01'],
+      ['talos-cp-3', 'bc:24:11:00:02:03'],
+    ]) {
+      const config = parseYaml(await lab.secrets.resolve({ store: `talos/${cluster}/nodes/${name}.yaml` })) as Draft;
+      expect(config.machine.network.interfaces).toEqual([
+        expect.objectContaining({ deviceSelector: { hardwareAddr: mac }, vip: { ip: '192.168.1.100' } }),
+      ]);
+      expect(config.cluster.controlPlane.endpoint).toBe('https://192.168.1.100:6443');
+    }
+    const iot = parseYaml(await lab.secrets.resolve({ store: `talos/${cluster}/nodes/talos-iot-1.yaml` })) as Draft;
+    expect(iot.machine.network.interfaces[0].vip).toBeUndefined();
     expect(await lab.secrets.resolve(firstRun.kubeconfig)).toContain(lab.kube.server);
     const progress = await handle.query<Progress>('progress');
     expect(progress.steps.filter((s) => s.status !== 'done')).toEqual([]);
@@ -189,13 +209,13 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     const result = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
       client.workflow.execute('talosBootstrap', {
         taskQueue,
-        workflowId: `talos-bootstrap/${cluster}-${uniqueName('again')}`,
+        workflowId: `talos-bootstrap/${cluster}`,
         args: [{ cluster, inventory: lab.inventory, waitSeconds: 60 }],
       }),
     );
     expect(result.changes).toEqual([]);
     expect(result.summary).toBe(
-      `cluster home is already healthy at ${lab.inventory.clusters.home!.endpoint}: nothing changed`,
+      `cluster ${cluster} is already healthy at ${lab.inventory.clusters[cluster]!.endpoint}: nothing changed`,
     );
     expect(result.etcd).toEqual({ node: 'talos-cp-1', bootstrappedByThisRun: false });
     expect((await lab.pveWrites()).length).toBe(writesBefore);
@@ -205,11 +225,64 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     expect(lab.standin.bootstraps).toHaveLength(1);
   });
 
+  it('refuses to run under any other workflow ID than talos-bootstrap/<cluster>, and touches nothing', async () => {
+    const client = await testClient();
+    const writesBefore = (await lab.pveWrites()).length;
+    const callsBefore = lab.standin.calls.length;
+    const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow
+        .execute('talosBootstrap', {
+          taskQueue,
+          workflowId: `talos-bootstrap/${cluster}-${uniqueName('other')}`,
+          args: [{ cluster, inventory: lab.inventory, waitSeconds: 60 }],
+        })
+        .catch((e: unknown) => e),
+    );
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('ValidationError');
+    expect(cause.message).toMatch(
+      new RegExp(
+        `^invalid input: cluster: talos-bootstrap of cluster ${cluster} runs only as workflow ID talos-bootstrap/${cluster}, not talos-bootstrap/${cluster}-other-`,
+      ),
+    );
+    expect((await lab.pveWrites()).length).toBe(writesBefore);
+    expect(lab.standin.calls.slice(callsBefore)).toEqual([]);
+    expect(lab.standin.bootstraps).toHaveLength(1);
+  });
+
+  it("refuses a clone to another PVE node from local storage before any clone, naming the inventory's fields", async () => {
+    const client = await testClient();
+    await lab.fake.api('DELETE', '/nodes/pve2/qemu/9001');
+    // One PVE cluster of two nodes behind the pve1 endpoint: the template on pve1 only, and a new
+    // control plane VMID on pve2, which needs a clone across nodes, from local-lvm.
+    const moved = structuredClone(lab.inventory);
+    moved.proxmox.hosts[0].nodes = ['pve1', 'pve2'];
+    Object.assign(moved.clusters[cluster].controlPlane[1], { host: 'pve1', vmid: 205 });
+    const writesBefore = (await lab.pveWrites()).length;
+    const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow
+        .execute('talosBootstrap', {
+          taskQueue,
+          workflowId: `talos-bootstrap/${cluster}`,
+          args: [{ cluster, inventory: moved, waitSeconds: 60 }],
+        })
+        .catch((e: unknown) => e),
+    );
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('PreconditionFailed');
+    expect(cause.message).toBe(
+      `VM 205 (talos-cp-2) cannot be cloned: template talos-v1-11-5 (clusters.${cluster}.template) is on PVE node pve1, not on pve2 (clusters.${cluster}.controlPlane[1].node), and PVE clones to another node only onto shared storage; local-lvm (clusters.${cluster}.controlPlane[1].storage) is not shared. Make the template on pve2 too, or give clusters.${cluster}.controlPlane[1].storage a shared storage`,
+    );
+    expect((await lab.pveWrites()).slice(writesBefore)).toEqual([]);
+  });
+
   it('fails at once on a bad PCI address and duplicate VMIDs, naming the fields, and touches nothing', async () => {
     const client = await testClient();
     const bad = structuredClone(lab.inventory);
     bad.gpus[0].pciAddress = '0000:1:00.0';
-    bad.clusters.home.controlPlane[1].vmid = 201;
+    bad.clusters[cluster].controlPlane[1].vmid = 201;
     const called: string[] = [];
     const activities = Object.fromEntries(
       Object.entries(lab.activities).map(([name, fn]) => [
@@ -224,7 +297,7 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
       client.workflow
         .execute('talosBootstrap', {
           taskQueue,
-          workflowId: `talos-bootstrap/${cluster}-${uniqueName('bad')}`,
+          workflowId: `talos-bootstrap/${cluster}`,
           args: [{ cluster, inventory: bad }],
         })
         .catch((e: unknown) => e),
@@ -236,7 +309,7 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     expect(cause.nonRetryable).toBe(true);
     expect(cause.message).toContain('gpus[0].pciAddress: expected a PCI address like 0000:01:00.0');
     expect(cause.message).toContain(
-      'clusters.home.controlPlane[1].vmid: duplicate vmid 201, also at clusters.home.controlPlane[0].vmid',
+      `clusters.${cluster}.controlPlane[1].vmid: duplicate vmid 201, also at clusters.${cluster}.controlPlane[0].vmid`,
     );
     expect(called).toEqual([]);
   });

@@ -4,7 +4,8 @@
  */
 import { createEc2Activities } from '../activities/ec2.js';
 import { createPackerActivities, packerDepsFromLab } from '../activities/packer.js';
-import { createProxmoxActivities, proxmoxDepsFromInventory } from '../activities/proxmox.js';
+import { createProxmoxActivities } from '../activities/proxmox.js';
+import { proxmoxDepsFromInventory } from '../clients/proxmox.js';
 import { createKubernetesActivities } from '../activities/kubernetes.js';
 import { createTalosActivities, talosDepsFromEnv } from '../activities/talos.js';
 import { createDrReportActivities, drReportDepsFromEnv } from '../activities/dr-reports.js';

@@ -14,8 +14,10 @@
  *   6. Wait for the Node Ready; label and taint it as the inventory says.
  *   7. Wait for allocatable nvidia.com/gpu (the device plugin); run a smoke Job asking for one GPU.
  *
- * On a failure after the VM exists, everything is undone in reverse: the Job and the Node are
- * removed, the VM stopped, the GPU detached (freed) and the VM deleted.
+ * On a failure, what this run created is undone in reverse: its smoke Job, the Node if it first
+ * appeared in this run, and the VM if this run cloned it (stopped, GPU detached, deleted). A VM or
+ * Node that was there before the run is left as it was: a re-run on a joined node that fails
+ * (a busy GPU keeps the smoke Job Pending) must not delete a production worker.
  */
 import * as wf from '@temporalio/workflow';
 import type { createKubernetesActivities } from '../activities/kubernetes.js';
@@ -37,13 +39,13 @@ import { RESOURCE_KEY } from '../common/search-attributes.js';
 import {
   nodeConfigRequest,
   parseInventory,
+  passthroughAddress,
   planCluster,
   talosStore,
-  templateFor,
   vmConfigFor,
 } from '../common/talos.js';
 import { parseInput } from '../common/validation.js';
-import { ensureVm } from './talos-bootstrap.js';
+import { cloneSource, ensureVm } from './talos-bootstrap.js';
 
 type Pve = ReturnType<typeof createProxmoxActivities>;
 type Talos = ReturnType<typeof createTalosActivities>;
@@ -97,7 +99,7 @@ export async function gpuNodeJoin(raw: unknown): Promise<GpuNodeJoinResult> {
     async () => {
       const [devices, mappings, list] = await Promise.all([
         pve.pvePciDevices({ host: gpu.host, node: gpu.node }),
-        gpu.mappingId ? pve.pvePciMappings({ host: gpu.host }) : Promise.resolve([]),
+        pve.pvePciMappings({ host: gpu.host }),
         pve.pveListVms({ host: gpu.host }),
       ]);
       const vms: VmPci[] = [];
@@ -116,7 +118,7 @@ export async function gpuNodeJoin(raw: unknown): Promise<GpuNodeJoinResult> {
         });
       }
     },
-    () => `${gpu.pciAddress} on ${gpu.node} is free${gpu.mappingId ? ` (mapping ${gpu.mappingId})` : ''}`,
+    () => `${passthroughAddress(gpu)} on ${gpu.node} is free (mapping ${gpu.mappingId})`,
   );
 
   const secrets = await talos.talosEnsureSecrets({ cluster: plan.name, endpoint: plan.endpoint, mustExist: true });
@@ -127,23 +129,21 @@ export async function gpuNodeJoin(raw: unknown): Promise<GpuNodeJoinResult> {
     (c) => `valid (${c.sha256.slice(0, 12)})`,
   );
 
-  // From here on, a failure undoes what was done, in reverse.
+  // From here on, a failure undoes what this run created, in reverse.
   const undo: Array<{ what: string; run: () => Promise<void> }> = [];
-  const jobName = smokeJob(node.name, input.smokeNamespace, input.smokeImage, node.taints).metadata.name;
+  const job = smokeJob(node.name, input.smokeNamespace, input.smokeImage, node.taints, wf.workflowInfo().runId);
+  const jobName = job.metadata.name;
   try {
     await progress.run(
       'create VM',
       async () => {
-        // Registered first, so that a failure during the clone also leaves no VM behind.
-        undo.push({ what: `delete VM ${vm.vmid}`, run: removeVm });
-        const t = templateFor(await pve.pveListTemplates({ host: vm.host }), plan.template.name, vm.node);
-        if (!t && (await pve.pveGetVm(ref)) === null) {
-          throw nonRetryable(
-            'precondition',
-            `template ${plan.template.name} (clusters.${plan.name}.template) is not on Proxmox host ${vm.host}`,
-          );
+        // Registered before the clone, so that a failure during it also leaves no VM behind;
+        // only when there is no VM yet: one that was there before this run is not ours to delete.
+        const templates = new Map<string, { vmid: number; node: string }>();
+        if ((await pve.pveGetVm(ref)) === null) {
+          undo.push({ what: `delete VM ${vm.vmid}`, run: removeVm });
+          templates.set(node.name, await cloneSource(plan, node, await pve.pveListTemplates({ host: vm.host })));
         }
-        const templates = new Map(t ? [[node.name, { vmid: t.vmid, node: t.node }]] : []);
         const current = await ensureVm(plan, node, templates, changes);
         // An OVMF VM keeps its EFI variables (boot entries) only on an EFI disk. Histories
         // recorded before it was added replay without it.
@@ -166,13 +166,14 @@ export async function gpuNodeJoin(raw: unknown): Promise<GpuNodeJoinResult> {
       if (r.outcome) changes.push(`started VM ${vm.vmid}`);
     });
 
-    undo.push({
-      what: `remove Node ${node.name}`,
-      run: async () => {
-        await kube.k8sDeleteJob({ kubeconfig, namespace: input.smokeNamespace, name: jobName });
-        await kube.k8sDeleteNode({ kubeconfig, node: node.name });
-      },
-    });
+    if (!(await kube.k8sGetNode({ kubeconfig, node: node.name })).exists) {
+      undo.push({
+        what: `remove Node ${node.name}`,
+        run: async () => {
+          await kube.k8sDeleteNode({ kubeconfig, node: node.name });
+        },
+      });
+    }
     await progress.run('apply config', async () => {
       const probe = await talosWait.talosWaitForApi({
         address: node.ip,
@@ -219,7 +220,12 @@ export async function gpuNodeJoin(raw: unknown): Promise<GpuNodeJoinResult> {
     await progress.run(
       'smoke test',
       async () => {
-        const job = smokeJob(node.name, input.smokeNamespace, input.smokeImage, node.taints);
+        undo.push({
+          what: `delete smoke Job ${input.smokeNamespace}/${jobName}`,
+          run: async () => {
+            await kube.k8sDeleteJob({ kubeconfig, namespace: input.smokeNamespace, name: jobName });
+          },
+        });
         const created = await kube.k8sCreateJob({ kubeconfig, job });
         if (created.created) changes.push(`ran smoke Job ${input.smokeNamespace}/${jobName}`);
         await kubeWait.k8sWaitJob({

@@ -37,6 +37,7 @@ import {
   parseInventory,
   planCluster,
   talosBootstrapInputSchema,
+  talosBootstrapWorkflowId,
   templateFor,
   vmConfigFor,
   type ClusterPlan,
@@ -67,6 +68,15 @@ export const TALOS_BOOTSTRAP_STEPS = [
 
 export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult> {
   const input = parseInput(talosBootstrapInputSchema, raw, 'talos-bootstrap input');
+  // Exactly one bootstrap per cluster rests on Temporal's one open run per workflow ID: under
+  // any other ID, a second run could bootstrap the same cluster's etcd at the same time.
+  const id = wf.workflowInfo().workflowId;
+  if (id !== talosBootstrapWorkflowId(input.cluster)) {
+    throw nonRetryable(
+      'validation',
+      `invalid input: cluster: talos-bootstrap of cluster ${input.cluster} runs only as workflow ID ${talosBootstrapWorkflowId(input.cluster)}, not ${id}: that ID is what keeps a cluster to one bootstrap at a time`,
+    );
+  }
   wf.upsertSearchAttributes([{ key: RESOURCE_KEY, value: input.cluster }]);
   const progress = new ProgressTracker(TALOS_BOOTSTRAP_STEPS);
   const changes: string[] = [];
@@ -75,7 +85,11 @@ export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult
   const beat = (profile: typeof apiCall) => withHeartbeat(profile, input.heartbeatSeconds);
   const talos = wf.proxyActivities<Talos>(beat(apiCall));
   const talosWait = wf.proxyActivities<Talos>(beat(waitFor));
-  const talosOnce = wf.proxyActivities<Talos>(beat(oneShot));
+  // The one-shot bootstrap heartbeats by default: a worker or server lost during it is noticed in
+  // seconds, not at its 10-minute start-to-close timeout.
+  const talosOnce = wf.proxyActivities<Talos>(
+    withHeartbeat(oneShot, input.heartbeatSeconds ?? ONE_SHOT_HEARTBEAT_SECONDS),
+  );
   const kubeWait = wf.proxyActivities<Kube>(beat(waitFor));
 
   // 1. The inventory: the input's, or the worker's. Either way validated here, before any change.
@@ -200,22 +214,40 @@ export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult
   const etcd = await progress.run(
     'bootstrap etcd',
     async () => {
-      for (const cp of plan.controlPlane.filter((n) => n.gpu === undefined)) {
-        const m = await talos.talosEtcdMembers({ address: cp.ip, talosconfig: secrets.talosconfig });
-        if (m.members.length > 0) {
-          wf.upsertMemo({ etcdBootstrapped: true, etcdNode: cp.name });
-          return {
-            node: cp.name,
-            bootstrappedByThisRun: false,
-            detail: `already has ${m.members.length} member(s) (seen on ${cp.name})`,
-          };
+      const cps = plan.controlPlane.filter((n) => n.gpu === undefined);
+      // etcd that does not answer is not an empty etcd: on a control plane configured before this
+      // run (not in maintenance mode at step 4) it may be restarting. Look again for a while
+      // before concluding that no control plane has an etcd member.
+      for (let look = 1; ; look++) {
+        let unreachable = 0;
+        for (const cp of cps) {
+          const m = await talos.talosEtcdMembers({ address: cp.ip, talosconfig: secrets.talosconfig });
+          if (m.members.length > 0) {
+            wf.upsertMemo({ etcdBootstrapped: true, etcdNode: cp.name });
+            return {
+              node: cp.name,
+              bootstrappedByThisRun: false,
+              detail: `already has ${m.members.length} member(s) (seen on ${cp.name})`,
+            };
+          }
+          if (m.reachable === false && modes.get(cp.name) !== 'maintenance') unreachable++;
         }
+        if (unreachable === 0 || look >= ETCD_LOOKS) break;
+        await wf.sleep(ETCD_LOOK_INTERVAL);
       }
       const r = await talosOnce.talosBootstrap({ address: first.ip, talosconfig: secrets.talosconfig });
       wf.upsertMemo({ etcdBootstrapped: true, etcdNode: first.name });
       if (r.outcome === 'bootstrapped') {
         changes.push(`bootstrapped etcd on ${first.name}`);
         return { node: first.name, bootstrappedByThisRun: true, detail: `bootstrapped on ${first.name}` };
+      }
+      if (r.outcome === 'bootstrapped-by-earlier-attempt') {
+        changes.push(`bootstrapped etcd on ${first.name}`);
+        return {
+          node: first.name,
+          bootstrappedByThisRun: true,
+          detail: `bootstrapped on ${first.name} by this run (an earlier attempt, whose answer was lost)`,
+        };
       }
       return { node: first.name, bootstrappedByThisRun: false, detail: `was bootstrapped before (${r.outcome})` };
     },
@@ -273,6 +305,12 @@ export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult
   };
 }
 
+/** Heartbeat timeout of the etcd bootstrap when the input sets none (seconds). */
+const ONE_SHOT_HEARTBEAT_SECONDS = 10;
+/** How often, and how far apart, an unreachable etcd on a configured control plane is asked again. */
+const ETCD_LOOKS = 4;
+const ETCD_LOOK_INTERVAL = '10 seconds';
+
 function describeChanges(changes: string[], what: string, total: number): string {
   const mine = changes.filter((c) => c.includes(what));
   return mine.length === 0 ? `${total} ${what}s as the inventory says` : `${mine.length} change(s)`;
@@ -292,12 +330,49 @@ async function templatesByHost(
         `template ${plan.template.name} (clusters.${plan.name}.template) is not on Proxmox host ${host}`,
       );
     }
+    // Only VMs still to be cloned need a source; all are checked before the first clone starts.
     for (const n of vms.filter((v) => v.vm!.host === host)) {
-      const t = templateFor(list, plan.template.name, n.vm!.node)!;
-      out.set(n.name, { vmid: t.vmid, node: t.node });
+      const vm = n.vm!;
+      if ((await pve.pveGetVm({ host, node: vm.node, vmid: vm.vmid })) !== null) continue;
+      out.set(n.name, await cloneSource(plan, n, list));
     }
   }
   return out;
+}
+
+/**
+ * The template a node's VM is cloned from: the cluster's template on the VM's own PVE node, or
+ * one on another node when PVE can clone it across (`target`): only onto shared storage (PVE:
+ * `can't clone to non-shared storage`, `can't clone VM to node ... (VM uses local storage)`).
+ * Otherwise a PreconditionFailed naming the inventory fields, before anything is cloned.
+ */
+export async function cloneSource(
+  plan: ClusterPlan,
+  n: NodePlan,
+  templates: Array<{ name: string; node: string; vmid: number }>,
+): Promise<{ vmid: number; node: string }> {
+  const vm = n.vm!;
+  const field = nodeField(plan, n);
+  const t = templateFor(templates, plan.template.name, vm.node);
+  if (!t) {
+    throw nonRetryable(
+      'precondition',
+      `template ${plan.template.name} (clusters.${plan.name}.template) is not on Proxmox host ${vm.host}`,
+    );
+  }
+  if (t.node === vm.node) return { vmid: t.vmid, node: t.node };
+  const storages = await pve.pveNodeStorages({ host: vm.host, node: t.node });
+  if (storages.some((st) => st.storage === vm.storage && st.shared)) return { vmid: t.vmid, node: t.node };
+  throw nonRetryable(
+    'precondition',
+    `VM ${vm.vmid} (${n.name}) cannot be cloned: template ${plan.template.name} (clusters.${plan.name}.template) is on PVE node ${t.node}, not on ${vm.node} (${field}.node), and PVE clones to another node only onto shared storage; ${vm.storage} (${field}.storage) is not shared. Make the template on ${vm.node} too, or give ${field}.storage a shared storage`,
+  );
+}
+
+/** `clusters.home.controlPlane[1]`: where a node is in the inventory, for messages. */
+function nodeField(plan: ClusterPlan, n: NodePlan): string {
+  const list = n.role === 'controlplane' ? plan.controlPlane : plan.workers;
+  return `clusters.${plan.name}.${n.role === 'controlplane' ? 'controlPlane' : 'workers'}[${list.indexOf(n)}]`;
 }
 
 /**

@@ -1,7 +1,9 @@
 /**
  * Recorded histories: tests save a finished run's history under test/histories/, and the
  * replay test runs every saved history against the current workflow code.
- * Re-record after an intended change with LABWRIGHT_RECORD_HISTORIES=1.
+ * Re-record after an intended change with LABWRIGHT_RECORD_HISTORIES=1. Next to each history,
+ * `<name>.workflow-id` keeps the run's workflow ID: a workflow that checks its own ID
+ * (talos-bootstrap/<cluster>) replays under the ID it ran with.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -24,6 +26,7 @@ export async function recordHistory(handle: WorkflowHandle, name: string): Promi
   const history = await handle.fetchHistory();
   await fs.mkdir(HISTORIES_DIR, { recursive: true });
   await fs.writeFile(file, `${JSON.stringify(JSON.parse(historyToJSON(history)), null, 1)}\n`);
+  await fs.writeFile(path.join(HISTORIES_DIR, `${name}.workflow-id`), `${handle.workflowId}\n`);
 }
 
 export interface ReplayOutcome {
@@ -35,15 +38,26 @@ export interface ReplayOutcome {
 export async function replayHistories(dir: string, options: ReplayWorkerOptions): Promise<ReplayOutcome[]> {
   installQuietRuntime();
   const files = (await fs.readdir(dir)).filter((f) => f.endsWith('.json')).sort();
+  const fileOf = new Map<string, string>();
   const histories = await Promise.all(
-    files.map(async (file) => ({
-      workflowId: file,
-      history: historyFromJSON(JSON.parse(await fs.readFile(path.join(dir, file), 'utf8'))),
-    })),
+    files.map(async (file) => {
+      const recorded = await fs
+        .readFile(path.join(dir, file.replace(/\.json$/, '.workflow-id')), 'utf8')
+        .then((id) => id.trim())
+        .catch(() => file);
+      fileOf.set(recorded, file);
+      return {
+        workflowId: recorded,
+        history: historyFromJSON(JSON.parse(await fs.readFile(path.join(dir, file), 'utf8'))),
+      };
+    }),
   );
   const outcomes: ReplayOutcome[] = [];
   for await (const result of Worker.runReplayHistories(options, histories)) {
-    outcomes.push({ file: result.workflowId, error: result.error as Error | undefined });
+    outcomes.push({
+      file: fileOf.get(result.workflowId) ?? result.workflowId,
+      error: result.error as Error | undefined,
+    });
   }
   return outcomes;
 }

@@ -4,12 +4,14 @@
  * stand-in behind a talosctl whose gen/validate are the real talosctl, a secret store, and the
  * activities of all three wired to them. Every inventory address is mapped to loopback.
  */
+import { inject } from 'vitest';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { createKubernetesActivities } from '../../activities/kubernetes.js';
-import { createProxmoxActivities, proxmoxDepsFromInventory } from '../../activities/proxmox.js';
+import { createProxmoxActivities } from '../../activities/proxmox.js';
+import { proxmoxDepsFromInventory } from '../../clients/proxmox.js';
 import { createTalosActivities } from '../../activities/talos.js';
 import { inventorySchema } from '../../hardware/schema.js';
 import { projectRoot } from '../../lib/paths.js';
@@ -24,6 +26,7 @@ import {
   type TalosStandin,
 } from '../../sim/talos-standin.js';
 import { startKube, type KubeHandle } from './kube.js';
+import { TEST_CODEC_KEY_FILE } from './processes.js';
 
 export type Draft = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -35,6 +38,8 @@ export interface TalosLab {
   secrets: SecretStore;
   /** The inventory the workflows get (raw, as YAML gives it), pointed at fakepve. */
   inventory: Draft;
+  /** The name of the lab's cluster (the example's `home`, or `clusterName`). */
+  cluster: string;
   activities: Record<string, (...args: never[]) => Promise<unknown>>;
   /** Non-GET requests fakepve has answered so far. */
   pveWrites(): Promise<Array<{ method: string; path: string }>>;
@@ -45,6 +50,11 @@ export interface TalosLabOptions {
   /** Edits the example inventory's `home` cluster before anything starts. */
   cluster?: (home: Draft, inventory: Draft) => void;
   /**
+   * The cluster's name (default `home`). talos-bootstrap runs only as `talos-bootstrap/<cluster>`,
+   * so test files that bootstrap on the shared dev server at the same time each take their own.
+   */
+  clusterName?: string;
+  /**
    * (issue 7) Scratch control planes outside the inventory (a DR drill's), each a one-node cluster
    * of its own on the stand-in, behind a PVE VM; their addresses are mapped to loopback too.
    */
@@ -52,7 +62,7 @@ export interface TalosLabOptions {
 }
 
 /** PCI devices as a PVE host lists them, for the example lab's GPUs (and an audio function). */
-const PCI = {
+export const LAB_PCI_DEVICES = {
   pve1: [
     {
       id: '0000:01:00.0',
@@ -101,6 +111,10 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
     await fs.readFile(path.join(projectRoot, 'hardware', 'lab.example.yaml'), 'utf8'),
   ) as Draft;
   opts.cluster?.(inventory.clusters.home, inventory);
+  const cluster = opts.clusterName ?? 'home';
+  if (cluster !== 'home') {
+    inventory.clusters = { [cluster]: inventory.clusters.home };
+  }
   const secrets = new SecretStore(path.join(dir, 'secrets'));
   const realTalosctl = ensureTool('ensure-talosctl.sh');
 
@@ -126,13 +140,14 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
       ],
     });
     stops.push(() => fake.stop());
-    for (const [node, devices] of Object.entries(PCI)) {
+    for (const [node, devices] of Object.entries(LAB_PCI_DEVICES)) {
       await fake.control({ op: 'pci_devices', node, devices });
     }
     await fake.control({
       op: 'pci_mappings',
       mappings: [
-        { id: 'a5000', description: 'RTX A5000', map: ['node=pve1,path=0000:01:00.0,id=10de:2231,iommugroup=14'] },
+        { id: 'a5000', description: 'RTX A5000', map: ['node=pve1,path=0000:01:00,id=10de:2231,iommugroup=14'] },
+        { id: 'a2000', description: 'RTX A2000', map: ['node=pve2,path=0000:01:00,id=10de:2531,iommugroup=12'] },
       ],
     });
     for (const host of inventory.proxmox.hosts as Draft[]) {
@@ -144,7 +159,7 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
     const kube = await startKube({ crdsDir: false });
     stops.push(() => kube.stop());
 
-    const home = inventory.clusters.home as Draft;
+    const home = inventory.clusters[cluster] as Draft;
     const nodes: StandinNodeSpec[] = [...(home.controlPlane as Draft[]), ...((home.workers as Draft[]) ?? [])].map(
       (n) => ({
         name: n.name as string,
@@ -187,7 +202,7 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
         addressMap: standin.addressMap,
         loopbackOnly: true,
         pollMs: 200,
-        tmpDir: dir,
+        tmpDir: path.join(dir, 'tmp'),
       }),
       ...createKubernetesActivities({ secrets, pollMs: 200 }),
     } as unknown as TalosLab['activities'];
@@ -199,6 +214,7 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
       standin,
       secrets,
       inventory,
+      cluster,
       activities,
       pveWrites: async () =>
         (await fake.control<Array<{ method: string; path: string }>>({ op: 'requests' })).filter(
@@ -210,4 +226,32 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
     await stop();
     throw err;
   }
+}
+
+/**
+ * The environment of a worker process (workers/main.ts) on `lab`, as a deployment gives it: an
+ * inventory file (pointed at fakepve, its token a secret-store reference), the secret store, the
+ * Talos stand-in's talosctl with its loopback address map, and the test codec key.
+ */
+export async function labWorkerEnv(
+  lab: TalosLab,
+  opts: { temporalAddress: string; taskQueue: string; extra?: NodeJS.ProcessEnv },
+): Promise<NodeJS.ProcessEnv> {
+  const inventoryFile = path.join(lab.dir, 'inventory.json');
+  await fs.writeFile(inventoryFile, JSON.stringify(lab.inventory));
+  return {
+    TEMPORAL_ADDRESS: opts.temporalAddress,
+    LABWRIGHT_CODEC_KEY_FILE: TEST_CODEC_KEY_FILE,
+    LABWRIGHT_TASK_QUEUE: opts.taskQueue,
+    LABWRIGHT_INVENTORY: inventoryFile,
+    LABWRIGHT_SECRETS_DIR: path.join(lab.dir, 'secrets'),
+    LABWRIGHT_TALOSCTL: lab.standin.talosctl,
+    LABWRIGHT_TALOS_ADDRESS_MAP: JSON.stringify(lab.standin.addressMap),
+    LABWRIGHT_SIMULATED: '1',
+    LABWRIGHT_METRICS_ADDRESS: 'off',
+    // The run's bundle, not a fresh bundling of the workflows at every worker start: on a loaded
+    // machine that took most of a kill test's time.
+    LABWRIGHT_WORKFLOW_BUNDLE: inject('workflowBundlePath'),
+    ...opts.extra,
+  };
 }
