@@ -307,6 +307,25 @@ export function createEc2Activities(deps: Ec2Deps) {
     );
   }
 
+  /**
+   * Terminates what a cancelled launch made. The instance is brand new, so EC2 may not know it yet
+   * (InvalidInstanceID.NotFound): retried on plain timers (the activity's own sleep ends at once
+   * once it is cancelled) for up to a minute.
+   */
+  async function terminateLaunched(pool: BurstPool, instance: InstanceView): Promise<void> {
+    const giveUpAt = Date.now() + 60_000;
+    for (;;) {
+      try {
+        await terminate(pool, instance);
+        return;
+      } catch (err) {
+        const notVisible = err instanceof Error && /InvalidInstanceID\.NotFound/.test(err.message);
+        if (!notVisible || Date.now() > giveUpAt) throw err;
+        await new Promise((r) => setTimeout(r, Math.min(pollMs, 1000)));
+      }
+    }
+  }
+
   function poolFilters(pool: BurstPool): Filter[] {
     return [
       { Name: `tag:${TAG_POOL}`, Values: [pool.name] },
@@ -401,7 +420,7 @@ export function createEc2Activities(deps: Ec2Deps) {
             if (!instance?.InstanceId) throw retryable('server', 'EC2 RunInstances answered without an instance');
             const launched: LaunchResult = { ...view(instance), market, refused, found: false };
             if (ctx.cancellationSignal?.aborted) {
-              await terminate(pool, launched);
+              await terminateLaunched(pool, launched);
               throw new CancelledFailure(`launch cancelled: terminated ${launched.instanceId}`);
             }
             return launched;
@@ -412,7 +431,7 @@ export function createEc2Activities(deps: Ec2Deps) {
               // (EC2 answers with the instance if the first request made one) and terminate it.
               const again = await client.send(new RunInstancesCommand(input)).catch(() => undefined);
               const made = again?.Instances?.[0];
-              if (made?.InstanceId) await terminate(pool, { ...view(made), market });
+              if (made?.InstanceId) await terminateLaunched(pool, { ...view(made), market });
               throw new CancelledFailure(
                 `launch cancelled${made?.InstanceId ? `: terminated ${made.InstanceId}` : ''}`,
               );

@@ -203,8 +203,8 @@ describe('llmBurst under faults', () => {
         })
         .toBe(2);
       const replacement = lab.peers.faults.spotRequests().find((r) => r.id === request.id)!.instanceIds[1]!;
-      // Demand goes on (idle 1m): the pool notices, cancels the request, terminates the stranger and
-      // serves from one instance of its own.
+      // Demand goes on (idle 1m): the pool terminates the stranger (cancelling the request it came
+      // from), notices its own instance gone, and serves from one new instance of its own.
       await expect
         .poll(
           async () => {
@@ -217,7 +217,6 @@ describe('llmBurst under faults', () => {
         .toBe(true);
       expect(lab.peers.faults.spotRequests().find((r) => r.id === request.id)!.state).toBe('cancelled');
       const events = (await status(h)).events.map((e) => e.what).join('\n');
-      expect(events).toContain(`cancelled spot request ${request.id} of ${first.instanceId}`);
       expect(events).toContain(`reconcile: terminated ${replacement}`);
       await h.terminate('test over');
     });
@@ -245,9 +244,12 @@ describe('llmBurst under faults', () => {
         const launched = lab.peers.faults.spotRequests().filter((r) => r.body.includes(pool));
         expect(launched.length).toBe(1); // the spot attempt went out first
         expect(launched.every((r) => r.state === 'cancelled' && r.instanceIds.length === 1)).toBe(true);
-        expect(
-          lab.peers.faults.count('TerminateInstances', (p) => p.get('InstanceId.1') === launched[0]!.instanceId),
-        ).toBe(1);
+        // Terminated by the launch's clean-up, retried while EC2 did not know the new instance yet.
+        const terminates = lab.peers.faults.calls.filter(
+          (c) => c.action === 'TerminateInstances' && c.params.get('InstanceId.1') === launched[0]!.instanceId,
+        );
+        expect(terminates.at(-1)?.status).toBe(200);
+        expect(terminates.slice(0, -1).every((c) => c.status === 400)).toBe(true);
       });
     } finally {
       lab.peers.faults.clearRules();

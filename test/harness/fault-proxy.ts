@@ -144,6 +144,12 @@ function launchSignature(params: URLSearchParams): string {
     .join('&');
 }
 
+/** A request's headers for replaying it with another body (node sets the new length). */
+function withoutLength(headers: http.IncomingHttpHeaders): http.IncomingHttpHeaders {
+  const { 'content-length': _length, host: _host, ...rest } = headers;
+  return rest;
+}
+
 const isPersistentSpot = (p: URLSearchParams): boolean =>
   p.get('InstanceMarketOptions.MarketType') === 'spot' &&
   p.get('InstanceMarketOptions.SpotOptions.SpotInstanceType') === 'persistent';
@@ -358,7 +364,7 @@ export async function startFaultProxy(upstream: string, opts: FaultProxyOptions 
                   instanceId: id,
                   instanceIds: [id],
                   body: body.toString(),
-                  headers: req.headers,
+                  headers: withoutLength(req.headers),
                 });
               }
             }
