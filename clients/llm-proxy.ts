@@ -252,7 +252,7 @@ export async function startLlmProxy(opts: LlmProxyOptions): Promise<LlmProxy> {
     body: Buffer,
     res: http.ServerResponse,
     servedBy: string,
-    onFirstByte: () => void,
+    onFirstByte: (servedBy: string) => void,
   ): Promise<number> {
     const url = new URL(req.url ?? '/', target);
     return new Promise((resolveDone, reject) => {
@@ -275,7 +275,7 @@ export async function startLlmProxy(opts: LlmProxyOptions): Promise<LlmProxy> {
           out['x-labwright-served-by'] = servedBy;
           res.writeHead(upRes.statusCode ?? 502, out);
           res.flushHeaders();
-          upRes.once('data', onFirstByte);
+          upRes.once('data', () => onFirstByte(servedBy));
           upRes.pipe(res);
           upRes.on('end', () => {
             finished = true;
@@ -305,7 +305,7 @@ export async function startLlmProxy(opts: LlmProxyOptions): Promise<LlmProxy> {
     req: http.IncomingMessage,
     body: Buffer,
     res: http.ServerResponse,
-    firstByte: () => void,
+    firstByte: (servedBy: string) => void,
   ): Promise<number> {
     for (let attempt = 0; ; attempt++) {
       const askedAt = performance.now();
@@ -345,7 +345,7 @@ export async function startLlmProxy(opts: LlmProxyOptions): Promise<LlmProxy> {
     req: http.IncomingMessage,
     body: Buffer,
     res: http.ServerResponse,
-    firstByte: () => void,
+    firstByte: (servedBy: string) => void,
   ): Promise<{ backend: Backend; status: number }> {
     let model: string | undefined;
     try {
@@ -405,7 +405,7 @@ export async function startLlmProxy(opts: LlmProxyOptions): Promise<LlmProxy> {
     req: http.IncomingMessage,
     body: Buffer,
     res: http.ServerResponse,
-    firstByte: () => void,
+    firstByte: (servedBy: string) => void,
   ): Promise<{ backend: Backend; status: number }> {
     if ((await localState()).healthy) {
       try {
@@ -458,8 +458,7 @@ export async function startLlmProxy(opts: LlmProxyOptions): Promise<LlmProxy> {
   async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const started = performance.now();
     const path = new URL(req.url ?? '/', 'http://proxy').pathname;
-    const firstByte = (): void => {
-      const servedBy = String(res.getHeader('x-labwright-served-by') ?? 'proxy');
+    const firstByte = (servedBy: string): void => {
       const backend = servedBy === 'local' ? 'local' : servedBy.startsWith('burst') ? 'burst' : 'proxy';
       ttfb.observe(label({ backend }), (performance.now() - started) / 1000);
     };

@@ -401,8 +401,8 @@ describe('the LLM proxy with real clients', () => {
             expect(retryAfter).toBeGreaterThan(toMidnight - 5);
             expect(retryAfter).toBeLessThanOrEqual(toMidnight + 1);
             // The start was cut short by the budget: stopped while starting, before the model server answered.
+            await expect.poll(async () => (await status(s.handle)).state, { timeout: 10_000 }).toBe('stopped');
             const st = await status(s.handle);
-            expect(st.state).toBe('stopped');
             expect(st.reason).toMatch(/^daily budget of \$0\.50 reached/);
             expect(await states(pool)).toEqual(['stopped']);
             const metrics = await (await call('/metrics', { headers: auth })).text();

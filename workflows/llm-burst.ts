@@ -153,6 +153,7 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
     s.accruedAt = now;
     s.runSeconds = 0;
     s.runUsd = 0;
+    wake++; // a start under way now has a budget and a running time to watch
   }
 
   function stopBilling(): void {
@@ -348,7 +349,8 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
       const seen = wake;
       const t = Date.now();
       const next = poolNextWake(limits, s, { ...moment(t), nextReconcileAt: Infinity });
-      await wf.condition(() => wake !== seen || done(), next - t);
+      const woken = () => wake !== seen || done();
+      await (Number.isFinite(next) ? wf.condition(woken, next - t) : wf.condition(woken));
     }
   }
 
