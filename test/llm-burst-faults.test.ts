@@ -256,6 +256,32 @@ describe('llmBurst under faults', () => {
     }
   });
 
+  it('gives up a start whose model server never answers within modelServerTimeout, and stops the instance', async () => {
+    const pool = uniqueName('nomodel');
+    lab.peers.model.healthy = false;
+    try {
+      await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
+        const err = await acquire(
+          taskQueue,
+          { pool: testPool(pool), idleTimeout: '1m', modelServerTimeout: '3s' },
+          60,
+        ).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(WorkflowUpdateFailedError);
+        expect((err as Error & { cause: Error }).cause.message).toContain(
+          'could not start: the model server did not answer within 3s',
+        );
+        await expect.poll(() => states(pool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
+        const h = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, pool));
+        const s = await status(h);
+        expect(s.state).toBe('failed');
+        expect(s.reason).toBe('the model server did not answer within 3s');
+        await h.terminate('test over');
+      });
+    } finally {
+      lab.peers.model.healthy = true;
+    }
+  });
+
   it('falls back to on-demand when spot capacity is refused', async () => {
     const pool = uniqueName('spot');
     const tagged = poolTagged(pool);
