@@ -340,6 +340,7 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
    */
   async function watchStart(scope: wf.CancellationScope, done: () => boolean): Promise<void> {
     while (!done()) {
+      if (scope.consideredCancelled) return; // shutdownNow got there first
       const hit = startLimit(limits, s, moment());
       if (hit) {
         stopAfterStart = hit;
@@ -385,7 +386,8 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
     } catch (err) {
       if (wf.isCancellation(err)) {
         if (wf.CancellationScope.current().consideredCancelled) throw err; // the workflow itself is cancelled
-        const hit = stopAfterStart as LimitHit | undefined;
+        // A shutdownNow that arrived meanwhile wins over a limit: the loop stops with its reason.
+        const hit = handledShutdown === shutdownEpoch ? (stopAfterStart as LimitHit | undefined) : undefined;
         if (hit?.startFailed) {
           stopAfterStart = undefined;
           await startFailed(hit.reason);
