@@ -1,19 +1,28 @@
 /**
  * EC2 for the LLM burst pool: thin activities, one EC2 operation (or one poll) each.
  *
- * Idempotency: every instance the pool launches carries `labwright:pool` and a launch token
- * (`labwright:launch-token`) that the workflow chose before the first try, so a retry after a
- * lost RunInstances response finds the instance by tag instead of launching a second one. The
- * SDK's own retries are off (maxAttempts 1): Temporal's retry policy is the only retry layer,
- * and it always looks before it creates.
+ * Idempotency: every launch attempt sends a ClientToken derived from the launch token the workflow
+ * chose before the first try (and the attempt's instance type and market), so a retry after a lost
+ * RunInstances response gets the same instance back from EC2 itself. The instance also carries
+ * `labwright:pool` and the launch token (`labwright:launch-token`) as tags, but a tag lookup
+ * alone is not enough: DescribeInstances is eventually consistent and may not show an instance
+ * launched a moment ago. The SDK's own retries are off (maxAttempts 1): Temporal's retry policy is
+ * the only retry layer.
+ *
+ * Spot instances are launched as persistent requests (stopping a spot instance needs one). EC2
+ * fulfils such a request again whenever its instance is terminated, so the request is cancelled
+ * before every terminate and whenever the pool forgets an instance.
  *
  * The model server is reached through an address resolver: production talks to the instance's
  * private address; the simulated lab and the tests map it to a fake model server on loopback.
  */
+import { createHash } from 'node:crypto';
 import { Context } from '@temporalio/activity';
 import {
+  CancelSpotInstanceRequestsCommand,
   DescribeInstanceStatusCommand,
   DescribeInstancesCommand,
+  DescribeSpotInstanceRequestsCommand,
   EC2Client,
   RunInstancesCommand,
   StartInstancesCommand,
@@ -23,7 +32,7 @@ import {
   type Instance,
   type RunInstancesCommandInput,
 } from '@aws-sdk/client-ec2';
-import type { ApplicationFailure } from '@temporalio/common';
+import { CancelledFailure, type ApplicationFailure } from '@temporalio/common';
 import { classifyUnknown, failureForHttpStatus, nonRetryable, retryable } from '../common/errors.js';
 import {
   identityResolver,
@@ -60,6 +69,8 @@ export interface InstanceView {
   launchToken?: string;
   /** EC2's reason for the last transition, e.g. `Client.UserInitiatedShutdown`. */
   stateReason?: string;
+  /** The persistent spot request that launched it (spot only). */
+  spotRequestId?: string;
 }
 
 export interface LaunchResult extends InstanceView {
@@ -149,6 +160,20 @@ function context(): CurrentContext {
   }
 }
 
+/**
+ * Awaits `work` while heartbeating every second, so that a cancellation reaches the activity; the
+ * work itself is never abandoned (EC2 may apply a request whose caller gave up on it).
+ */
+async function heartbeatWhile<T>(ctx: CurrentContext, what: string, work: Promise<T>): Promise<T> {
+  ctx.heartbeat(what);
+  const beat = setInterval(() => ctx.heartbeat(what), 1000);
+  try {
+    return await work;
+  } finally {
+    clearInterval(beat);
+  }
+}
+
 function view(i: Instance): InstanceView {
   const tags = new Map((i.Tags ?? []).map((t) => [t.Key ?? '', t.Value ?? '']));
   return {
@@ -159,7 +184,17 @@ function view(i: Instance): InstanceView {
     privateIp: i.PrivateIpAddress,
     launchToken: tags.get(TAG_LAUNCH_TOKEN),
     stateReason: i.StateReason?.Code,
+    spotRequestId: i.SpotInstanceRequestId,
   };
+}
+
+/**
+ * RunInstances' idempotency token for one launch attempt: the same launch token, instance type and
+ * market give the same token, so EC2 answers a retry with the instance it already launched. (EC2
+ * refuses a token reused with other parameters, hence one per attempt; at most 64 ASCII characters.)
+ */
+export function clientTokenFor(launchToken: string, instanceType: string, market: 'spot' | 'on-demand'): string {
+  return `lw-${createHash('sha256').update(`${launchToken}|${instanceType}|${market}`).digest('hex').slice(0, 48)}`;
 }
 
 const STATE_RANK: Record<string, number> = { running: 0, pending: 1, stopping: 2, stopped: 3 };
@@ -239,6 +274,58 @@ export function createEc2Activities(deps: Ec2Deps) {
     }
   }
 
+  /** An instance this pool launched: not yet visible is retried (DescribeInstances is eventually consistent). */
+  async function describeKnown(pool: BurstPool, instanceId: string): Promise<InstanceView> {
+    const found = await describeOne(pool, instanceId);
+    if (!found)
+      throw retryable('timeout', `instance ${instanceId} of pool ${pool.name} is not visible to DescribeInstances yet`);
+    return found;
+  }
+
+  /** Cancels the instance's persistent spot request if it is still open, so EC2 launches no replacement. */
+  async function cancelSpotRequest(pool: BurstPool, instance: InstanceView): Promise<string | undefined> {
+    const id = instance.spotRequestId;
+    if (!id) return undefined;
+    const client = await ec2(pool);
+    const found = await call(`DescribeSpotInstanceRequests ${id}`, () =>
+      client.send(new DescribeSpotInstanceRequestsCommand({ SpotInstanceRequestIds: [id] })),
+    );
+    const state = found.SpotInstanceRequests?.[0]?.State;
+    if (state === 'cancelled' || state === 'closed') return undefined;
+    await call(`CancelSpotInstanceRequests ${id}`, () =>
+      client.send(new CancelSpotInstanceRequestsCommand({ SpotInstanceRequestIds: [id] })),
+    );
+    return id;
+  }
+
+  async function terminate(pool: BurstPool, instance: InstanceView): Promise<void> {
+    await cancelSpotRequest(pool, instance);
+    if (instance.state === 'terminated' || instance.state === 'shutting-down') return;
+    const client = await ec2(pool);
+    await call(`TerminateInstances ${instance.instanceId}`, () =>
+      client.send(new TerminateInstancesCommand({ InstanceIds: [instance.instanceId] })),
+    );
+  }
+
+  /**
+   * Terminates what a cancelled launch made. The instance is brand new, so EC2 may not know it yet
+   * (InvalidInstanceID.NotFound): retried on plain timers (the activity's own sleep ends at once
+   * once it is cancelled) for up to a minute.
+   */
+  async function terminateLaunched(pool: BurstPool, instance: InstanceView): Promise<void> {
+    const giveUpAt = Date.now() + 60_000;
+    for (;;) {
+      try {
+        await terminate(pool, instance);
+        return;
+      } catch (err) {
+        const notVisible = err instanceof Error && /InvalidInstanceID\.NotFound/.test(err.message);
+        if (!notVisible || Date.now() > giveUpAt) throw err;
+        await new Promise((r) => setTimeout(r, Math.min(pollMs, 1000)));
+      }
+    }
+  }
+
   function poolFilters(pool: BurstPool): Filter[] {
     return [
       { Name: `tag:${TAG_POOL}`, Values: [pool.name] },
@@ -273,11 +360,17 @@ export function createEc2Activities(deps: Ec2Deps) {
     },
 
     /**
-     * Launches the pool's instance, unless one tagged with `launchToken` exists already (a retry
-     * after a lost response). Spot first when the pool allows it, then on-demand, each instance
-     * type in the pool's order, moving on only when EC2 refuses for capacity.
+     * Launches the pool's instance, unless one tagged with `launchToken` is visible already. Spot
+     * first when the pool allows it, then on-demand, each instance type in the pool's order, moving
+     * on only when EC2 refuses for capacity. Each attempt's ClientToken makes a retry after a lost
+     * response return the same instance even while DescribeInstances does not show it yet.
+     *
+     * Cancelled while RunInstances is in flight, it waits for EC2's answer and terminates what the
+     * launch made (cancelling its spot request first), then reports the cancellation: it heartbeats
+     * so that the cancellation reaches it, and the workflow waits for that clean-up.
      */
     async ec2LaunchInstance(pool: BurstPool, launchToken: string): Promise<LaunchResult> {
+      const ctx = context();
       const [existing] = await describe(pool, [
         { Name: `tag:${TAG_LAUNCH_TOKEN}`, Values: [launchToken] },
         { Name: 'instance-state-name', Values: LIVE_STATES },
@@ -297,6 +390,7 @@ export function createEc2Activities(deps: Ec2Deps) {
       for (const market of markets) {
         for (const instanceType of pool.instanceTypes) {
           const input: RunInstancesCommandInput = {
+            ClientToken: clientTokenFor(launchToken, instanceType, market),
             MinCount: 1,
             MaxCount: 1,
             InstanceType: instanceType as RunInstancesCommandInput['InstanceType'],
@@ -319,17 +413,34 @@ export function createEc2Activities(deps: Ec2Deps) {
               { ResourceType: 'volume', Tags: tags },
             ],
           };
+          const what = `RunInstances ${instanceType} ${market} for pool ${pool.name}`;
           try {
-            const out = await client.send(new RunInstancesCommand(input));
+            const out = await heartbeatWhile(ctx, what, client.send(new RunInstancesCommand(input)));
             const instance = out.Instances?.[0];
             if (!instance?.InstanceId) throw retryable('server', 'EC2 RunInstances answered without an instance');
-            return { ...view(instance), market, refused, found: false };
+            const launched: LaunchResult = { ...view(instance), market, refused, found: false };
+            if (ctx.cancellationSignal?.aborted) {
+              await terminateLaunched(pool, launched);
+              throw new CancelledFailure(`launch cancelled: terminated ${launched.instanceId}`);
+            }
+            return launched;
           } catch (err) {
+            if (err instanceof CancelledFailure) throw err;
+            if (ctx.cancellationSignal?.aborted && !isCapacityError(err)) {
+              // The answer was lost while we were being cancelled: ask again with the same token
+              // (EC2 answers with the instance if the first request made one) and terminate it.
+              const again = await client.send(new RunInstancesCommand(input)).catch(() => undefined);
+              const made = again?.Instances?.[0];
+              if (made?.InstanceId) await terminateLaunched(pool, { ...view(made), market });
+              throw new CancelledFailure(
+                `launch cancelled${made?.InstanceId ? `: terminated ${made.InstanceId}` : ''}`,
+              );
+            }
             if (isCapacityError(err)) {
               refused.push(`${instanceType} ${market}: ${awsCode(err)}`);
               continue;
             }
-            throw ec2Failure(err, `RunInstances ${instanceType} ${market} for pool ${pool.name}`);
+            throw ec2Failure(err, what);
           }
         }
       }
@@ -409,8 +520,8 @@ export function createEc2Activities(deps: Ec2Deps) {
 
     /** Stops the instance (EBS kept). Stopped, stopping or gone count as done. */
     async ec2StopInstance(pool: BurstPool, instanceId: string): Promise<InstanceView | null> {
-      const current = await describeOne(pool, instanceId);
-      if (!current || ['stopping', 'stopped', 'shutting-down', 'terminated'].includes(current.state)) return current;
+      const current = await describeKnown(pool, instanceId);
+      if (['stopping', 'stopped', 'shutting-down', 'terminated'].includes(current.state)) return current;
       const client = await ec2(pool);
       await call(`StopInstances ${instanceId}`, () =>
         client.send(new StopInstancesCommand({ InstanceIds: [instanceId] })),
@@ -432,14 +543,19 @@ export function createEc2Activities(deps: Ec2Deps) {
       }
     },
 
-    /** Terminates the instance; gone already counts as done. */
+    /** Cancels the instance's spot request (so EC2 launches no replacement), then terminates it; gone counts as done. */
     async ec2TerminateInstance(pool: BurstPool, instanceId: string): Promise<void> {
+      await terminate(pool, await describeKnown(pool, instanceId));
+    },
+
+    /**
+     * Cancels the persistent spot request of an instance the pool is about to forget (found
+     * terminated, interrupted): else EC2 launches a replacement that bills unseen. Returns the
+     * request id when it cancelled one.
+     */
+    async ec2CancelSpotRequest(pool: BurstPool, instanceId: string): Promise<string | null> {
       const current = await describeOne(pool, instanceId);
-      if (!current || current.state === 'terminated' || current.state === 'shutting-down') return;
-      const client = await ec2(pool);
-      await call(`TerminateInstances ${instanceId}`, () =>
-        client.send(new TerminateInstancesCommand({ InstanceIds: [instanceId] })),
-      );
+      return (current && (await cancelSpotRequest(pool, current))) ?? null;
     },
   };
 }

@@ -138,6 +138,19 @@ export class LlmBurstClient {
     entry.ready = undefined;
   }
 
+  /**
+   * The pool's ready endpoint if this client holds a valid one, without asking Temporal and
+   * without counting as demand (for listings and other requests that must never start the pool).
+   */
+  peek(pool: string): { endpoint: string; instanceId: string } | undefined {
+    const entry = this.entry(pool);
+    const ready = entry.ready;
+    if (!ready || this.now() >= entry.lastContactAt + ready.idleTimeoutMs - this.margin(ready.idleTimeoutMs)) {
+      return undefined;
+    }
+    return { endpoint: ready.endpoint, instanceId: ready.instanceId };
+  }
+
   /** The workflow's own view (one query; not on the request path). */
   async status(pool: string): Promise<LlmBurstStatus> {
     return this.entry(pool).handle.query(statusQuery);

@@ -81,8 +81,11 @@ export const carriedStateSchema = z.strictObject({
   runStartedAt: z.number().optional(),
   accruedAt: z.number().optional(),
   runSeconds: z.number(),
-  today: z.strictObject({ day: z.string(), seconds: z.number() }),
+  /** What the current run has cost, priced per instance type and market. */
+  runUsd: z.number().default(0),
+  today: z.strictObject({ day: z.string(), seconds: z.number(), usd: z.number().default(0) }),
   totalSeconds: z.number(),
+  totalUsd: z.number().default(0),
   stoppedAt: z.number().optional(),
   failedAt: z.number().optional(),
   /** Bumped by every acquire and hold: a failed pool retries only on one newer than its failure. */
@@ -105,6 +108,8 @@ export const llmBurstInputSchema = z.strictObject({
   terminateAfter: durationSchema.optional(),
   /** Longest single run; the pool's maxRunningHours when left out. */
   maxRunning: durationSchema.optional(),
+  /** How long a start waits for the model server once the instance runs, before it gives up and stops it. */
+  modelServerTimeout: durationSchema.prefault('20m'),
   /** How often the instance is checked against EC2. */
   reconcileEvery: durationSchema.prefault('1m'),
   /** How long an `acquire` waits for a ready instance unless it names its own deadline. */
@@ -167,6 +172,7 @@ export interface LlmBurstStatus {
   costUsd: number;
   today: { day: string; runningSeconds: number; costUsd: number };
   total: { runningSeconds: number; costUsd: number };
+  /** hourlyPriceUsd: what the instance costs per hour (its type and market; the dearest when none runs). */
   limits: { maxRunningSeconds?: number; dailyBudgetUsd?: number; hourlyPriceUsd: number };
   pendingAcquires: number;
   /** The latest notable events, newest last: starts, stops, corrections after reconciliation. */

@@ -192,13 +192,37 @@ export const burstPoolSchema = z
     idleTimeoutMinutes: z.number().positive().default(15),
     maxRunningHours: z.number().positive().optional(),
     dailyBudgetUsd: z.number().positive().optional(),
-    hourlyPriceUsd: z.number().nonnegative(),
+    /** USD per hour for any instance type and market that `prices` does not name. */
+    hourlyPriceUsd: z.number().nonnegative().optional(),
+    /** USD per hour per instance type and market (the budget counts what actually runs). */
+    prices: z
+      .record(
+        z.string().regex(/^[a-z0-9]+\.[a-z0-9]+$/, 'expected an instance type like g5.xlarge'),
+        z.strictObject({ spot: z.number().nonnegative().optional(), 'on-demand': z.number().nonnegative().optional() }),
+      )
+      .optional(),
     /** AWS credentials; the default provider chain (env, profile, instance role) when left out. */
     credentials: z.strictObject({ accessKeyId: secretRefSchema, secretAccessKey: secretRefSchema }).optional(),
   })
   .refine((p) => p.launchTemplate !== undefined || p.ami !== undefined, {
     message: 'a burst pool needs a launchTemplate or an ami',
     path: ['ami'],
+  })
+  .superRefine((p, ctx) => {
+    // Every launch the pool may make must have a price, or the daily budget would under-count it.
+    if (p.hourlyPriceUsd !== undefined) return;
+    const markets = p.market === 'spot-then-on-demand' ? (['spot', 'on-demand'] as const) : [p.market];
+    for (const type of p.instanceTypes) {
+      for (const market of markets) {
+        if (p.prices?.[type]?.[market] === undefined) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['prices', type, market],
+            message: `no price for ${type} ${market}: set prices.${type}.${market} or hourlyPriceUsd`,
+          });
+        }
+      }
+    }
   });
 export type BurstPool = z.infer<typeof burstPoolSchema>;
 

@@ -14,7 +14,7 @@ fi
 scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT
 cp "$root/docker-compose.yml" "$root/Dockerfile" "$scratch/"
 cp -r "$root/deploy" "$scratch/deploy"
-mkdir -p "$scratch/secrets" && touch "$scratch/secrets/codec.key" "$scratch/secrets/pve-token" "$scratch/lab.yaml"
+mkdir -p "$scratch/secrets" && touch "$scratch/secrets/codec.key" "$scratch/secrets/pve-token" "$scratch/secrets/proxy-token" "$scratch/lab.yaml"
 echo "POSTGRES_PASSWORD=placeholder" > "$scratch/.env"
 (cd "$scratch" && docker-compose config -q)
 echo "docker-compose.yml is valid"

@@ -103,82 +103,191 @@ export interface FakeModelServer {
   port: number;
   /** Requests served per path, health checks included. */
   requests: Map<string, number>;
-  /** While false, /api/tags answers 503 and generation requests fail. */
+  /** While false, every path answers 503 (the server is down or still loading). */
   healthy: boolean;
+  /** The models it serves; inference for any other is 404, as Ollama and OpenAI-compatible servers answer. */
+  models: string[];
+  /** Pause between streamed chunks (changeable while it runs: a slow answer keeps a request in flight). */
+  chunkDelayMs: number;
+  /** Inference requests being answered right now. */
+  inFlight: number;
   stop(): Promise<void>;
 }
 
 export interface FakeModelOptions {
   name: string;
   port?: number;
+  /** Listen address (default 127.0.0.1; `::1` for an IPv6 upstream). */
+  host?: string;
+  models?: string[];
   /** Chunks in a streamed answer, and the pause between them. */
   chunks?: number;
   chunkDelayMs?: number;
 }
 
+const json = (res: http.ServerResponse, status: number, body: unknown): void => {
+  res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+};
+
 /**
- * An Ollama-compatible model server: GET /api/tags lists one model; POST /api/generate and
- * /api/chat stream NDJSON chunks, each naming the server (`served_by`), so a test can tell
- * whether the local GPU or the burst pool answered and that the answer streamed.
+ * A model server speaking both APIs local LLM servers offer, streaming as they do:
+ *
+ * - Ollama: GET /api/tags and /api/version; POST /api/generate and /api/chat (NDJSON stream
+ *   unless `stream: false`), /api/embed;
+ * - OpenAI: GET /v1/models; POST /v1/chat/completions and /v1/completions (server-sent events
+ *   ending in `data: [DONE]` with `stream: true`), /v1/embeddings.
+ *
+ * Every answer names the server (`served_by`), so a test can tell whether the local GPU or the
+ * burst pool answered and that the answer streamed.
  */
 export async function startFakeModelServer(opts: FakeModelOptions): Promise<FakeModelServer> {
   const chunks = opts.chunks ?? 4;
-  const delay = opts.chunkDelayMs ?? 20;
   const state: FakeModelServer = {
     name: opts.name,
     url: '',
     port: 0,
     requests: new Map(),
     healthy: true,
+    models: opts.models ?? ['llama3.1:8b'],
+    chunkDelayMs: opts.chunkDelayMs ?? 20,
+    inFlight: 0,
     stop: async () => undefined,
   };
+  const served_by = opts.name;
+  const created = Math.floor(Date.now() / 1000);
+
+  /** Writes `count` pieces, `state.chunkDelayMs` apart, then the last one. */
+  function stream(res: http.ServerResponse, piece: (i: number) => string, last: string): void {
+    state.inFlight++;
+    let i = 0;
+    const next = (): void => {
+      if (res.destroyed) {
+        state.inFlight--;
+        return;
+      }
+      if (i < chunks) {
+        res.write(piece(i));
+        i++;
+        setTimeout(next, state.chunkDelayMs);
+      } else {
+        state.inFlight--;
+        res.end(last);
+      }
+    };
+    next();
+  }
+
+  function ollama(path: string, body: Record<string, unknown>, model: string, res: http.ServerResponse): void {
+    if (path === '/api/embed') {
+      json(res, 200, { model, embeddings: [[0.1, 0.2, 0.3]], served_by });
+      return;
+    }
+    const chat = path === '/api/chat';
+    const line = (text: string, done: boolean): string =>
+      `${JSON.stringify(
+        chat
+          ? {
+              model,
+              created_at: new Date().toISOString(),
+              message: { role: 'assistant', content: text },
+              done,
+              served_by,
+            }
+          : { model, created_at: new Date().toISOString(), response: text, done, served_by },
+      )}\n`;
+    if (body.stream === false) {
+      json(res, 200, JSON.parse(line(Array.from({ length: chunks }, (_, i) => `word${i} `).join(''), true)));
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+    stream(res, (i) => line(`word${i} `, false), line('', true));
+  }
+
+  function openai(path: string, body: Record<string, unknown>, model: string, res: http.ServerResponse): void {
+    if (path === '/v1/embeddings') {
+      json(res, 200, {
+        object: 'list',
+        data: [{ object: 'embedding', index: 0, embedding: [0.1, 0.2, 0.3] }],
+        model,
+        usage: { prompt_tokens: 1, total_tokens: 1 },
+        served_by,
+      });
+      return;
+    }
+    const chat = path === '/v1/chat/completions';
+    const id = `${chat ? 'chatcmpl' : 'cmpl'}-${served_by}`;
+    const object = chat ? 'chat.completion' : 'text_completion';
+    const choice = (text: string, finish: string | null, delta: boolean) =>
+      chat
+        ? { index: 0, [delta ? 'delta' : 'message']: { role: 'assistant', content: text }, finish_reason: finish }
+        : { index: 0, text, finish_reason: finish, logprobs: null };
+    if (body.stream !== true) {
+      const text = Array.from({ length: chunks }, (_, i) => `word${i} `).join('');
+      json(res, 200, { id, object, created, model, choices: [choice(text, 'stop', false)], served_by });
+      return;
+    }
+    const event = (text: string, finish: string | null): string =>
+      `data: ${JSON.stringify({ id, object: chat ? 'chat.completion.chunk' : object, created, model, choices: [choice(text, finish, true)], served_by })}\n\n`;
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    stream(res, (i) => event(`word${i} `, null), `${event('', 'stop')}data: [DONE]\n\n`);
+  }
+
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://fake');
-    state.requests.set(url.pathname, (state.requests.get(url.pathname) ?? 0) + 1);
-    const body: Buffer[] = [];
-    req.on('data', (c: Buffer) => body.push(c));
+    const path = url.pathname;
+    state.requests.set(path, (state.requests.get(path) ?? 0) + 1);
+    const chunksIn: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunksIn.push(c));
     req.on('end', () => {
-      if (!state.healthy) {
-        res.writeHead(503, { 'content-type': 'application/json' }).end('{"error":"model server unavailable"}');
-        return;
+      if (!state.healthy) return json(res, 503, { error: 'model server unavailable' });
+      if (req.method === 'GET' && path === '/api/tags') {
+        return json(res, 200, {
+          models: state.models.map((name) => ({
+            name,
+            model: name,
+            size: 4_920_753_328,
+            modified_at: new Date(created * 1000).toISOString(),
+          })),
+        });
       }
-      if (req.method === 'GET' && url.pathname === '/api/tags') {
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({ models: [{ name: 'llama3.1:8b', model: 'llama3.1:8b', size: 4_920_753_328 }] }));
-        return;
+      if (req.method === 'GET' && path === '/api/version') return json(res, 200, { version: '0.6.4' });
+      if (req.method === 'GET' && path === '/v1/models') {
+        return json(res, 200, {
+          object: 'list',
+          data: state.models.map((id) => ({ id, object: 'model', created, owned_by: served_by })),
+        });
       }
-      if (req.method === 'POST' && (url.pathname === '/api/generate' || url.pathname === '/api/chat')) {
-        let model = 'llama3.1:8b';
-        try {
-          model = (JSON.parse(Buffer.concat(body).toString() || '{}') as { model?: string }).model ?? model;
-        } catch {
-          res.writeHead(400, { 'content-type': 'application/json' }).end('{"error":"invalid JSON"}');
-          return;
-        }
-        res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-        let i = 0;
-        const next = (): void => {
-          if (res.destroyed) return;
-          if (i < chunks) {
-            res.write(`${JSON.stringify({ model, response: `word${i} `, done: false, served_by: opts.name })}\n`);
-            i++;
-            setTimeout(next, delay);
-          } else {
-            res.end(`${JSON.stringify({ model, response: '', done: true, served_by: opts.name })}\n`);
-          }
-        };
-        next();
-        return;
+      const isOllama = ['/api/generate', '/api/chat', '/api/embed'].includes(path);
+      const isOpenai = ['/v1/chat/completions', '/v1/completions', '/v1/embeddings'].includes(path);
+      if (req.method !== 'POST' || (!isOllama && !isOpenai)) return json(res, 404, { error: 'not found' });
+      let body: Record<string, unknown>;
+      try {
+        body = JSON.parse(Buffer.concat(chunksIn).toString() || '{}') as Record<string, unknown>;
+      } catch {
+        return json(res, 400, { error: 'invalid JSON' });
       }
-      res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":"not found"}');
+      const model = typeof body.model === 'string' ? body.model : '';
+      if (!state.models.includes(model)) {
+        const message = `model "${model}" not found, try pulling it first`;
+        return json(
+          res,
+          404,
+          isOllama
+            ? { error: message }
+            : { error: { message, type: 'invalid_request_error', code: 'model_not_found' } },
+        );
+      }
+      if (isOllama) ollama(path, body, model, res);
+      else openai(path, body, model, res);
     });
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(opts.port ?? 0, '127.0.0.1', () => resolve());
+    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolve());
   });
   state.port = (server.address() as AddressInfo).port;
-  state.url = `http://127.0.0.1:${state.port}`;
+  const host = opts.host ?? '127.0.0.1';
+  state.url = `http://${host.includes(':') ? `[${host}]` : host}:${state.port}`;
   state.stop = () =>
     new Promise<void>((resolve) => {
       server.closeAllConnections();

@@ -21,7 +21,7 @@ import {
 } from '../common/llm-burst.js';
 import { projectRoot } from '../lib/paths.js';
 import { stopProcess } from '../lib/processes.js';
-import { acquireBurst, burstWorkflowId, testPool, useBurstLab } from './harness/ec2.js';
+import { acquireBurst, burstWorkflowId, DEFAULT_VISIBILITY_DELAY_MS, testPool, useBurstLab } from './harness/ec2.js';
 import { temporalAddress, uniqueName, withWorker } from './harness/temporal.js';
 
 const lab = useBurstLab();
@@ -106,6 +106,179 @@ describe('llmBurst under faults', () => {
       });
     } finally {
       lab.peers.faults.clearRules();
+    }
+  });
+
+  it('a lost RunInstances reply while DescribeInstances does not show the instance yet leaves one instance', async () => {
+    const pool = uniqueName('consistency');
+    const tagged = poolTagged(pool);
+    // EC2 is eventually consistent: for 5 s after the launch no DescribeInstances shows it, so the
+    // retry's tag lookup finds nothing; only the ClientToken keeps the retry from launching again.
+    lab.peers.faults.setVisibilityDelay(5000);
+    lab.peers.faults.add({ action: 'RunInstances', when: tagged, fault: { kind: 'drop-after-apply' } });
+    try {
+      await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
+        const result = await acquire(taskQueue, { pool: testPool(pool), idleTimeout: '30s' }, 60);
+        const instances = await lab.peers.instances(pool);
+        expect(instances.map((i) => i.InstanceId)).toEqual([result.instanceId]);
+        const runs = lab.peers.faults.calls.filter((c) => c.action === 'RunInstances' && tagged(c.params));
+        expect(runs.map((c) => [c.fault, c.idempotentReplay ?? false])).toEqual([
+          ['drop-after-apply', false],
+          [undefined, true], // the retry: EC2 answered with the first launch
+        ]);
+        expect(new Set(runs.map((c) => c.params.get('ClientToken'))).size).toBe(1);
+        // The retry looked by tag first and saw nothing: the instance was not visible yet.
+        const lookups = lab.peers.faults.calls.filter(
+          (c) =>
+            c.action === 'DescribeInstances' &&
+            c.params.get('Filter.1.Name') === 'tag:labwright:launch-token' &&
+            c.startedAt > runs[0]!.startedAt &&
+            c.startedAt < runs[1]!.startedAt,
+        );
+        expect(lookups.length).toBeGreaterThan(0);
+        const h = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, pool));
+        const st = await status(h);
+        expect(st.state).toBe('ready');
+        expect(st.instanceId).toBe(result.instanceId);
+        await h.terminate('test over');
+      });
+    } finally {
+      lab.peers.faults.clearRules();
+      lab.peers.faults.setVisibilityDelay(DEFAULT_VISIBILITY_DELAY_MS);
+    }
+  });
+
+  it('after terminateAfter no instance comes back and no spot request stays open', async () => {
+    const pool = uniqueName('spotterm');
+    await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
+      const input: LlmBurstInput = {
+        pool: testPool(pool, { market: 'spot' }),
+        idleTimeout: '1s',
+        terminateAfter: '2s',
+      };
+      const first = await acquire(taskQueue, input);
+      const h = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, pool));
+      const request = lab.peers.faults.spotRequests().find((r) => r.instanceIds.includes(first.instanceId));
+      expect(request?.state).toBe('active'); // a persistent spot request launched it
+      await expect.poll(() => states(pool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
+      await expect.poll(async () => (await status(h)).instanceId, { timeout: 10_000, interval: 200 }).toBeUndefined();
+      // EC2 would relaunch an open request within moments (the peer checks every 200 ms) and the
+      // replacement would become visible after 500 ms: give it several times that.
+      await sleep(3000);
+      expect(await states(pool)).toEqual([]);
+      const after = lab.peers.faults.spotRequests().find((r) => r.id === request!.id)!;
+      expect(after.state).toBe('cancelled');
+      expect(after.instanceIds).toEqual([first.instanceId]); // never fulfilled again
+      const events = (await status(h)).events.map((e) => e.what).join('\n');
+      expect(events).toContain(`terminated ${first.instanceId}: stopped for longer than 2s`);
+      // The cancel went out before the terminate.
+      const cancel = lab.peers.faults.calls.find(
+        (c) => c.action === 'CancelSpotInstanceRequests' && c.params.get('SpotInstanceRequestId.1') === request!.id,
+      )!;
+      const terminate = lab.peers.faults.calls.find(
+        (c) => c.action === 'TerminateInstances' && c.params.get('InstanceId.1') === first.instanceId,
+      )!;
+      expect(cancel.startedAt).toBeLessThan(terminate.startedAt);
+      await h.terminate('test over');
+    });
+  });
+
+  it('an instance terminated from the console: its spot request is cancelled and a replacement EC2 launched is terminated', async () => {
+    const pool = uniqueName('console');
+    await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
+      const input: LlmBurstInput = {
+        pool: testPool(pool, { market: 'spot' }),
+        idleTimeout: '1m',
+        reconcileEvery: '1s',
+      };
+      const first = await acquire(taskQueue, input);
+      const h = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, pool));
+      const request = lab.peers.faults.spotRequests().find((r) => r.instanceIds.includes(first.instanceId))!;
+      await lab.peers.terminateOutside(first.instanceId);
+      // EC2 fulfils the open request again: a replacement nobody asked labwright for.
+      await expect
+        .poll(() => lab.peers.faults.spotRequests().find((r) => r.id === request.id)!.instanceIds.length, {
+          timeout: 5000,
+          interval: 100,
+        })
+        .toBe(2);
+      const replacement = lab.peers.faults.spotRequests().find((r) => r.id === request.id)!.instanceIds[1]!;
+      // Demand goes on (idle 1m): the pool terminates the stranger (cancelling the request it came
+      // from), notices its own instance gone, and serves from one new instance of its own.
+      await expect
+        .poll(
+          async () => {
+            const st = await status(h);
+            const live = (await lab.peers.instances(pool)).map((i) => i.InstanceId);
+            return st.state === 'ready' && live.length === 1 && live[0] === st.instanceId;
+          },
+          { timeout: 30_000, interval: 250 },
+        )
+        .toBe(true);
+      expect(lab.peers.faults.spotRequests().find((r) => r.id === request.id)!.state).toBe('cancelled');
+      const events = (await status(h)).events.map((e) => e.what).join('\n');
+      expect(events).toContain(`reconcile: terminated ${replacement}`);
+      await h.terminate('test over');
+    });
+  });
+
+  it('cancelling the workflow while RunInstances is in flight leaves no instance and no open spot request', async () => {
+    const pool = uniqueName('cancel');
+    const tagged = poolTagged(pool);
+    const delayMs = 8000;
+    lab.peers.faults.add({ action: 'RunInstances', when: tagged, fault: { kind: 'delay', ms: delayMs } });
+    try {
+      await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
+        const waiting = acquire(taskQueue, { pool: testPool(pool), idleTimeout: '30s' }, 60).catch((e: unknown) => e);
+        const delayed = () => lab.peers.faults.calls.find((c) => c.action === 'RunInstances' && tagged(c.params));
+        await expect.poll(delayed, { timeout: 15_000, interval: 50 }).toBeDefined();
+        const h = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, pool));
+        await h.cancel();
+        const final = (await h.result()) as LlmBurstStatus;
+        await waiting;
+        // EC2 applied the launch after the cancel; the workflow waited for the activity's clean-up.
+        expect(delayed()!.status).toBe(200);
+        expect(final.state).toBe('stopped');
+        await sleep(1000); // past the visibility delay and a spot relaunch round
+        expect(await states(pool)).toEqual([]);
+        const launched = lab.peers.faults.spotRequests().filter((r) => r.body.includes(pool));
+        expect(launched.length).toBe(1); // the spot attempt went out first
+        expect(launched.every((r) => r.state === 'cancelled' && r.instanceIds.length === 1)).toBe(true);
+        // Terminated by the launch's clean-up, retried while EC2 did not know the new instance yet.
+        const terminates = lab.peers.faults.calls.filter(
+          (c) => c.action === 'TerminateInstances' && c.params.get('InstanceId.1') === launched[0]!.instanceId,
+        );
+        expect(terminates.at(-1)?.status).toBe(200);
+        expect(terminates.slice(0, -1).every((c) => c.status === 400)).toBe(true);
+      });
+    } finally {
+      lab.peers.faults.clearRules();
+    }
+  });
+
+  it('gives up a start whose model server never answers within modelServerTimeout, and stops the instance', async () => {
+    const pool = uniqueName('nomodel');
+    lab.peers.model.healthy = false;
+    try {
+      await withWorker({ activities: lab.peers.activities() }, async ({ taskQueue }) => {
+        const err = await acquire(
+          taskQueue,
+          { pool: testPool(pool), idleTimeout: '1m', modelServerTimeout: '3s' },
+          60,
+        ).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(WorkflowUpdateFailedError);
+        expect((err as Error & { cause: Error }).cause.message).toContain(
+          'could not start: the model server did not answer within 3s',
+        );
+        await expect.poll(() => states(pool), { timeout: 10_000, interval: 200 }).toEqual(['stopped']);
+        const h = lab.client.workflow.getHandle(burstWorkflowId(taskQueue, pool));
+        const s = await status(h);
+        expect(s.state).toBe('failed');
+        expect(s.reason).toBe('the model server did not answer within 3s');
+        await h.terminate('test over');
+      });
+    } finally {
+      lab.peers.model.healthy = true;
     }
   });
 

@@ -9,13 +9,20 @@
  *      runs and passes its status checks, then until the model server answers.
  *   2. Serve: `acquire` hands out the endpoint; every touch pushes the idle deadline back.
  *   3. Stop it after idleTimeout without demand, at the maximum running time, at the daily
- *      budget, or on `shutdownNow`; terminate it after `terminateAfter` stopped, if asked to.
+ *      budget, or on `shutdownNow` — while it starts as well as once it serves (it bills from the
+ *      launch on); give up a start whose model server does not answer within modelServerTimeout;
+ *      terminate it after `terminateAfter` stopped, if asked to, cancelling its spot request first.
  *   4. Every reconcileEvery, compare with EC2: an instance stopped or terminated behind our back
- *      is noticed and, while demand goes on, started again.
+ *      is noticed and, while demand goes on, started again; an instance of the pool's tags that
+ *      the workflow does not know (a spot request's replacement, a launch cut short) is adopted
+ *      if the pool has none, else terminated.
+ *
+ * What the clock decides (ledger, limits, next wake-up) is the pure pool model in
+ * common/llm-burst-pool.ts; this file keeps the state, the handlers and the loop.
  */
 import * as wf from '@temporalio/workflow';
 import type { createEc2Activities, InstanceView } from '../activities/ec2.js';
-import { apiCall, waitFor } from '../common/activity-options.js';
+import { apiCall, waitFor, withHeartbeat } from '../common/activity-options.js';
 import { nonRetryable, retryable } from '../common/errors.js';
 import {
   acquireUpdate,
@@ -32,6 +39,21 @@ import {
   type LlmBurstStatus,
   type BurstState,
 } from '../common/llm-burst.js';
+import {
+  dayOf,
+  demandCounts,
+  desired as poolDesired,
+  ledgerAt,
+  limitReached,
+  nextWake as poolNextWake,
+  refusal as poolRefusal,
+  startLimit,
+  statusOf,
+  terminateDue,
+  type LimitHit,
+  type PoolLimits,
+  type PoolMoment,
+} from '../common/llm-burst-pool.js';
 import { ProgressTracker } from '../common/progress.js';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
 import { parseInput } from '../common/validation.js';
@@ -39,6 +61,11 @@ import { parseInput } from '../common/validation.js';
 type Ec2 = ReturnType<typeof createEc2Activities>;
 const ec2 = wf.proxyActivities<Ec2>(apiCall);
 const ec2Wait = wf.proxyActivities<Ec2>(waitFor);
+/** The launch heartbeats and cleans up what it made when cancelled; the workflow waits for that clean-up. */
+const ec2Launch = wf.proxyActivities<Ec2>({
+  ...withHeartbeat(apiCall, 5),
+  cancellationType: 'WAIT_CANCELLATION_COMPLETED',
+});
 
 const RUN_STEPS = [
   'find or launch instance',
@@ -49,44 +76,19 @@ const RUN_STEPS = [
 ] as const;
 const MAX_EVENTS = 30;
 
-const dayOf = (ms: number): string => new Date(ms).toISOString().slice(0, 10);
-const nextMidnight = (ms: number): number => {
-  const d = new Date(ms);
-  return Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() + 1);
-};
-const iso = (ms: number | undefined): string | undefined => (ms === undefined ? undefined : new Date(ms).toISOString());
-const usd = (n: number): string => `$${n.toFixed(2)}`;
-
-type Usage = Pick<CarriedState, 'runStartedAt' | 'accruedAt' | 'runSeconds' | 'today' | 'totalSeconds'>;
-
-/** Adds the running time since the last accrual, splitting it at UTC midnight for the daily budget. */
-function accrue<T extends Usage>(u: T, now: number): T {
-  const out = { ...u, today: { ...u.today } };
-  if (out.runStartedAt !== undefined && out.accruedAt !== undefined) {
-    let from = out.accruedAt;
-    while (from < now) {
-      const to = Math.min(now, nextMidnight(from));
-      if (out.today.day !== dayOf(from)) out.today = { day: dayOf(from), seconds: 0 };
-      const seconds = (to - from) / 1000;
-      out.today.seconds += seconds;
-      out.runSeconds += seconds;
-      out.totalSeconds += seconds;
-      from = to;
-    }
-    out.accruedAt = now;
-  }
-  if (out.today.day !== dayOf(now)) out.today = { day: dayOf(now), seconds: 0 };
-  return out;
-}
+const errorMessage = (err: unknown): string =>
+  err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err);
 
 export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
   const input = parseInput(llmBurstInputSchema, raw, 'llmBurst input');
   const pool = input.pool;
-  const idleMs = input.idleTimeout ?? pool.idleTimeoutMinutes * 60_000;
-  const maxRunMs =
-    input.maxRunning ?? (pool.maxRunningHours === undefined ? undefined : pool.maxRunningHours * 3_600_000);
-  const budget = pool.dailyBudgetUsd;
-  const pricePerSecond = pool.hourlyPriceUsd / 3600;
+  const limits: PoolLimits = {
+    pool,
+    idleMs: input.idleTimeout ?? pool.idleTimeoutMinutes * 60_000,
+    maxRunMs: input.maxRunning ?? (pool.maxRunningHours === undefined ? undefined : pool.maxRunningHours * 3_600_000),
+    terminateAfterMs: input.terminateAfter,
+    modelServerTimeoutMs: input.modelServerTimeout,
+  };
   wf.upsertSearchAttributes([{ key: RESOURCE_KEY, value: pool.name }]);
 
   const started = Date.now();
@@ -95,8 +97,10 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
     since: started,
     held: false,
     runSeconds: 0,
-    today: { day: dayOf(started), seconds: 0 },
+    runUsd: 0,
+    today: { day: dayOf(started), seconds: 0, usd: 0 },
     totalSeconds: 0,
+    totalUsd: 0,
     launches: 0,
     events: [],
   };
@@ -110,6 +114,10 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
   let shutdownReason = 'shutdownNow';
   let failureEpoch = 0;
   let startScope: wf.CancellationScope | undefined;
+  /** While starting: since when it waits for the model server. */
+  let modelWaitSince: number | undefined;
+  /** A limit that cut a start short: the loop stops the instance with its reason. */
+  let stopAfterStart: LimitHit | undefined;
   let nextReconcileAt = started + input.reconcileEvery;
   let reconcileWanted = false;
   let reconciliations = 0;
@@ -118,33 +126,12 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
 
   // ------------------------------------------------------------ what the state means
 
-  const cost = (seconds: number): number => seconds * pricePerSecond;
-  const demandCounts = (): boolean =>
-    s.lastDemandAt !== undefined && (s.demandFloor === undefined || s.lastDemandAt > s.demandFloor);
-  const idleDeadline = (): number | undefined => (demandCounts() ? s.lastDemandAt! + idleMs : undefined);
   const liveAcquires = (): boolean => [...acquires.values()].some((epoch) => epoch === shutdownEpoch);
-  const desired = (now: number): boolean =>
-    s.held || liveAcquires() || (idleDeadline() !== undefined && now < idleDeadline()!);
+  const moment = (now = Date.now()): PoolMoment => ({ now, liveAcquires: liveAcquires(), modelWaitSince });
+  const desired = (now: number): boolean => poolDesired(limits, s, moment(now));
+  const refusal = (now: number): string | undefined => poolRefusal(limits, s, now);
   const billing = (): boolean => s.runStartedAt !== undefined;
-
-  /** Why the pool refuses to start now, if it does. */
-  function refusal(now: number): string | undefined {
-    if (budget === undefined) return undefined;
-    const spent = cost(accrue(s, now).today.seconds);
-    return spent >= budget
-      ? `daily budget of ${usd(budget)} reached (${usd(spent)} spent on ${dayOf(now)})`
-      : undefined;
-  }
-
-  /** Why a running instance must stop now, whatever the demand. */
-  function limitReached(now: number): { reason: string; endsRun: boolean } | undefined {
-    const refused = refusal(now);
-    if (refused) return { reason: refused, endsRun: false };
-    if (maxRunMs !== undefined && accrue(s, now).runSeconds * 1000 >= maxRunMs) {
-      return { reason: `maximum running time of ${formatDuration(maxRunMs)} reached`, endsRun: true };
-    }
-    return undefined;
-  }
+  const accrueNow = (): void => void Object.assign(s, ledgerAt(limits, s, Date.now()));
 
   function setState(state: BurstState, reason?: string): void {
     s.state = state;
@@ -161,26 +148,45 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
   function startBilling(): void {
     if (billing()) return;
     const now = Date.now();
-    Object.assign(s, accrue(s, now));
+    accrueNow();
     s.runStartedAt = now;
     s.accruedAt = now;
     s.runSeconds = 0;
+    s.runUsd = 0;
+    wake++; // a start under way now has a budget and a running time to watch
   }
 
   function stopBilling(): void {
-    Object.assign(s, accrue(s, Date.now()));
+    accrueNow();
     s.runStartedAt = undefined;
     s.accruedAt = undefined;
   }
 
   function adopt(i: InstanceView): void {
+    // The ledger so far at the old price; from here on at the adopted instance's.
+    if (billing() && (i.instanceType !== s.instanceType || i.market !== s.market)) accrueNow();
     s.instanceId = i.instanceId;
     s.instanceType = i.instanceType;
     s.market = i.market;
     s.privateIp = i.privateIp;
   }
 
-  function forgetInstance(): void {
+  /**
+   * Lets go of the instance (it is terminated or gone). Its persistent spot request is cancelled
+   * first: EC2 would otherwise launch a replacement that bills while nobody knows of it. If that
+   * fails, reconciliation terminates the replacement (and cancels the request) when it shows up.
+   */
+  async function forgetInstance(): Promise<void> {
+    const id = s.instanceId;
+    if (id && s.market === 'spot') {
+      try {
+        const cancelled = await ec2.ec2CancelSpotRequest(pool, id);
+        if (cancelled) event(`cancelled spot request ${cancelled} of ${id}`);
+      } catch (err) {
+        if (wf.isCancellation(err)) throw err;
+        event(`could not cancel the spot request of ${id} (${errorMessage(err)}); reconciliation checks again`);
+      }
+    }
     s.instanceId = undefined;
     s.instanceType = undefined;
     s.market = undefined;
@@ -204,45 +210,8 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
     return p;
   }
 
-  function status(): LlmBurstStatus {
-    const now = Date.now();
-    const u = accrue(s, now);
-    const deadline = s.state === 'ready' && !s.held && !liveAcquires() ? idleDeadline() : undefined;
-    const refused = s.state === 'ready' ? undefined : refusal(now);
-    return {
-      pool: pool.name,
-      state: s.state,
-      since: iso(s.since)!,
-      instanceId: s.instanceId,
-      instanceType: s.instanceType,
-      market: s.market,
-      endpoint: s.state === 'ready' ? endpoint() : undefined,
-      held: s.held,
-      lastDemandAt: iso(s.lastDemandAt),
-      idleDeadline: iso(deadline),
-      idleTimeoutSeconds: idleMs / 1000,
-      reason: refused ?? s.reason,
-      refusedUntil: refused ? iso(nextMidnight(now)) : undefined,
-      runningSeconds: Math.round(u.runSeconds * 10) / 10,
-      costUsd: Math.round(cost(u.runSeconds) * 10_000) / 10_000,
-      today: {
-        day: u.today.day,
-        runningSeconds: Math.round(u.today.seconds * 10) / 10,
-        costUsd: Math.round(cost(u.today.seconds) * 10_000) / 10_000,
-      },
-      total: {
-        runningSeconds: Math.round(u.totalSeconds * 10) / 10,
-        costUsd: Math.round(cost(u.totalSeconds) * 10_000) / 10_000,
-      },
-      limits: {
-        maxRunningSeconds: maxRunMs === undefined ? undefined : maxRunMs / 1000,
-        dailyBudgetUsd: budget,
-        hourlyPriceUsd: pool.hourlyPriceUsd,
-      },
-      pendingAcquires: acquires.size,
-      events: [...s.events],
-    };
-  }
+  const status = (): LlmBurstStatus =>
+    statusOf(limits, s, { ...moment(), pendingAcquires: acquires.size, endpoint: endpoint() });
 
   // ------------------------------------------------------------ handlers
 
@@ -301,7 +270,7 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
         );
         if (s.state === 'ready' && s.instanceId && s.privateIp) {
           s.lastDemandAt = Date.now();
-          return { pool: pool.name, endpoint: endpoint()!, instanceId: s.instanceId, idleTimeoutMs: idleMs };
+          return { pool: pool.name, endpoint: endpoint()!, instanceId: s.instanceId, idleTimeoutMs: limits.idleMs };
         }
         if (!settled) {
           throw retryable(
@@ -335,54 +304,80 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
 
   // ------------------------------------------------------------ the steps
 
+  async function findOrLaunch(): Promise<string> {
+    let found: InstanceView | null = s.instanceId ? await ec2.ec2DescribeInstance(pool, s.instanceId) : null;
+    if (!found || found.state === 'terminated' || found.state === 'shutting-down') {
+      if (s.instanceId) await forgetInstance();
+      found = (await ec2.ec2FindPoolInstances(pool))[0] ?? null;
+    }
+    if (!found) {
+      s.launchToken ??= `${pool.name}-${wf.uuid4()}`;
+      const launched = await ec2Launch.ec2LaunchInstance(pool, s.launchToken);
+      s.launchToken = undefined;
+      s.launches++;
+      adopt(launched);
+      startBilling();
+      const refused = launched.refused.length > 0 ? ` after ${launched.refused.join(', ')}` : '';
+      const what = `launched ${launched.instanceId} (${launched.instanceType} ${launched.market})${refused}`;
+      event(what);
+      return what;
+    }
+    adopt(found);
+    if (found.state === 'running' || found.state === 'pending') {
+      startBilling();
+      event(`found ${found.instanceId} already ${found.state}`);
+      return `found ${found.instanceId} ${found.state}`;
+    }
+    await ec2.ec2StartInstance(pool, found.instanceId);
+    startBilling();
+    event(`started ${found.instanceId}`);
+    return `started ${found.instanceId} (was ${found.state})`;
+  }
+
+  /**
+   * Checks the limits while a start is under way (the instance bills from its launch on) and
+   * cancels the start when one is reached, leaving its reason in stopAfterStart.
+   */
+  async function watchStart(scope: wf.CancellationScope, done: () => boolean): Promise<void> {
+    while (!done()) {
+      if (scope.consideredCancelled) return; // shutdownNow got there first
+      const hit = startLimit(limits, s, moment());
+      if (hit) {
+        stopAfterStart = hit;
+        scope.cancel();
+        return;
+      }
+      const seen = wake;
+      const t = Date.now();
+      const next = poolNextWake(limits, s, { ...moment(t), nextReconcileAt: Infinity });
+      const woken = () => wake !== seen || done();
+      await (Number.isFinite(next) ? wf.condition(woken, next - t) : wf.condition(woken));
+    }
+  }
+
   async function bringUp(): Promise<void> {
     setState('starting');
     progress = new ProgressTracker(RUN_STEPS);
     const p = progress;
     const scope = new wf.CancellationScope();
     startScope = scope;
+    stopAfterStart = undefined;
+    let finished = false;
+    const watcher = watchStart(scope, () => finished).catch(() => undefined);
     try {
       await scope.run(async () => {
-        await p.run(
-          'find or launch instance',
-          async () => {
-            let found: InstanceView | null = s.instanceId ? await ec2.ec2DescribeInstance(pool, s.instanceId) : null;
-            if (!found || found.state === 'terminated' || found.state === 'shutting-down') {
-              found = (await ec2.ec2FindPoolInstances(pool))[0] ?? null;
-            }
-            if (!found) {
-              s.launchToken ??= `${pool.name}-${wf.uuid4()}`;
-              const launched = await ec2.ec2LaunchInstance(pool, s.launchToken);
-              s.launchToken = undefined;
-              s.launches++;
-              adopt(launched);
-              startBilling();
-              const refused = launched.refused.length > 0 ? ` after ${launched.refused.join(', ')}` : '';
-              event(`launched ${launched.instanceId} (${launched.instanceType} ${launched.market})${refused}`);
-              return `launched ${launched.instanceId} (${launched.instanceType} ${launched.market})${refused}`;
-            }
-            adopt(found);
-            if (found.state === 'running' || found.state === 'pending') {
-              startBilling();
-              event(`found ${found.instanceId} already ${found.state}`);
-              return `found ${found.instanceId} ${found.state}`;
-            }
-            await ec2.ec2StartInstance(pool, found.instanceId);
-            startBilling();
-            event(`started ${found.instanceId}`);
-            return `started ${found.instanceId} (was ${found.state})`;
-          },
-          (detail) => detail,
-        );
+        await p.run('find or launch instance', findOrLaunch, (detail) => detail);
         const running = await p.run('wait for running and status checks', () =>
           ec2Wait.ec2WaitRunning(pool, s.instanceId!),
         );
         adopt(running);
         if (!s.privateIp) throw nonRetryable('precondition', `instance ${s.instanceId} has no private address`);
+        modelWaitSince = Date.now();
+        wake++;
         await p.run('wait for the model server', () => ec2Wait.ec2WaitModelServer(pool, s.privateIp!));
       });
       const now = Date.now();
-      if (demandCounts()) s.lastDemandAt = now; // the idle window starts once it can serve
+      if (demandCounts(s)) s.lastDemandAt = now; // the idle window starts once it can serve
       s.reason = undefined;
       setState('ready');
       nextReconcileAt = now + input.reconcileEvery;
@@ -391,19 +386,32 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
     } catch (err) {
       if (wf.isCancellation(err)) {
         if (wf.CancellationScope.current().consideredCancelled) throw err; // the workflow itself is cancelled
-        event(`start cancelled: ${shutdownReason}`);
+        // A shutdownNow that arrived meanwhile wins over a limit: the loop stops with its reason.
+        const hit = handledShutdown === shutdownEpoch ? (stopAfterStart as LimitHit | undefined) : undefined;
+        if (hit?.startFailed) {
+          stopAfterStart = undefined;
+          await startFailed(hit.reason);
+          return;
+        }
+        event(`start cancelled: ${hit?.reason ?? shutdownReason}`);
         return; // the loop stops what was started
       }
-      const message =
-        err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err);
-      s.failedAt = Date.now();
-      failureEpoch++;
-      setState('failed', message);
-      event(`start failed: ${message}`);
-      if (billing() || s.launchToken) await stopQuietly(`start failed: ${message}`);
+      await startFailed(errorMessage(err));
     } finally {
+      finished = true;
+      modelWaitSince = undefined;
       startScope = undefined;
+      wake++;
+      await watcher;
     }
+  }
+
+  async function startFailed(message: string): Promise<void> {
+    s.failedAt = Date.now();
+    failureEpoch++;
+    setState('failed', message);
+    event(`start failed: ${message}`);
+    if (billing() || s.launchToken) await stopQuietly(`start failed: ${message}`);
   }
 
   /** Stops the pool's instance (or, if the start was cut short before its id was known, any running one). */
@@ -419,7 +427,7 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
         after && after.state !== 'stopped' && after.state !== 'terminated'
           ? await ec2Wait.ec2WaitStopped(pool, id)
           : after;
-      if (id === s.instanceId && (!final || final.state === 'terminated')) forgetInstance();
+      if (id === s.instanceId && (!final || final.state === 'terminated')) await forgetInstance();
     }
     // A launch token without an instance stays: reconciliation looks for it once more later.
     if (s.instanceId) s.launchToken = undefined;
@@ -440,8 +448,7 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
       p.finishWith(`stopped ${id ?? 'the pool'}: ${reason}`);
     } catch (err) {
       if (wf.isCancellation(err)) throw err;
-      const message =
-        err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err);
+      const message = errorMessage(err);
       s.failedAt = Date.now();
       failureEpoch++;
       setState('failed', `could not stop ${id}: ${message}`);
@@ -463,35 +470,64 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
     }
   }
 
+  /** After terminateAfter stopped: cancels the spot request (no replacement), terminates, forgets. */
   async function terminate(): Promise<void> {
     const id = s.instanceId!;
+    const after = formatDuration(limits.terminateAfterMs!);
     await ec2.ec2TerminateInstance(pool, id);
-    event(`terminated ${id}: stopped for longer than ${formatDuration(input.terminateAfter!)}`);
-    forgetInstance();
-    s.reason = `terminated ${id} after ${formatDuration(input.terminateAfter!)} stopped`;
+    event(`terminated ${id}: stopped for longer than ${after}`);
+    s.market = undefined; // its spot request is cancelled already
+    await forgetInstance();
+    s.reason = `terminated ${id} after ${after} stopped`;
+  }
+
+  /**
+   * Makes the pool's instances in EC2 match the one the workflow knows: adopts one if it knows
+   * none (a launch cut short), terminates any other (a persistent spot request's replacement,
+   * a duplicate). Returns false when EC2 could not be asked.
+   */
+  async function sweepStrangers(): Promise<boolean> {
+    let found: InstanceView[];
+    try {
+      found = await ec2.ec2FindPoolInstances(pool);
+    } catch (err) {
+      if (wf.isCancellation(err)) throw err;
+      event(`reconcile: could not list the pool's instances: ${errorMessage(err)}`);
+      return false;
+    }
+    if (!s.instanceId) {
+      const mine = found.find((i) => s.launchToken !== undefined && i.launchToken === s.launchToken) ?? found[0];
+      s.launchToken = undefined;
+      if (mine) {
+        adopt(mine);
+        event(`reconcile: found ${mine.instanceId} (${mine.state}), an instance of the pool labwright did not know`);
+      }
+    }
+    for (const stranger of found.filter((i) => i.instanceId !== s.instanceId)) {
+      try {
+        await ec2.ec2TerminateInstance(pool, stranger.instanceId);
+        event(`reconcile: terminated ${stranger.instanceId} (${stranger.state}): the pool runs one instance`);
+      } catch (err) {
+        if (wf.isCancellation(err)) throw err;
+        event(`reconcile: could not terminate ${stranger.instanceId}: ${errorMessage(err)}`);
+      }
+    }
+    return true;
   }
 
   /** Compares the recorded state with EC2's; true when it corrected something. */
   async function reconcile(): Promise<boolean> {
     if (!['ready', 'stopped', 'failed'].includes(s.state)) return false;
+    if (!(await sweepStrangers()) || !s.instanceId) return false;
     let actual: InstanceView | null;
     try {
-      if (!s.instanceId) {
-        // A launch cut short (shutdownNow, cancellation) may have created an instance we never heard of.
-        if (!s.launchToken) return false;
-        const found = (await ec2.ec2FindPoolInstances(pool))[0];
-        s.launchToken = undefined;
-        if (!found) return false;
-        adopt(found);
-        event(`reconcile: found ${found.instanceId} from a launch that was cut short`);
-      }
-      actual = await ec2.ec2DescribeInstance(pool, s.instanceId!);
+      actual = await ec2.ec2DescribeInstance(pool, s.instanceId);
     } catch (err) {
       if (wf.isCancellation(err)) throw err;
-      event(`reconcile: could not describe ${s.instanceId}: ${err instanceof Error ? err.message : String(err)}`);
+      event(`reconcile: could not describe ${s.instanceId}: ${errorMessage(err)}`);
       return false;
     }
-    const id = s.instanceId!;
+    const id = s.instanceId;
     const state = actual?.state ?? 'terminated';
     const why = actual?.stateReason ? ` (${actual.stateReason})` : '';
     const gone = state === 'terminated' || state === 'shutting-down';
@@ -499,14 +535,14 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
       if (state === 'running' || state === 'pending') return false;
       stopBilling();
       s.stoppedAt = Date.now();
-      if (gone) forgetInstance();
+      if (gone) await forgetInstance();
       setState('stopped', `instance ${id} was ${state} outside labwright${why}`);
       event(`reconcile: ${id} found ${state}${why}, not stopped by labwright`);
       progress.fail('serve', `instance ${state} outside labwright`);
       return true;
     }
     if (gone) {
-      forgetInstance();
+      await forgetInstance();
       event(`reconcile: ${id} found ${state} outside labwright; a new one will be launched on demand`);
       return true;
     }
@@ -518,23 +554,6 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
       return true;
     }
     return false;
-  }
-
-  function nextWake(now: number): number {
-    const times = [nextReconcileAt];
-    if (s.state === 'ready') {
-      const deadline = idleDeadline();
-      if (!s.held && !liveAcquires()) times.push(deadline ?? now);
-      if (maxRunMs !== undefined) times.push(now + maxRunMs - accrue(s, now).runSeconds * 1000);
-      if (budget !== undefined && pricePerSecond > 0) {
-        times.push(now + ((budget - cost(accrue(s, now).today.seconds)) / pricePerSecond) * 1000);
-      }
-    }
-    if (s.state === 'stopped' && s.instanceId && input.terminateAfter !== undefined && s.stoppedAt !== undefined) {
-      times.push(s.stoppedAt + input.terminateAfter);
-    }
-    if (refusal(now)) times.push(nextMidnight(now));
-    return Math.max(now + 1, Math.min(...times));
   }
 
   function continueAsNewDue(): boolean {
@@ -550,10 +569,11 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
   try {
     for (;;) {
       const now = Date.now();
-      Object.assign(s, accrue(s, now));
+      accrueNow();
 
       if (handledShutdown !== shutdownEpoch) {
         handledShutdown = shutdownEpoch;
+        stopAfterStart = undefined;
         if (billing() || s.state === 'ready' || s.state === 'starting' || s.launchToken) {
           await bringDown(shutdownReason);
           continue;
@@ -561,20 +581,19 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
         s.reason = shutdownReason;
       }
 
-      if (s.state === 'ready') {
-        const limit = limitReached(now);
-        if (limit) {
-          if (limit.endsRun) {
-            s.held = false;
-            s.demandFloor = now;
-          }
-          await bringDown(limit.reason);
-          continue;
+      const limit = s.state === 'ready' ? limitReached(limits, s, now) : stopAfterStart;
+      if (limit) {
+        stopAfterStart = undefined;
+        if (limit.endsRun) {
+          s.held = false;
+          s.demandFloor = now;
         }
-        if (!desired(now)) {
-          await bringDown(`idle for ${formatDuration(idleMs)}`);
-          continue;
-        }
+        await bringDown(limit.reason);
+        continue;
+      }
+      if (s.state === 'ready' && !desired(now)) {
+        await bringDown(`idle for ${formatDuration(limits.idleMs)}`);
+        continue;
       }
 
       if (s.state === 'stopped' || s.state === 'failed') {
@@ -589,13 +608,7 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
             s.reason = refused;
             event(`refused to start: ${refused}`);
           }
-        } else if (
-          s.state === 'stopped' &&
-          s.instanceId &&
-          input.terminateAfter !== undefined &&
-          s.stoppedAt !== undefined &&
-          now >= s.stoppedAt + input.terminateAfter
-        ) {
+        } else if (terminateDue(limits, s, now)) {
           await terminate();
           continue;
         }
@@ -611,14 +624,14 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
 
       if (continueAsNewDue()) {
         await wf.condition(wf.allHandlersFinished);
-        Object.assign(s, accrue(s, Date.now()));
+        accrueNow();
         const { carried: _previous, ...rest } = raw;
         await wf.continueAsNew<typeof llmBurst>({ ...rest, carried: s });
       }
 
       const seen = wake;
       const t = Date.now();
-      await wf.condition(() => wake !== seen, nextWake(t) - t);
+      await wf.condition(() => wake !== seen, poolNextWake(limits, s, { ...moment(t), nextReconcileAt }) - t);
     }
   } catch (err) {
     if (!wf.isCancellation(err)) throw err;

@@ -1,11 +1,18 @@
 /**
- * EC2 peers for the llm-burst tests: moto behind the fault proxy, a fake model server for the
+ * EC2 peers for the llm-burst tests: moto behind the fault proxy (which adds EC2's ClientToken
+ * idempotency, eventual consistency and persistent spot requests), a fake model server for the
  * instances (every private address maps to it), and helpers to look at moto directly.
  */
 import os from 'node:os';
 import path from 'node:path';
 import { promises as fs } from 'node:fs';
-import { DescribeInstancesCommand, StopInstancesCommand, type EC2Client, type Instance } from '@aws-sdk/client-ec2';
+import {
+  DescribeInstancesCommand,
+  StopInstancesCommand,
+  TerminateInstancesCommand,
+  type EC2Client,
+  type Instance,
+} from '@aws-sdk/client-ec2';
 import { WithStartWorkflowOperation, type Client } from '@temporalio/client';
 import { afterAll, beforeAll } from 'vitest';
 import { createEc2Activities } from '../../activities/ec2.js';
@@ -52,6 +59,8 @@ export interface Ec2Peers {
   /** The pool's instances that are not terminated. */
   instances(pool: string): Promise<Instance[]>;
   stopOutside(instanceId: string): Promise<void>;
+  /** Terminates an instance the way the console does, straight at moto. */
+  terminateOutside(instanceId: string): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -72,10 +81,13 @@ export function testPool(name: string, overrides: Partial<Record<keyof BurstPool
   } as BurstPool;
 }
 
+/** How long a new instance stays invisible to DescribeInstances unless a test says otherwise. */
+export const DEFAULT_VISIBILITY_DELAY_MS = 500;
+
 export async function startEc2Peers(): Promise<Ec2Peers> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-ec2-'));
   const moto = await startMotoServer({ logFile: path.join(cacheDir, 'test-logs', `moto-${process.pid}.log`) });
-  const faults = await startFaultProxy(moto.endpoint);
+  const faults = await startFaultProxy(moto.endpoint, { visibilityDelayMs: DEFAULT_VISIBILITY_DELAY_MS });
   const model = await startFakeModelServer({ name: 'burst' });
   await prepareBurstPool(moto.endpoint, testPool('setup'));
   const env = ec2Env(faults.url, model.port);
@@ -104,6 +116,9 @@ export async function startEc2Peers(): Promise<Ec2Peers> {
     },
     stopOutside: async (instanceId) => {
       await sdk.send(new StopInstancesCommand({ InstanceIds: [instanceId] }));
+    },
+    terminateOutside: async (instanceId) => {
+      await sdk.send(new TerminateInstancesCommand({ InstanceIds: [instanceId] }));
     },
     stop: async () => {
       sdk.destroy();
