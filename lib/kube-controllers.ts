@@ -365,7 +365,13 @@ export async function completeReplicationDestination(
   );
 }
 
-async function createReadySnapshot(api: CustomObjectsApi, namespace: string, name: string, pvc: string): Promise<void> {
+export async function createReadySnapshot(
+  api: CustomObjectsApi,
+  namespace: string,
+  name: string,
+  pvc: string,
+  restoreSize = '1Gi',
+): Promise<void> {
   const ref = { group: 'snapshot.storage.k8s.io', version: 'v1', plural: 'volumesnapshots', namespace };
   await explain(
     `creating VolumeSnapshot ${namespace}/${name}`,
@@ -389,7 +395,7 @@ async function createReadySnapshot(api: CustomObjectsApi, namespace: string, nam
           status: {
             readyToUse: true,
             creationTime: now(),
-            restoreSize: '1Gi',
+            restoreSize,
             boundVolumeSnapshotContentName: `snapcontent-${name}`,
           },
         },
