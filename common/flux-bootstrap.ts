@@ -103,7 +103,8 @@ export function fluxGitSecretData(c: FluxGitCredentials): {
     };
   }
   if ('bearerToken' in c) return { data: { bearerToken: c.bearerToken }, literals: {} };
-  return { data: { password: c.password }, literals: { username: c.username } };
+  if ('username' in c) return { data: { password: c.password }, literals: { username: c.username } };
+  throw new TypeError('a bare credentials reference is refused by fluxCredentialsProblem first');
 }
 
 const labels = { 'app.kubernetes.io/managed-by': 'labwright', 'app.kubernetes.io/part-of': 'flux' };

@@ -123,6 +123,9 @@ export type VmNode = z.infer<typeof vmNodeSchema>;
 export const fluxGitCredentialsSchema = z.union(
   [
     z.strictObject({ identity: secretRefSchema, knownHosts: secretRefSchema, identityPub: secretRefSchema.optional() }),
+    // Earlier inventories: a bare reference (the deploy key alone, or a password without a
+    // username). Still read, so that recorded runs replay; fluxCredentialsProblem refuses it.
+    secretRefSchema,
     z.strictObject({ username: z.string().min(1), password: secretRefSchema }),
     z.strictObject({ bearerToken: secretRefSchema }),
   ],
@@ -137,6 +140,11 @@ export type FluxGitCredentials = z.infer<typeof fluxGitCredentialsSchema>;
 export function fluxCredentialsProblem(url: string, credentials: FluxGitCredentials): string | undefined {
   const ssh = /^ssh:\/\//.test(url);
   if (!ssh && !/^https?:\/\//.test(url)) return `the URL ${url} is neither ssh:// nor http(s)://`;
+  if (!('identity' in credentials || 'username' in credentials || 'bearerToken' in credentials)) {
+    return ssh
+      ? 'a bare reference is a deploy key without host keys, which source-controller refuses: give { identity, knownHosts }'
+      : 'a bare reference is a password without a username, which source-controller refuses: give { username, password } or { bearerToken }';
+  }
   if (ssh && !('identity' in credentials)) return 'an ssh:// URL needs { identity, knownHosts } (a deploy key)';
   if (!ssh && 'identity' in credentials)
     return 'an https:// URL needs { username, password } or { bearerToken }, not a deploy key';
@@ -161,10 +169,6 @@ export const clusterSchema = z.strictObject({
       path: z.string().default('./clusters/home'),
       gitCredentials: fluxGitCredentialsSchema.optional(),
       sopsAgeKey: secretRefSchema.optional(),
-    })
-    .superRefine((flux, ctx) => {
-      const problem = flux.gitCredentials && fluxCredentialsProblem(flux.url, flux.gitCredentials);
-      if (problem) ctx.addIssue({ code: 'custom', path: ['gitCredentials'], message: problem });
     })
     .optional(),
 });

@@ -419,7 +419,6 @@ describe('drRestore', () => {
       suspendAtRd?: unknown;
       minReplicas: number;
     } = { minReplicas: 2 };
-    let approvedAt = 0;
     const report = await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
       const handle = await client.workflow.start('drRestore', {
         taskQueue,
@@ -443,7 +442,6 @@ describe('drRestore', () => {
       expect((await apps.readNamespacedDeployment({ namespace: app, name: 'grafana' })).spec?.replicas).toBe(2);
       // VolSync from now on, its schedule due every 300 ms.
       lab.volumes.watch(app, { scheduleEveryMs: 300 });
-      approvedAt = Date.now();
       await approveRestore(client, `dr-restore/${plan}`, { digest: shown.digest, approve: true, reason: 'db corrupt' });
       const result = handle.result();
       let stop = false;
@@ -502,7 +500,12 @@ describe('drRestore', () => {
       e.namespace === app && 'at' in e && e.at >= restore.start && e.at <= job.end;
     expect(lab.volumes.events.filter((e) => e.kind === 'backup' && during(e))).toEqual([]);
     expect(lab.volumes.events.filter((e) => e.kind === 'backup-skipped' && during(e)).length).toBeGreaterThan(0);
-    expect(lab.volumes.events.some((e) => e.kind === 'backup' && e.namespace === app && e.at > approvedAt)).toBe(true);
+    // Resumed: the schedule backs the restored volume up again.
+    for (let i = 0; i < 100; i++) {
+      if (lab.volumes.events.some((e) => e.kind === 'backup' && e.namespace === app && e.at > job.end)) break;
+      await sleep(100);
+    }
+    expect(lab.volumes.events.some((e) => e.kind === 'backup' && e.namespace === app && e.at > job.end)).toBe(true);
     // Resumed: the app at its replicas, Flux not suspended, the source not paused; nothing left behind.
     expect((await apps.readNamespacedDeployment({ namespace: app, name: 'grafana' })).spec?.replicas).toBe(2);
     const k = await getObject('kustomize.toolkit.fluxcd.io/v1', 'kustomizations', app, 'apps');

@@ -340,6 +340,10 @@ describe('fluxBootstrap', () => {
         setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),
       );
     }
+    // ... and the controllers reconcile what Git now says.
+    for (const kind of ['GitRepository', 'Kustomization'] as const) {
+      await setFluxReady(sharedKube(), { kind, namespace: 'flux-system', name: 'flux-system', revision: REV });
+    }
     const client = await testClient();
     const again = await withWorker({ activities }, async ({ taskQueue }) =>
       client.workflow.execute('fluxBootstrap', {
