@@ -840,10 +840,13 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
     },
 
     /**
-     * Waits until the guest agent answers with a non-loopback IPv4 address, heartbeating. Gives
-     * up with a retryable TimeoutError after `timeoutSeconds`.
+     * Waits until the guest agent answers with a non-loopback IPv4 address (`anyAnswer`: until it
+     * answers at all, for an isolated VM that gets no address), heartbeating. Gives up with a
+     * retryable TimeoutError after `timeoutSeconds`.
      */
-    async pveWaitForAgent(args: VmRef & { timeoutSeconds: number; pollMs?: number }): Promise<GuestInterface[]> {
+    async pveWaitForAgent(
+      args: VmRef & { timeoutSeconds: number; pollMs?: number; anyAnswer?: boolean },
+    ): Promise<GuestInterface[]> {
       const { api } = await client(args.host);
       const deadline = Date.now() + args.timeoutSeconds * 1000;
       const stop = cancelled();
@@ -863,6 +866,7 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
             ipv4: (i['ip-addresses'] ?? []).filter((a) => a['ip-address-type'] === 'ipv4').map((a) => a['ip-address']!),
             ipv6: (i['ip-addresses'] ?? []).filter((a) => a['ip-address-type'] === 'ipv6').map((a) => a['ip-address']!),
           }));
+          if (args.anyAnswer) return ifaces;
           if (ifaces.some((i) => i.name !== 'lo' && i.ipv4.some((a) => !a.startsWith('127.')))) return ifaces;
           last = 'the agent answers but reports no IPv4 address yet';
         } catch (err) {

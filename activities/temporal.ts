@@ -7,6 +7,25 @@ import { nonRetryable } from '../common/errors.js';
 
 export function createTemporalActivities() {
   return {
+    /** The running executions of `workflowType` whose LabwrightResource is `resource` (visibility). */
+    async temporalRunningWorkflows(args: {
+      workflowType: string;
+      resource: string;
+    }): Promise<Array<{ workflowId: string; runId: string; startTime: string }>> {
+      if (!/^[a-zA-Z0-9._/-]+$/.test(args.workflowType + args.resource)) {
+        throw nonRetryable(
+          'validation',
+          `workflow type ${args.workflowType} or resource ${args.resource}: unexpected characters`,
+        );
+      }
+      const query = `WorkflowType = '${args.workflowType}' AND ExecutionStatus = 'Running' AND LabwrightResource = '${args.resource}'`;
+      const out: Array<{ workflowId: string; runId: string; startTime: string }> = [];
+      for await (const w of Context.current().client.workflow.list({ query })) {
+        out.push({ workflowId: w.workflowId, runId: w.runId, startTime: w.startTime.toISOString() });
+      }
+      return out;
+    },
+
     /**
      * The identity of the client that sent update `updateId` to this activity's workflow, as the
      * server recorded it when it accepted the update (acceptedRequest.meta.identity).

@@ -193,9 +193,12 @@ export function fnv1a(text: string): string {
   return h.toString(16).padStart(8, '0');
 }
 
-/** The scratch namespace a drill restores a plan's PVCs into. */
-export function drillNamespace(plan: string): string {
-  return dnsLabel(`dr-drill-${plan}`);
+/**
+ * The scratch namespace a drill restores a plan's PVCs into: one per run, so that a drill never
+ * meets the previous one's namespace still terminating, nor removes another run's objects.
+ */
+export function drillNamespace(plan: string, runId: string): string {
+  return dnsLabel(`dr-drill-${plan}-${runId.slice(0, 8)}`);
 }
 
 /** The name of a drill VM (PVE name, and the ownership guard when it is deleted). */

@@ -17,7 +17,7 @@ import { Client, WorkflowFailedError, WorkflowUpdateFailedError, type WorkflowHa
 import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { approveRestore } from '../clients/approve-restore.js';
-import type { DrPlan, DrReport, DrStatus } from '../common/dr-restore.js';
+import { drillNamespace, type DrPlan, type DrReport, type DrStatus } from '../common/dr-restore.js';
 import { recordHistory } from './harness/histories.js';
 import {
   appWithBackups,
@@ -150,9 +150,10 @@ describe('drRestore', () => {
     const app = await appWithData(lab, { zigbee2mqtt: data('zigbee'), paperless: data('paperless') });
     await storeVmBackup(lab, 120, 3 * 3600);
     const plan = uniqueName('home');
-    const scratch = `dr-drill-${plan}`;
+    let scratch = '';
     const client = await testClient();
     let isolatedNic: string | undefined;
+    let drillConfig: Record<string, unknown> = {};
     const report = await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
       const handle = await client.workflow.start('drRestore', {
         taskQueue,
@@ -165,13 +166,17 @@ describe('drRestore', () => {
           ]),
         ],
       });
+      scratch = drillNamespace(plan, handle.firstExecutionRunId);
       const result = handle.result();
       lab.volumes.watch(scratch);
       // The drill VM as it boots: in the drill range, its NIC's link down.
       const watchVm = (async () => {
         for (let i = 0; i < 300 && !isolatedNic; i++) {
           const vm = (await lab.pve.fake.vms()).find((v) => v.vmid >= 8900 && v.vmid <= 8999 && v.status === 'running');
-          if (vm) isolatedNic = String(vm.config.net0);
+          if (vm) {
+            isolatedNic = String(vm.config.net0);
+            drillConfig = vm.config;
+          }
           await sleep(100);
         }
       })();
@@ -213,6 +218,12 @@ describe('drRestore', () => {
     // Isolated: the drill VM's NIC was link_down and off VLAN 80.
     expect(isolatedNic).toMatch(/link_down=1/);
     expect(isolatedNic).not.toMatch(/tag=80/);
+    // No passthrough device of the production VM: it still has them, the drill VM did not.
+    expect(Object.keys(drillConfig).filter((k) => /^(hostpci|usb)\d+$/.test(k))).toEqual([]);
+    expect((await lab.pve.fake.vms()).find((v) => v.vmid === 120)?.config).toMatchObject({
+      hostpci0: 'mapping=coral-tpu,pcie=1',
+      usb0: 'host=10c4:ea60',
+    });
 
     // Everything the drill made is gone: the VM, and every object in the scratch namespace.
     expect((await lab.pve.fake.vms()).filter((v) => v.vmid >= 8900 && v.vmid <= 8999)).toEqual([]);
@@ -584,12 +595,8 @@ describe('drRestore', () => {
     expect(cause.message).toContain('vm nas (130): no backup of VM 130 on pve1/unraid-backup');
     expect(cause.message).toMatch(/nothing was touched$/);
     const core = kc().makeApiClient(CoreV1Api);
-    expect(
-      await core.readNamespace({ name: `dr-drill-${plan}` }).then(
-        () => 'exists',
-        () => 'absent',
-      ),
-    ).toBe('absent');
+    const namespaces = await core.listNamespace();
+    expect(namespaces.items.map((n) => n.metadata!.name!).filter((n) => n.startsWith(`dr-drill-${plan}`))).toEqual([]);
     const writesAfter = await pveWrites();
     expect(writesAfter).toBe(writesBefore);
   });
@@ -597,7 +604,7 @@ describe('drRestore', () => {
   it('fails the drill when one byte of the restored sentinel differs, and still cleans up', async () => {
     const app = await appWithData(lab, { immich: data('immich photos') });
     const plan = uniqueName('badverify');
-    const scratch = `dr-drill-${plan}`;
+    let scratch = '';
     const client = await testClient();
     const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
       const handle = await client.workflow.start('drRestore', {
@@ -608,6 +615,7 @@ describe('drRestore', () => {
           input(plan, 'drill', [pvc(app, 'immich', { sentinel: { path: SENTINEL, sha256: sha256('immich photoS') } })]),
         ],
       });
+      scratch = drillNamespace(plan, handle.firstExecutionRunId);
       lab.volumes.watch(scratch);
       return handle.result().catch((e: unknown) => e);
     });
@@ -630,11 +638,11 @@ describe('drRestore', () => {
     expect((await kc().makeApiClient(BatchV1Api).listNamespacedJob({ namespace: scratch })).items).toEqual([]);
   });
 
-  it('cleans up what a drill made when the drill is cancelled midway', async () => {
+  it('cleans up what a drill made when the drill is cancelled midway; a scheduled drill of the plan meanwhile gives way', async () => {
     const app = await appWithData(lab, { frigate: data('frigate') });
     await storeVmBackup(lab, 120, 600);
     const plan = uniqueName('cancel');
-    const scratch = `dr-drill-${plan}`;
+    let scratch = '';
     const client = await testClient();
     await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
       const handle = await client.workflow.start('drRestore', {
@@ -642,6 +650,7 @@ describe('drRestore', () => {
         workflowId: `dr-drill/${plan}`,
         args: [input(plan, 'drill', [pvc(app, 'frigate'), hass])],
       });
+      scratch = drillNamespace(plan, handle.firstExecutionRunId);
       // Nobody plays VolSync: the drill waits on its sync, with the namespace, Secret, RD and VM made.
       for (let i = 0; i < 200; i++) {
         const rd = await getObject('volsync.backube/v1alpha1', 'replicationdestinations', scratch, 'restore-frigate');
@@ -649,6 +658,21 @@ describe('drRestore', () => {
         if (rd && vmUp) break;
         await sleep(100);
       }
+      // The weekly schedule starts the same plan's drill meanwhile: it gives way at once, touching nothing.
+      const vmsBefore = (await lab.pve.fake.vms()).length;
+      const scheduled = await client.workflow
+        .execute('drRestore', {
+          taskQueue,
+          workflowId: `dr-drill/${plan}-2026-12-06T03:00:00Z`,
+          args: [input(plan, 'drill', [pvc(app, 'frigate'), hass])],
+        })
+        .catch((e: unknown) => e);
+      expect(((scheduled as WorkflowFailedError).cause as Error).message).toMatch(
+        new RegExp(
+          `^drill ${plan}: another drill of this plan is running \\(dr-drill/${plan}, started \\S+\\): one drill per plan at a time; nothing was touched$`,
+        ),
+      );
+      expect((await lab.pve.fake.vms()).length).toBe(vmsBefore);
       await handle.cancel();
       const err = await handle.result().catch((e: unknown) => e);
       expect(err).toBeInstanceOf(WorkflowFailedError);

@@ -204,6 +204,24 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     .run(
       'check backups',
       async () => {
+        // One drill per plan at a time, whoever starts it (a manual run, the weekly schedule's
+        // `dr-drill/<plan>-<time>`): the one that started later gives way, touching nothing.
+        if (drill && wf.patched('one-drill-per-plan')) {
+          const others = await temporal.temporalRunningWorkflows({ workflowType: 'drRestore', resource: input.plan });
+          const mine = info.startTime.getTime();
+          const earlier = others.find(
+            (o) =>
+              o.workflowId.startsWith('dr-drill/') &&
+              o.runId !== info.runId &&
+              (Date.parse(o.startTime) < mine || (Date.parse(o.startTime) === mine && o.runId < info.runId)),
+          );
+          if (earlier) {
+            throw nonRetryable(
+              'precondition',
+              `drill ${input.plan}: another drill of this plan is running (${earlier.workflowId}, started ${earlier.startTime}): one drill per plan at a time; nothing was touched`,
+            );
+          }
+        }
         const results = await Promise.all(
           input.targets.map((t) => checkBackup(t, input, kubeconfig, talosconfig, inventory, scratchEtcd)),
         );
@@ -241,7 +259,7 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
       drillVmids.set(i, vmid);
     }
   }
-  const namespace = drillNamespace(input.plan);
+  const namespace = drillNamespace(input.plan, info.runId);
   const items: PlanItem[] = checked.map((c, i) =>
     planItem(
       c,
@@ -697,17 +715,28 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     const restored = await pve.pveGetVm(ref);
     if (!restored) throw nonRetryable('notFound', `VM ${vmid} is missing after its restore`);
     if (drill) {
+      // Isolated: every NIC's link down; and no passthrough device (a GPU, a USB stick) the
+      // production VM holds, which the drill VM would contend for.
       const net: Record<number, string> = {};
+      const hostpci: Record<number, null> = {};
+      const usb: Record<string, null> = {};
       for (const [key, value] of Object.entries(restored.config)) {
-        const m = /^net(\d+)$/.exec(key);
-        if (m) net[Number(m[1])] = isolatedNet(String(value));
+        const m = /^(net|hostpci|usb)(\d+)$/.exec(key);
+        if (m?.[1] === 'net') net[Number(m[2])] = isolatedNet(String(value));
+        else if (m?.[1] === 'hostpci') hostpci[Number(m[2])] = null;
+        else if (m) usb[key] = null;
       }
-      step(`isolating VM ${vmid}: ${Object.keys(net).length} NIC(s) link down`);
+      const stripped = [...Object.keys(hostpci).map((i) => `hostpci${i}`), ...Object.keys(usb)];
+      step(
+        `isolating VM ${vmid}: ${Object.keys(net).length} NIC(s) link down${stripped.length ? `, ${stripped.join(', ')} removed` : ''}`,
+      );
       await pve.pveSetConfig({
         ...ref,
         guard: { name },
         config: {
           net,
+          ...(Object.keys(hostpci).length ? { hostpci } : {}),
+          ...(Object.keys(usb).length ? { extra: usb } : {}),
           onboot: false,
           tags: ['labwright', 'dr-drill'],
           description: `labwright DR drill ${input.plan} (${info.workflowId}); removed when the drill ends`,
@@ -719,7 +748,12 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     step(`waiting for the guest agent of VM ${vmid}`);
     let ifaces;
     try {
-      ifaces = await pveWait.pveWaitForAgent({ ...ref, timeoutSeconds: input.agentTimeoutSeconds });
+      // A drill VM's links are down: a DHCP guest never gets an address, so the agent answering is the proof.
+      ifaces = await pveWait.pveWaitForAgent({
+        ...ref,
+        timeoutSeconds: input.agentTimeoutSeconds,
+        ...(drill ? { anyAnswer: true } : {}),
+      });
     } catch (err) {
       throw nonRetryable(
         'precondition',

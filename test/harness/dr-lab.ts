@@ -28,7 +28,7 @@ export interface DrLab {
   stop(): Promise<void>;
 }
 
-/** VM 120 `hass` on pve1, running, with a NIC on VLAN 80 and the guest agent. */
+/** VM 120 `hass` on pve1, running, with a NIC on VLAN 80, the guest agent, a mapped PCI device and a USB stick. */
 export async function startDrLab(): Promise<DrLab> {
   const pve = await startFakePveLab({
     guests: [
@@ -37,7 +37,15 @@ export async function startDrLab(): Promise<DrLab> {
         name: 'hass',
         node: 'pve1',
         status: 'running',
-        config: { net0: 'virtio=BC:24:11:00:01:20,bridge=vmbr0,tag=80', cores: 2, memory: 2048, agent: '1', onboot: 1 },
+        config: {
+          net0: 'virtio=BC:24:11:00:01:20,bridge=vmbr0,tag=80',
+          cores: 2,
+          memory: 2048,
+          agent: '1',
+          onboot: 1,
+          hostpci0: 'mapping=coral-tpu,pcie=1',
+          usb0: 'host=10c4:ea60',
+        },
         agent: {},
       },
     ],
