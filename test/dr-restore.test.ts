@@ -254,6 +254,29 @@ describe('drRestore', () => {
     ).toBeUndefined();
   });
 
+  it('the PVE peer, as PVE: destroying a VM with purge drops it from backup jobs and replication, without purge a replicated VM is kept', async () => {
+    const vmid = 131;
+    const job = uniqueName('backup');
+    await lab.pve.fake.api('POST', '/nodes/pve1/qemu', { vmid, name: 'purge-me' });
+    await lab.pve.fake.api('POST', '/cluster/backup', { id: job, vmid: `120,${vmid}`, storage: 'unraid-backup' });
+    await lab.pve.fake.api('POST', '/cluster/replication', { id: `${vmid}-0`, target: 'pve2', type: 'local' });
+    const ref = { host: 'pve1', node: 'pve1', vmid };
+    const refused = await (lab.activities.pveDelete as (a: unknown) => Promise<unknown>)({
+      ...ref,
+      purge: false,
+    }).catch((e: unknown) => e);
+    expect((refused as Error).message).toMatch(/There are replication jobs for guest '131'/);
+    const { upid } = await (lab.activities.pveDelete as (a: unknown) => Promise<{ upid: string }>)({
+      ...ref,
+      purge: true,
+    });
+    await (lab.activities.pveWaitForTask as (a: unknown) => Promise<unknown>)({ host: 'pve1', upid });
+    const jobs = await lab.pve.fake.api<Array<{ id: string; vmid: string }>>('GET', '/cluster/backup');
+    expect(jobs.find((j) => j.id === job)?.vmid).toBe('120');
+    const replication = await lab.pve.fake.api<Array<{ guest: number }>>('GET', '/cluster/replication');
+    expect(replication.filter((r) => r.guest === vmid)).toEqual([]);
+  });
+
   it('a restore computes and shows the plan, waits for approval, and touches nothing without it', async () => {
     const app = await appWithBackups(['grafana'], 3600);
     await storeVmBackup(lab, 120, 1800);
