@@ -520,6 +520,67 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       });
     },
 
+    /**
+     * (issue 13) Waits, heartbeating, until a ReplicationDestination's manual sync `trigger` has
+     * completed (status.lastManualSync is it, latestMoverStatus.result Successful); returns the
+     * status. A failed mover is reported in the heartbeat (VolSync retries it). `deadlineAt` (epoch
+     * ms) holds across attempts; reaching it is final (TimeoutError, not retried). At `returnAt`
+     * (before the deadline) it returns `synced: false`, so that each call stays within its
+     * activity timeout and the caller asks again.
+     */
+    async k8sWaitReplicationDestination(args: {
+      kubeconfig: SecretRef;
+      namespace: string;
+      name: string;
+      trigger: string;
+      deadlineAt: number;
+      returnAt?: number;
+    }): Promise<{ synced: boolean; latestImage?: { kind?: string; name?: string }; lastSyncTime?: string }> {
+      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const ref = {
+        apiVersion: 'volsync.backube/v1alpha1',
+        kind: 'ReplicationDestination',
+        namespace: args.namespace,
+        name: args.name,
+      };
+      const what = `ReplicationDestination ${args.namespace}/${args.name} sync ${args.trigger}`;
+      const ctx = activityContext();
+      let mover = 'not reported yet';
+      for (;;) {
+        const rd = await readObject(api, ref, `wait for ${what}`);
+        const status = (rd?.status ?? {}) as {
+          lastManualSync?: string;
+          lastSyncTime?: string;
+          latestMoverStatus?: { result?: string; logs?: string };
+          latestImage?: { kind?: string; name?: string };
+        };
+        if (status.lastManualSync === args.trigger && status.latestMoverStatus?.result === 'Successful') {
+          return {
+            synced: true,
+            ...(status.latestImage ? { latestImage: status.latestImage } : {}),
+            ...(status.lastSyncTime ? { lastSyncTime: status.lastSyncTime } : {}),
+          };
+        }
+        const result = status.latestMoverStatus?.result;
+        mover =
+          result === 'Failed'
+            ? `Failed: ${status.latestMoverStatus?.logs ?? ''}; Volsync retries`
+            : (result ?? 'not reported yet');
+        ctx?.heartbeat({ waiting: what, mover });
+        if (args.returnAt !== undefined && Date.now() >= args.returnAt && args.returnAt < args.deadlineAt) {
+          return { synced: false };
+        }
+        if (Date.now() >= args.deadlineAt) {
+          throw ApplicationFailure.create({
+            type: 'TimeoutError',
+            nonRetryable: true,
+            message: `${what} did not complete by its deadline (mover ${mover})`,
+          });
+        }
+        await (ctx ? Promise.race([sleep(pollMs), ctx.cancelled]) : sleep(pollMs));
+      }
+    },
+
     /** Creates a Job; one that exists with the same name is kept (returned as existing). */
     async k8sCreateJob(args: { kubeconfig: SecretRef; job: V1Job }): Promise<{ created: boolean }> {
       const batch = (await config(args.kubeconfig)).makeApiClient(BatchV1Api);

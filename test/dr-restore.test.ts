@@ -661,7 +661,7 @@ describe('drRestore', () => {
     expect((await kc().makeApiClient(BatchV1Api).listNamespacedJob({ namespace: scratch })).items).toEqual([]);
   });
 
-  it('cleans up what a drill made when the drill is cancelled midway; a scheduled drill of the plan meanwhile gives way', async () => {
+  it('cleans up what a drill made when the drill is cancelled midway; a scheduled drill of the plan meanwhile gives way; the long sync wait adds no events per poll', async () => {
     const app = await appWithData(lab, { frigate: data('frigate') });
     await storeVmBackup(lab, 120, 600);
     const plan = uniqueName('cancel');
@@ -696,6 +696,12 @@ describe('drRestore', () => {
         ),
       );
       expect((await lab.pve.fake.vms()).length).toBe(vmsBefore);
+      // The sync wait goes on (25 polls' worth at pollSeconds 0.2) inside one heartbeating
+      // activity: no timer or poll per look in the drill's history.
+      await sleep(5000);
+      const events = (await handle.fetchHistory()).events ?? [];
+      expect(events.filter((e) => e.timerStartedEventAttributes)).toEqual([]);
+      expect(events.length).toBeLessThan(150);
       await handle.cancel();
       const err = await handle.result().catch((e: unknown) => e);
       expect(err).toBeInstanceOf(WorkflowFailedError);

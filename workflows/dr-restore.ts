@@ -518,6 +518,35 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
         }
       : restored;
 
+    /** The workflow-side poll of runs started before `rd-wait-activity` (replay only). */
+    async function pollReplicationDestination(deadline: number): Promise<RdStatus> {
+      let rdStatus: RdStatus = {};
+      for (;;) {
+        const rd = await kube.k8sGetObject({
+          kubeconfig,
+          apiVersion: 'volsync.backube/v1alpha1',
+          kind: 'ReplicationDestination',
+          namespace: ns,
+          name: rdName,
+        });
+        rdStatus = ((rd.object?.status ?? {}) as RdStatus) ?? {};
+        if (rdStatus.lastManualSync === trigger && rdStatus.latestMoverStatus?.result === 'Successful') break;
+        const mover = rdStatus.latestMoverStatus?.result;
+        step(
+          `syncing (mover ${mover ?? 'not reported yet'}${mover === 'Failed' ? `: ${rdStatus.latestMoverStatus?.logs ?? ''}; Volsync retries` : ''})`,
+        );
+        if (Date.now() >= deadline) {
+          throw wf.ApplicationFailure.create({
+            type: 'TimeoutError',
+            nonRetryable: true,
+            message: `ReplicationDestination ${ns}/${rdName} did not sync within ${formatDuration(input.syncTimeoutSeconds * 1000)} (mover ${mover ?? 'silent'})`,
+          });
+        }
+        await wf.sleep(input.pollSeconds * 1000);
+      }
+      return rdStatus;
+    }
+
     async function restorePvcData(): Promise<{ verification: string; restoredBytes: number }> {
       step(`ReplicationDestination ${ns}/${rdName}, trigger ${trigger}`);
       made.push({
@@ -549,31 +578,36 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
         ),
       });
 
-      // The sync: a durable poll of the ReplicationDestination's status.
+      // The sync: waited for in a heartbeating activity (its history stays a few events however
+      // long the mover takes); runs started before replay the workflow-side poll they recorded.
       const deadline = Date.now() + input.syncTimeoutSeconds * 1000;
       let rdStatus: RdStatus = {};
-      for (;;) {
-        const rd = await kube.k8sGetObject({
-          kubeconfig,
-          apiVersion: 'volsync.backube/v1alpha1',
-          kind: 'ReplicationDestination',
-          namespace: ns,
-          name: rdName,
-        });
-        rdStatus = ((rd.object?.status ?? {}) as RdStatus) ?? {};
-        if (rdStatus.lastManualSync === trigger && rdStatus.latestMoverStatus?.result === 'Successful') break;
-        const mover = rdStatus.latestMoverStatus?.result;
-        step(
-          `syncing (mover ${mover ?? 'not reported yet'}${mover === 'Failed' ? `: ${rdStatus.latestMoverStatus?.logs ?? ''}; Volsync retries` : ''})`,
-        );
-        if (Date.now() >= deadline) {
-          throw wf.ApplicationFailure.create({
-            type: 'TimeoutError',
-            nonRetryable: true,
-            message: `ReplicationDestination ${ns}/${rdName} did not sync within ${formatDuration(input.syncTimeoutSeconds * 1000)} (mover ${mover ?? 'silent'})`,
-          });
+      if (wf.patched('rd-wait-activity')) {
+        step('syncing (the mover runs)');
+        try {
+          // One call per 20 minutes at most (the waitFor profile allows 30): a day-long sync
+          // records a few dozen activities, not one per poll.
+          for (let synced = false; !synced;) {
+            const r = await kubeWait.k8sWaitReplicationDestination({
+              kubeconfig,
+              namespace: ns,
+              name: rdName,
+              trigger,
+              deadlineAt: deadline,
+              returnAt: Math.min(deadline, Date.now() + 20 * 60_000),
+            });
+            synced = r.synced;
+            rdStatus = r;
+          }
+        } catch (err) {
+          if (wf.isCancellation(err)) throw err;
+          throw nonRetryable(
+            'precondition',
+            `ReplicationDestination ${ns}/${rdName} did not sync within ${formatDuration(input.syncTimeoutSeconds * 1000)}: ${causeMessage(err)}`,
+          );
         }
-        await wf.sleep(input.pollSeconds * 1000);
+      } else {
+        rdStatus = await pollReplicationDestination(deadline);
       }
 
       // The size: the mover's VolumeSnapshot (drill) or the restored PVC (restore).
