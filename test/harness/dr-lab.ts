@@ -96,17 +96,7 @@ export async function appWithBackups(pvcs: string[], ageSeconds: number): Promis
   const core = kc.makeApiClient(CoreV1Api);
   const custom = kc.makeApiClient(CustomObjectsApi);
   for (const pvc of pvcs) {
-    await core.createNamespacedPersistentVolumeClaim({
-      namespace: ns,
-      body: {
-        metadata: { name: pvc },
-        spec: {
-          accessModes: ['ReadWriteOnce'],
-          resources: { requests: { storage: '2Gi' } },
-          storageClassName: 'ceph-block',
-        },
-      },
-    });
+    await createAppPvc(core, ns, pvc);
     await core.createNamespacedSecret({
       namespace: ns,
       body: {
@@ -147,6 +137,21 @@ export async function appWithBackups(pvcs: string[], ageSeconds: number): Promis
   return ns;
 }
 
+/** A 2Gi ceph-block PVC, as the app's. */
+async function createAppPvc(core: CoreV1Api, ns: string, pvc: string): Promise<void> {
+  await core.createNamespacedPersistentVolumeClaim({
+    namespace: ns,
+    body: {
+      metadata: { name: pvc },
+      spec: {
+        accessModes: ['ReadWriteOnce'],
+        resources: { requests: { storage: '2Gi' } },
+        storageClassName: 'ceph-block',
+      },
+    },
+  });
+}
+
 export async function readdirOrEmpty(dir: string): Promise<string[]> {
   return fs.readdir(dir).catch(() => []);
 }
@@ -166,17 +171,7 @@ export async function appWithData(
   const core = kc.makeApiClient(CoreV1Api);
   const custom = kc.makeApiClient(CustomObjectsApi);
   for (const [pvc, files] of Object.entries(pvcs)) {
-    await core.createNamespacedPersistentVolumeClaim({
-      namespace: ns,
-      body: {
-        metadata: { name: pvc },
-        spec: {
-          accessModes: ['ReadWriteOnce'],
-          resources: { requests: { storage: '2Gi' } },
-          storageClassName: 'ceph-block',
-        },
-      },
-    });
+    await createAppPvc(core, ns, pvc);
     await writeVolume(lab, ns, pvc, files);
     await core.createNamespacedSecret({
       namespace: ns,
