@@ -111,6 +111,8 @@ export interface AppliedObject extends ObjectRef {
   result: ApplyResult;
   resourceVersion: string;
   generation?: number;
+  /** The field manager that applies this object instead (see k8sApply's yieldTo). */
+  heldBy?: string;
 }
 
 export interface ObservedCondition {
@@ -518,6 +520,67 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       });
     },
 
+    /**
+     * (issue 13) Waits, heartbeating, until a ReplicationDestination's manual sync `trigger` has
+     * completed (status.lastManualSync is it, latestMoverStatus.result Successful); returns the
+     * status. A failed mover is reported in the heartbeat (VolSync retries it). `deadlineAt` (epoch
+     * ms) holds across attempts; reaching it is final (TimeoutError, not retried). At `returnAt`
+     * (before the deadline) it returns `synced: false`, so that each call stays within its
+     * activity timeout and the caller asks again.
+     */
+    async k8sWaitReplicationDestination(args: {
+      kubeconfig: SecretRef;
+      namespace: string;
+      name: string;
+      trigger: string;
+      deadlineAt: number;
+      returnAt?: number;
+    }): Promise<{ synced: boolean; latestImage?: { kind?: string; name?: string }; lastSyncTime?: string }> {
+      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const ref = {
+        apiVersion: 'volsync.backube/v1alpha1',
+        kind: 'ReplicationDestination',
+        namespace: args.namespace,
+        name: args.name,
+      };
+      const what = `ReplicationDestination ${args.namespace}/${args.name} sync ${args.trigger}`;
+      const ctx = activityContext();
+      let mover = 'not reported yet';
+      for (;;) {
+        const rd = await readObject(api, ref, `wait for ${what}`);
+        const status = (rd?.status ?? {}) as {
+          lastManualSync?: string;
+          lastSyncTime?: string;
+          latestMoverStatus?: { result?: string; logs?: string };
+          latestImage?: { kind?: string; name?: string };
+        };
+        if (status.lastManualSync === args.trigger && status.latestMoverStatus?.result === 'Successful') {
+          return {
+            synced: true,
+            ...(status.latestImage ? { latestImage: status.latestImage } : {}),
+            ...(status.lastSyncTime ? { lastSyncTime: status.lastSyncTime } : {}),
+          };
+        }
+        const result = status.latestMoverStatus?.result;
+        mover =
+          result === 'Failed'
+            ? `Failed: ${status.latestMoverStatus?.logs ?? ''}; Volsync retries`
+            : (result ?? 'not reported yet');
+        ctx?.heartbeat({ waiting: what, mover });
+        if (args.returnAt !== undefined && Date.now() >= args.returnAt && args.returnAt < args.deadlineAt) {
+          return { synced: false };
+        }
+        if (Date.now() >= args.deadlineAt) {
+          throw ApplicationFailure.create({
+            type: 'TimeoutError',
+            nonRetryable: true,
+            message: `${what} did not complete by its deadline (mover ${mover})`,
+          });
+        }
+        await (ctx ? Promise.race([sleep(pollMs), ctx.cancelled]) : sleep(pollMs));
+      }
+    },
+
     /** Creates a Job; one that exists with the same name is kept (returned as existing). */
     async k8sCreateJob(args: { kubeconfig: SecretRef; job: V1Job }): Promise<{ created: boolean }> {
       const batch = (await config(args.kubeconfig)).makeApiClient(BatchV1Api);
@@ -603,6 +666,8 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       fieldManager: string;
       force?: boolean;
       namespace?: string;
+      /** Field managers whose applied objects are left as they are (reported unchanged, `heldBy`). */
+      yieldTo?: string[];
     }): Promise<{ objects: AppliedObject[] }> {
       if (!/^[\x21-\x7e][\x20-\x7e]{0,127}$/.test(args.fieldManager)) {
         throw nonRetryable(
@@ -626,6 +691,16 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         };
         const label = `apply ${describeObject(ref)}`;
         const before = await readObject(api, ref, label);
+        // An object another applier took over (kustomize-controller applying it from Git) is its:
+        // left as it is, not fought over.
+        const heldBy = (before?.metadata.managedFields as Array<{ manager?: string; operation?: string }> | undefined)
+          ?.filter((f) => f.operation === 'Apply' && args.yieldTo?.includes(f.manager ?? ''))
+          .map((f) => f.manager!)[0];
+        if (before && heldBy) {
+          const resourceVersion = String(before.metadata.resourceVersion ?? '');
+          applied.push({ ...ref, result: 'unchanged', resourceVersion, heldBy });
+          continue;
+        }
         let after: KubeObject;
         try {
           after = await api.apply(obj, args.fieldManager, args.force ?? false);
@@ -760,12 +835,14 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       namespace: string;
       name: string;
       data: Record<string, SecretRef>;
+      /** Keys whose values are not secret (a Git username): given as they are. */
+      literals?: Record<string, string>;
       type?: string;
       labels?: Record<string, string>;
       fieldManager?: string;
       force?: boolean;
     }): Promise<{ result: ApplyResult; keys: string[] }> {
-      const keys = Object.keys(args.data).sort();
+      const keys = [...Object.keys(args.data), ...Object.keys(args.literals ?? {})].sort();
       const what = `apply Secret ${args.namespace}/${args.name}`;
       if (keys.length === 0) throw nonRetryable('validation', `${what}: data names no keys`);
       for (const key of keys) {
@@ -777,7 +854,10 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         }
       }
       const data: Record<string, string> = {};
-      for (const key of keys) data[key] = Buffer.from(await deps.secrets.resolve(args.data[key]!)).toString('base64');
+      for (const key of keys) {
+        const value = args.data[key] ? await deps.secrets.resolve(args.data[key]) : args.literals![key]!;
+        data[key] = Buffer.from(value).toString('base64');
+      }
       const api = DynamicApi.forConfig(await config(args.kubeconfig));
       const ref = { apiVersion: 'v1', kind: 'Secret', namespace: args.namespace, name: args.name };
       const before = await readObject(api, ref, what);

@@ -584,10 +584,13 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
     },
 
     /**
-     * Waits until the guest agent answers with a non-loopback IPv4 address, heartbeating. Gives
-     * up with a retryable TimeoutError after `timeoutSeconds`.
+     * Waits until the guest agent answers with a non-loopback IPv4 address (`anyAnswer`: until it
+     * answers at all, for an isolated VM that gets no address), heartbeating. Gives up with a
+     * retryable TimeoutError after `timeoutSeconds`.
      */
-    async pveWaitForAgent(args: VmRef & { timeoutSeconds: number; pollMs?: number }): Promise<GuestInterface[]> {
+    async pveWaitForAgent(
+      args: VmRef & { timeoutSeconds: number; pollMs?: number; anyAnswer?: boolean },
+    ): Promise<GuestInterface[]> {
       const { api } = await client(args.host);
       const deadline = Date.now() + args.timeoutSeconds * 1000;
       const stop = cancelled();
@@ -607,6 +610,7 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
             ipv4: (i['ip-addresses'] ?? []).filter((a) => a['ip-address-type'] === 'ipv4').map((a) => a['ip-address']!),
             ipv6: (i['ip-addresses'] ?? []).filter((a) => a['ip-address-type'] === 'ipv6').map((a) => a['ip-address']!),
           }));
+          if (args.anyAnswer) return ifaces;
           if (ifaces.some((i) => i.name !== 'lo' && i.ipv4.some((a) => !a.startsWith('127.')))) return ifaces;
           last = 'the agent answers but reports no IPv4 address yet';
         } catch (err) {
@@ -696,11 +700,33 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
      * the expected name counts as restored (upid null); any other VM there is a ConflictError.
      */
     async pveRestore(
-      args: VmRef & { archive: string; name: string; storage?: string; unique?: boolean; start?: boolean },
+      args: VmRef & {
+        archive: string;
+        name: string;
+        storage?: string;
+        unique?: boolean;
+        start?: boolean;
+        /**
+         * Restore over the existing VM `over` (PVE's force=1): it keeps its VMID and with it its
+         * backup jobs, replication and HA resource, which deleting it with purge would drop.
+         */
+        over?: Ownership;
+      },
     ): Promise<TaskStarted> {
       const what = `restore ${args.archive} to VM ${args.vmid} on ${args.host}`;
       const existing = await getVm(args);
-      if (existing) {
+      if (existing && args.over) {
+        if (!owns(existing, args.over)) {
+          throw nonRetryable(
+            'conflict',
+            `${what}: VM ${args.vmid} is ${existing.name}, not ${describeGuard(args.over)}`,
+          );
+        }
+        if (existing.status === 'running') {
+          throw nonRetryable('precondition', `${what}: VM ${args.vmid} is running; stop it first`);
+        }
+        assertUnlocked(existing, args, what);
+      } else if (existing) {
         if (existing.name === args.name) return { upid: null, note: `VM ${args.vmid} (${args.name}) already exists` };
         throw nonRetryable('conflict', `${what}: VMID ${args.vmid} already exists as ${existing.name}`);
       }
@@ -713,6 +739,7 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
             storage: args.storage,
             unique: args.unique,
             start: args.start,
+            ...(existing && args.over ? { force: true } : {}),
             // PVE restores the name from the archive; set it so the idempotency check above holds.
             name: args.name,
           } as never),

@@ -193,9 +193,12 @@ export function fnv1a(text: string): string {
   return h.toString(16).padStart(8, '0');
 }
 
-/** The scratch namespace a drill restores a plan's PVCs into. */
-export function drillNamespace(plan: string): string {
-  return dnsLabel(`dr-drill-${plan}`);
+/**
+ * The scratch namespace a drill restores a plan's PVCs into: one per run, so that a drill never
+ * meets the previous one's namespace still terminating, nor removes another run's objects.
+ */
+export function drillNamespace(plan: string, runId: string): string {
+  return dnsLabel(`dr-drill-${plan}-${runId.slice(0, 8)}`);
 }
 
 /** The name of a drill VM (PVE name, and the ownership guard when it is deleted). */
@@ -241,6 +244,8 @@ export function replicationDestinationObject(args: {
   plan: string;
   /** Direct: restore into `destinationPVC` (restore mode); Snapshot: a new VolumeSnapshot (drill). */
   direct?: { destinationPVC: string };
+  /** The approved backup's time: Volsync restores the newest snapshot at or before it, not the latest. */
+  restoreAsOf: string;
   capacity: string;
   accessModes: string[];
   storageClassName?: string;
@@ -254,8 +259,10 @@ export function replicationDestinationObject(args: {
       trigger: { manual: args.trigger },
       restic: {
         repository: args.repository,
+        restoreAsOf: args.restoreAsOf,
         ...(args.direct
-          ? { copyMethod: 'Direct', destinationPVC: args.direct.destinationPVC }
+          ? // In place, files created after the backup (a SQLite -wal) must go: restic restore --delete.
+            { copyMethod: 'Direct', destinationPVC: args.direct.destinationPVC, enableFileDeletion: true }
           : {
               copyMethod: 'Snapshot',
               capacity: args.capacity,
@@ -382,19 +389,52 @@ export function planDigest(items: PlanItem[]): string {
 export interface Approval {
   /** The digest of the plan the approver read (the `plan` query). */
   digest: string;
+  /** The Temporal identity of the client that sent the update, as the server recorded it. */
   by: string;
   comment?: string;
 }
 
-export const approveSignal = wf.defineSignal<[Approval]>('approve');
-export const rejectSignal = wf.defineSignal<[{ by: string; reason: string }]>('reject');
+/** The `approve` update: approve (or reject) the plan with this digest. */
+export interface ApproveRequest {
+  digest: string;
+  approve: boolean;
+  reason?: string;
+}
+
+export interface ApproveResult {
+  decision: 'approved' | 'rejected';
+  digest: string;
+  by: string;
+}
+
+export const approveUpdate = wf.defineUpdate<ApproveResult, [ApproveRequest]>('approve');
+
+/** Why an approve update is refused before it is accepted; undefined when it may proceed. */
+export function approvalProblem(
+  req: ApproveRequest,
+  plan: DrPlan | null,
+  phase: DrStatus['phase'],
+  decided: boolean,
+): string | undefined {
+  if (typeof req?.digest !== 'string' || typeof req.approve !== 'boolean') {
+    return 'expected { digest: string, approve: boolean, reason?: string }';
+  }
+  if (!plan) return 'no plan computed yet: the backups are still being checked';
+  if (plan.mode !== 'restore') return `${plan.plan} is a drill: it needs no approval`;
+  if (decided || phase !== 'awaiting-approval') return `the plan is no longer awaiting approval (${phase})`;
+  if (req.digest !== plan.digest) {
+    return `digest ${req.digest} is not the plan's ${plan.digest}: read the plan again (labwright plan) and approve what it shows`;
+  }
+  if (!req.approve && !req.reason) return 'a rejection needs a reason';
+  return undefined;
+}
 export const planQuery = wf.defineQuery<DrPlan | null>('plan');
 export const drStatusQuery = wf.defineQuery<DrStatus>('drStatus');
 
 export interface DrStatus {
   phase: 'checking' | 'awaiting-approval' | 'restoring' | 'verifying' | 'cleaning-up' | 'done' | 'failed';
   approval?: Approval;
-  rejectedApprovals: Array<{ digest: string; by: string; why: string }>;
+  rejection?: { by: string; reason: string };
   detail?: string;
 }
 
@@ -425,8 +465,10 @@ export interface DrReport {
   ok: boolean;
   startedAt: string;
   finishedAt: string;
-  /** From the start (restore: from the approval) to the last target verified. */
+  /** From the start of the restore (restore: the approval) to the last target verified. */
   totalRtoMs: number;
+  /** The drill's cleanup after the last verification, reported apart from the RTO. */
+  cleanupMs: number;
   /** The oldest backup used. */
   maxRpoMs: number;
   targets: TargetReport[];

@@ -6,8 +6,8 @@
  * Pure: no I/O, so the workflow decides deterministically from what the API server reports.
  */
 import { z } from 'zod';
-import { nameSchema } from '../hardware/schema.js';
-import { secretRefSchema } from './secret-ref.js';
+import { fluxGitCredentialsSchema, nameSchema, type FluxGitCredentials } from '../hardware/schema.js';
+import { secretRefSchema, type SecretRef } from './secret-ref.js';
 
 export const FLUX_NAMESPACE = 'flux-system';
 export const FLUX_NAME = 'flux-system';
@@ -47,11 +47,10 @@ export const fluxBootstrapInputSchema = z.strictObject({
     })
     .default({}),
   /**
-   * Keys of the Git credentials Secret, each from a secret reference (`identity`, `known_hosts`;
-   * or `username`, `password`). Default from the inventory's `flux.gitCredentials`: `identity`
-   * (an SSH deploy key) for ssh:// URLs, `password` for https:// URLs.
+   * The Git credentials, in the shapes source-controller accepts (ssh: identity and knownHosts;
+   * https: username and password, or bearerToken). Default the inventory's `flux.gitCredentials`.
    */
-  gitCredentials: z.record(z.string().min(1), secretRefSchema).optional(),
+  gitCredentials: fluxGitCredentialsSchema.optional(),
   /** SOPS age key; default the inventory's `flux.sopsAgeKey`. None: no decryption. */
   sopsAgeKey: secretRefSchema.optional(),
   /** The revision both must reach, e.g. `main@sha1:0123…`. Default: whatever the source fetched. */
@@ -87,6 +86,26 @@ export interface FluxGitSettings {
 }
 
 // ------------------------------------------------------------------ objects
+
+/** The Git credentials Secret's keys as source-controller reads them: references, and the plain username. */
+export function fluxGitSecretData(c: FluxGitCredentials): {
+  data: Record<string, SecretRef>;
+  literals: Record<string, string>;
+} {
+  if ('identity' in c) {
+    return {
+      data: {
+        identity: c.identity,
+        known_hosts: c.knownHosts,
+        ...(c.identityPub ? { 'identity.pub': c.identityPub } : {}),
+      },
+      literals: {},
+    };
+  }
+  if ('bearerToken' in c) return { data: { bearerToken: c.bearerToken }, literals: {} };
+  if ('username' in c) return { data: { password: c.password }, literals: { username: c.username } };
+  throw new TypeError('a bare credentials reference is refused by fluxCredentialsProblem first');
+}
 
 const labels = { 'app.kubernetes.io/managed-by': 'labwright', 'app.kubernetes.io/part-of': 'flux' };
 

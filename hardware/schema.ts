@@ -125,6 +125,43 @@ export const apiEndpointSchema = z.discriminatedUnion('kind', [
   z.strictObject({ kind: z.literal('loadBalancer') }),
 ]);
 
+/**
+ * Git credentials in the shapes Flux's source-controller accepts (its Secret keys in brackets):
+ * ssh URLs a deploy key [identity] and the server's host keys [known_hosts] (and optionally
+ * [identity.pub]); https URLs a username [username] with a password or token [password], or a
+ * bearer token [bearerToken]. The username is not a secret; the rest are references.
+ */
+export const fluxGitCredentialsSchema = z.union(
+  [
+    z.strictObject({ identity: secretRefSchema, knownHosts: secretRefSchema, identityPub: secretRefSchema.optional() }),
+    // Earlier inventories: a bare reference (the deploy key alone, or a password without a
+    // username). Still read, so that recorded runs replay; fluxCredentialsProblem refuses it.
+    secretRefSchema,
+    z.strictObject({ username: z.string().min(1), password: secretRefSchema }),
+    z.strictObject({ bearerToken: secretRefSchema }),
+  ],
+  {
+    error:
+      'expected ssh credentials { identity, knownHosts } or https credentials { username, password } or { bearerToken }, each secret a reference',
+  },
+);
+export type FluxGitCredentials = z.infer<typeof fluxGitCredentialsSchema>;
+
+/** Why source-controller would refuse `credentials` for `url`; undefined when it accepts them. */
+export function fluxCredentialsProblem(url: string, credentials: FluxGitCredentials): string | undefined {
+  const ssh = /^ssh:\/\//.test(url);
+  if (!ssh && !/^https?:\/\//.test(url)) return `the URL ${url} is neither ssh:// nor http(s)://`;
+  if (!('identity' in credentials || 'username' in credentials || 'bearerToken' in credentials)) {
+    return ssh
+      ? 'a bare reference is a deploy key without host keys, which source-controller refuses: give { identity, knownHosts }'
+      : 'a bare reference is a password without a username, which source-controller refuses: give { username, password } or { bearerToken }';
+  }
+  if (ssh && !('identity' in credentials)) return 'an ssh:// URL needs { identity, knownHosts } (a deploy key)';
+  if (!ssh && 'identity' in credentials)
+    return 'an https:// URL needs { username, password } or { bearerToken }, not a deploy key';
+  return undefined;
+}
+
 export const clusterSchema = z.strictObject({
   talosVersion: z.string().regex(/^v\d+\.\d+\.\d+$/, 'expected a Talos version like v1.11.5'),
   kubernetesVersion: z.string().regex(/^v?\d+\.\d+\.\d+$/, 'expected a Kubernetes version like 1.34.1'),
@@ -146,7 +183,7 @@ export const clusterSchema = z.strictObject({
       url: z.string().min(1),
       branch: z.string().default('main'),
       path: z.string().default('./clusters/home'),
-      gitCredentials: secretRefSchema.optional(),
+      gitCredentials: fluxGitCredentialsSchema.optional(),
       sopsAgeKey: secretRefSchema.optional(),
     })
     .optional(),

@@ -6,7 +6,7 @@
  * re-exports this file) and the simulated lab's peers (sim/talos-standin.ts,
  * sim/flux-dr.ts) play them.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createPrivateKey } from 'node:crypto';
 import {
   ApiException,
   BatchV1Api,
@@ -186,7 +186,54 @@ export interface SetFluxReadyOptions {
 
 interface FluxObject {
   metadata: { generation?: number };
+  spec?: { url?: string; secretRef?: { name?: string } };
   status?: { conditions?: Condition[]; lastAppliedRevision?: string };
+}
+
+/**
+ * Why source-controller refuses a GitRepository's credentials Secret (fluxcd/pkg/git's
+ * AuthOptions.Validate, its messages); undefined when it accepts them. The transport is the URL's
+ * scheme: ssh needs the host, an `identity` that parses as a private key (`password` its
+ * passphrase) and `known_hosts`; http(s) refuses a `password` without a `username`.
+ */
+export function gitAuthProblem(url: string, data: Record<string, string>): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return `failed to parse URL to determine auth strategy: ${url}`;
+  }
+  const transport = u.protocol.replace(/:$/, '');
+  if (transport === 'https' || transport === 'http') {
+    if (!data.username && data.password) {
+      return `invalid '${transport}' auth option: 'password' requires 'username' to be set`;
+    }
+    return undefined;
+  }
+  if (transport !== 'ssh') return `unknown transport '${transport}'`;
+  if (!u.host) return "invalid 'ssh' auth option: 'host' is required";
+  if (!data.identity) return "invalid 'ssh' auth option: 'identity' is required";
+  if (!parsesAsPrivateKey(data.identity, data.password)) {
+    return "invalid 'ssh' auth option 'identity': ssh: no key found";
+  }
+  if (!data.known_hosts) return "invalid 'ssh' auth option: 'known_hosts' is required";
+  return undefined;
+}
+
+function parsesAsPrivateKey(pem: string, passphrase?: string): boolean {
+  const openssh = /-----BEGIN OPENSSH PRIVATE KEY-----\s*([A-Za-z0-9+/=\s]+)-----END OPENSSH PRIVATE KEY-----/.exec(
+    pem,
+  );
+  if (openssh)
+    return (
+      Buffer.from(openssh[1]!.replace(/\s+/g, ''), 'base64').subarray(0, 15).toString('latin1') === 'openssh-key-v1\0'
+    );
+  try {
+    createPrivateKey({ key: pem, ...(passphrase ? { passphrase } : {}) });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -202,7 +249,22 @@ export async function setFluxReady(target: KubeTarget, o: SetFluxReadyOptions): 
   const what = `${o.kind} ${o.namespace}/${o.name}`;
   const obj = (await explain(`reading ${what}`, api.getNamespacedCustomObject(ref))) as FluxObject;
   const generation = obj.metadata.generation ?? 1;
-  const ready = o.ready ?? true;
+  let ready = o.ready ?? true;
+  let message = o.message;
+  // source-controller reads the credentials first: a Secret it refuses fails the fetch.
+  const secretName = o.kind === 'GitRepository' ? obj.spec?.secretRef?.name : undefined;
+  if (ready && secretName) {
+    const core = kubeConfigFor(target).makeApiClient(CoreV1Api);
+    const secret = await core.readNamespacedSecret({ namespace: o.namespace, name: secretName }).catch(() => undefined);
+    const data = Object.fromEntries(
+      Object.entries(secret?.data ?? {}).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')]),
+    );
+    const problem = secret ? gitAuthProblem(obj.spec?.url ?? '', data) : `secrets "${secretName}" not found`;
+    if (problem) {
+      ready = false;
+      message = `failed to configure authentication options: ${problem}`;
+    }
+  }
   const status: Record<string, unknown> = { observedGeneration: generation };
   let conditions = obj.status?.conditions;
 
@@ -214,7 +276,7 @@ export async function setFluxReady(target: KubeTarget, o: SetFluxReadyOptions): 
       status: ready ? 'True' : 'False',
       reason: ready ? 'ReconciliationSucceeded' : 'ReconciliationFailed',
       message:
-        o.message ?? (ready ? `Applied revision: ${o.revision}` : `kustomize build failed for revision ${o.revision}`),
+        message ?? (ready ? `Applied revision: ${o.revision}` : `kustomize build failed for revision ${o.revision}`),
       observedGeneration: generation,
     });
   } else {
@@ -241,10 +303,15 @@ export async function setFluxReady(target: KubeTarget, o: SetFluxReadyOptions): 
     conditions = setCondition(conditions, {
       type: 'Ready',
       status: ready ? 'True' : 'False',
-      reason: ready ? 'Succeeded' : o.kind === 'GitRepository' ? 'GitOperationFailed' : 'OCIArtifactPullFailed',
+      reason: ready
+        ? 'Succeeded'
+        : message?.startsWith('failed to configure authentication')
+          ? 'AuthenticationFailed'
+          : o.kind === 'GitRepository'
+            ? 'GitOperationFailed'
+            : 'OCIArtifactPullFailed',
       message:
-        o.message ??
-        (ready ? `stored artifact for revision '${o.revision}'` : `failed to fetch revision ${o.revision}`),
+        message ?? (ready ? `stored artifact for revision '${o.revision}'` : `failed to fetch revision ${o.revision}`),
       observedGeneration: generation,
     });
   }
@@ -365,7 +432,13 @@ export async function completeReplicationDestination(
   );
 }
 
-async function createReadySnapshot(api: CustomObjectsApi, namespace: string, name: string, pvc: string): Promise<void> {
+export async function createReadySnapshot(
+  api: CustomObjectsApi,
+  namespace: string,
+  name: string,
+  pvc: string,
+  restoreSize = '1Gi',
+): Promise<void> {
   const ref = { group: 'snapshot.storage.k8s.io', version: 'v1', plural: 'volumesnapshots', namespace };
   await explain(
     `creating VolumeSnapshot ${namespace}/${name}`,
@@ -389,7 +462,7 @@ async function createReadySnapshot(api: CustomObjectsApi, namespace: string, nam
           status: {
             readyToUse: true,
             creationTime: now(),
-            restoreSize: '1Gi',
+            restoreSize,
             boundVolumeSnapshotContentName: `snapcontent-${name}`,
           },
         },

@@ -119,6 +119,13 @@ async def control(pve, body):
     raise web.HTTPBadRequest(text='unknown op {0!r}'.format(op))
 
 
+# (labwright issue 11) Backup jobs (/cluster/backup) and replication jobs (/cluster/replication),
+# which fakepve leaves to schema samples, held per VMID so that a destroy with `purge` visibly
+# removes the VM from them, as PVE does (HA resources are fakepve's own vm.ha_state).
+BACKUP_JOBS = {}
+REPLICATION_JOBS = {}
+
+
 # (labwright issue 6) Hardware data fakepve lacks: PCI devices per node and PCI resource mappings,
 # set through the control ops `pci_devices` and `pci_mappings`. Until set, fakepve's own synthesised
 # sample answers, as before.
@@ -238,6 +245,64 @@ class ControlledPve(FakePve):
         return [d for d in devices
                 if not any(str(d.get('class', '')).lower().replace('0x', '', 1).startswith(c) for c in prefixes)]
 
+    def _routes_labwright_jobs(self):
+        # (labwright issue 11) What PVE keeps per VMID outside the VM's config: backup jobs,
+        # replication jobs and HA resources, and what destroy and restore do to them.
+        async def backup_jobs(v, user):
+            return [dict(job, vmid=','.join(str(x) for x in job['vmid'])) for job in BACKUP_JOBS.values()]
+
+        async def add_backup_job(v, user):
+            jid = v.get('id') or 'backup-{0:08x}'.format(len(BACKUP_JOBS) + 1)
+            if jid in BACKUP_JOBS:
+                raise PveError(500, "Job '{0}' already exists".format(jid))
+            vmids = [int(x) for x in str(v.get('vmid', '')).split(',') if x]
+            BACKUP_JOBS[jid] = {'id': jid, 'type': 'vzdump', 'vmid': vmids, 'storage': v.get('storage'),
+                                'schedule': v.get('schedule', '00:00'), 'enabled': 1}
+            return None
+
+        async def replication_jobs(v, user):
+            return list(REPLICATION_JOBS.values())
+
+        async def add_replication_job(v, user):
+            jid = str(v['id'])
+            guest = int(jid.split('-')[0])
+            if self.guest(guest) is None:
+                raise PveError(500, 'guest {0} does not exist'.format(guest))
+            REPLICATION_JOBS[jid] = {'id': jid, 'guest': guest, 'target': v['target'], 'type': 'local',
+                                     'schedule': v.get('schedule', '*/15'), 'jobnum': int(jid.split('-')[1])}
+            return None
+
+        async def ha_resources(v, user):
+            return [{'sid': 'vm:{0}'.format(vm.vmid), 'type': 'vm', 'state': vm.ha_state} for vm in self.vms
+                    if vm.ha_managed]
+
+        async def add_ha_resource(v, user):
+            kind, _, vmid = str(v['sid']).partition(':')
+            vm = self.guest(int(vmid or kind))
+            if vm is None:
+                raise PveError(500, 'unable to find VM {0}'.format(vmid or kind))
+            vm.ha_state = v.get('state', 'started')
+            return None
+        return [('GET', '/cluster/backup', backup_jobs), ('POST', '/cluster/backup', add_backup_job),
+                ('GET', '/cluster/replication', replication_jobs),
+                ('POST', '/cluster/replication', add_replication_job),
+                ('GET', '/cluster/ha/resources', ha_resources), ('POST', '/cluster/ha/resources', add_ha_resource)]
+
+    async def _qm_destroy(self, v, user):
+        # (labwright issue 11) PVE keeps a VM used by replication jobs unless `purge` is set; with
+        # it, the VMID leaves every backup job and its replication jobs are removed (HA: fakepve).
+        vmid = int(v['vmid'])
+        if not v.get('purge') and any(j['guest'] == vmid for j in REPLICATION_JOBS.values()):
+            raise PveError(500, "unable to remove VM {0} - There are replication jobs for guest '{0}' - "
+                           'please remove them first.'.format(vmid))
+        upid = await super()._qm_destroy(v, user)
+        if v.get('purge'):
+            for job in BACKUP_JOBS.values():
+                job['vmid'] = [x for x in job['vmid'] if x != vmid]
+            for jid in [j for j, job in REPLICATION_JOBS.items() if job['guest'] == vmid]:
+                del REPLICATION_JOBS[jid]
+        return upid
+
     def _complete_or_sample(self, template, values):
         from fakepve import schema as pve_schema, shapes
         returns = pve_schema.load().paths[template]['GET'].get('returns') or {}
@@ -257,6 +322,8 @@ class ControlledPve(FakePve):
         emsg = 'unable to restore VM {0} -'.format(vmid)
         if sid not in self.storages or volname not in self._volumes(sid):
             raise PveError(500, "{0} can't find archive '{1}'".format(emsg, archive))
+        if self._qm_taken(vmid) and v.get('force'):
+            return await self._qm_restore_over(v, user, archive, emsg)
         if self._qm_taken(vmid):
             other = self.guest(vmid)
             raise PveError(500, "{0} VM {1} already exists on node '{2}'".format(emsg, vmid, other.node))
@@ -274,6 +341,26 @@ class ControlledPve(FakePve):
             self._qm_lock(vm, None)
             return 'restored {0} to VM {1}'.format(archive, vmid)
         return await self.task(node, 'qmrestore', vmid, user, body, vm=vm)
+
+    async def _qm_restore_over(self, v, user, archive, emsg):
+        # (labwright issue 11) qmrestore with force=1 over an existing VM, as PVE does it: refused
+        # for a protected or running VM; the VM keeps its VMID and with it its backup jobs,
+        # replication jobs (their state reset) and HA resource; the config is the archive's.
+        vm = self.find(v['node'], v['vmid'])
+        self._qm_check_protection(vm, emsg)
+        if vm.status == 'running':
+            raise PveError(500, '{0} vm is running'.format(emsg))
+        self._check_lock(vm)
+        conf = dict((k, x) for k, x in vm.config.items() if k not in ('lock', 'name'))
+        conf.update((k, x) for k, x in v.items() if k not in qemu.CREATE_ONLY)
+        self._qm_lock(vm, 'create')
+
+        async def body():
+            vm.config = conf
+            vm.name = conf.get('name') or vm.name
+            self._qm_lock(vm, None)
+            return 'restored {0} over VM {1}'.format(archive, vm.vmid)
+        return await self.task(vm.node, 'qmrestore', vm.vmid, user, body, vm=vm)
 
     def _build_app(self):
         app = super()._build_app()

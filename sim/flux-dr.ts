@@ -11,6 +11,7 @@
  *   ReplicationDestinations' manual triggers answered, labwright's verification Jobs completed;
  * - example inputs in `<sim dir>/examples/` (flux-bootstrap.json, dr-drill.json, dr-restore.json).
  */
+import { generateKeyPairSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import {
@@ -41,7 +42,18 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
   // Flux: credentials as store references, and a checkout with the components manifest.
   const flux = inv.clusters?.home?.flux as Draft | undefined;
   if (flux) {
-    flux.gitCredentials = await ctx.secrets.put('flux/home/deploy-key', 'simulated deploy key\n');
+    // A deploy key source-controller would parse, and the host keys it checks the server against.
+    const { privateKey } = generateKeyPairSync('ed25519');
+    flux.gitCredentials = {
+      identity: await ctx.secrets.put(
+        'flux/home/deploy-key',
+        privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+      ),
+      knownHosts: await ctx.secrets.put(
+        'flux/home/known-hosts',
+        'github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n',
+      ),
+    };
     flux.sopsAgeKey = await ctx.secrets.put('flux/home/age.key', 'AGE-SECRET-KEY-1SIMULATED\n');
   }
   const repo = path.join(dir, 'lab-repo');

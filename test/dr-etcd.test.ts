@@ -14,6 +14,8 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDrReportActivities } from '../activities/dr-reports.js';
+import { createTemporalActivities } from '../activities/temporal.js';
+import { approveRestore } from '../clients/approve-restore.js';
 import { drillEtcdName, type DrPlan, type DrReport } from '../common/dr-restore.js';
 import { standinSnapshotStatus, type StandinSnapshotStatus } from '../sim/talos-standin.js';
 import { startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
@@ -83,7 +85,11 @@ beforeAll(async () => {
     cluster: oneControlPlane,
     scratchNodes: [{ name: 'drill-scratch', ip: SCRATCH_IP, node: 'pve1', vmid: SCRATCH_VMID }],
   });
-  activities = { ...lab.activities, ...createDrReportActivities({ dir: path.join(lab.dir, 'reports') }) };
+  activities = {
+    ...lab.activities,
+    ...createDrReportActivities({ dir: path.join(lab.dir, 'reports') }),
+    ...createTemporalActivities(),
+  };
   const client = await testClient();
   await withWorker({ activities }, async ({ taskQueue }) =>
     client.workflow.execute('talosBootstrap', {
@@ -304,7 +310,11 @@ describe('drRestore of etcd through Talos recovery', () => {
       });
       await sleep(300);
       expect(lab.standin.recoveries.slice(recoveriesBefore)).toEqual([]); // nothing before the approval
-      await handle.signal('approve', { digest: shown.digest, by: 'operator', comment: 'lost all control planes' });
+      await approveRestore(client, `dr-restore/${plan}`, {
+        digest: shown.digest,
+        approve: true,
+        reason: 'lost all control planes',
+      });
       return (await handle.result()) as DrReport;
     });
 

@@ -1,5 +1,6 @@
-// drRestore on the real dev server, fakepve and the run's shared kube-apiserver; the test plays
-// VolSync's mover (completeReplicationDestination) and the Job controller (completeJob).
+// drRestore on the real dev server, fakepve and the run's shared kube-apiserver; VolSync's restic
+// mover and the Job runner work on real bytes (lib/volume-lab.ts): the tests write the data, back
+// it up with the real restic, and the verification Jobs run their script on the restored files.
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
@@ -12,17 +13,34 @@ import {
   PatchStrategy,
   setHeaderOptions,
 } from '@kubernetes/client-node';
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { Client, WorkflowFailedError, WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { DrPlan, DrReport, DrStatus } from '../common/dr-restore.js';
+import { approveRestore } from '../clients/approve-restore.js';
+import { drillNamespace, type DrPlan, type DrReport, type DrStatus } from '../common/dr-restore.js';
 import { recordHistory } from './harness/histories.js';
-import { appWithBackups, startDrLab, storeVmBackup, type DrLab } from './harness/dr-lab.js';
-import { completeJob, completeReplicationDestination, kubeConfigFor } from './harness/kube-controllers.js';
+import {
+  appWithBackups,
+  appWithData,
+  readVolume,
+  startDrLab,
+  storeVmBackup,
+  writeVolume,
+  type DrLab,
+} from './harness/dr-lab.js';
+import { kubeConfigFor } from './harness/kube-controllers.js';
 import { sharedKube } from './harness/kube.js';
 import { testClient, uniqueName, withWorker } from './harness/temporal.js';
 
 const SHA = 'a'.repeat(64);
+const SENTINEL = '.labwright-sentinel';
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+/** A volume's files: its sentinel and some data. */
+const data = (sentinel: string, extra: Record<string, string> = {}) => ({
+  [SENTINEL]: sentinel,
+  'db/app.sqlite': `rows of ${sentinel}`,
+  ...extra,
+});
 let lab: DrLab;
 
 beforeAll(async () => {
@@ -45,8 +63,8 @@ function pvc(namespace: string, name: string, over: Record<string, unknown> = {}
     kind: 'pvc',
     namespace,
     pvc: name,
-    sentinel: { path: '.labwright-sentinel', sha256: SHA },
-    minSize: '512Mi',
+    sentinel: { path: SENTINEL, sha256: SHA },
+    minSize: '4Ki',
     ...over,
   };
 }
@@ -84,50 +102,14 @@ async function getObject(
     );
 }
 
-/**
- * Plays VolSync and the Job controller for a drill or restore in `ns` until `done`: each
- * ReplicationDestination's manual trigger is answered, each verification Job finished.
- */
-function playControllers(ns: () => string, done: Promise<unknown>, opts: { jobSucceeds?: boolean } = {}) {
-  let stop = false;
-  void done.finally(() => (stop = true));
-  const answered = new Set<string>();
-  return (async () => {
-    while (!stop) {
-      const rds = (await kc()
-        .makeApiClient(CustomObjectsApi)
-        .listNamespacedCustomObject({
-          group: 'volsync.backube',
-          version: 'v1alpha1',
-          plural: 'replicationdestinations',
-          namespace: ns(),
-        })
-        .catch(() => ({ items: [] }))) as {
-        items: Array<{ metadata: { name: string }; spec: { trigger: { manual: string } } }>;
-      };
-      for (const rd of rds.items) {
-        if (answered.has(`rd/${rd.metadata.name}`)) continue;
-        answered.add(`rd/${rd.metadata.name}`);
-        await completeReplicationDestination(sharedKube(), {
-          namespace: ns(),
-          name: rd.metadata.name,
-          manualTrigger: rd.spec.trigger.manual,
-          result: 'Successful',
-        });
-      }
-      const jobs = await kc()
-        .makeApiClient(BatchV1Api)
-        .listNamespacedJob({ namespace: ns() })
-        .catch(() => ({ items: [] }));
-      for (const job of jobs.items) {
-        const name = job.metadata!.name!;
-        if (answered.has(`job/${name}`)) continue;
-        answered.add(`job/${name}`);
-        await completeJob(sharedKube(), ns(), name, opts.jobSucceeds ?? true);
-      }
-      await sleep(100);
-    }
-  })();
+/** Polls the `plan` query until the plan is computed. */
+async function planOf(handle: WorkflowHandle): Promise<DrPlan> {
+  for (let i = 0; i < 200; i++) {
+    const shown = await handle.query<DrPlan | null>('plan');
+    if (shown) return shown;
+    await sleep(100);
+  }
+  throw new Error('no plan computed');
 }
 
 /** The Deployment controller, as far as a restore looks: status.replicas follows spec.replicas. */
@@ -165,30 +147,40 @@ async function gone(fn: () => Promise<unknown>): Promise<boolean> {
 
 describe('drRestore', () => {
   it('drills two PVCs and one VM: restores into scratch space, verifies, cleans up everything, reports RTO and RPO', async () => {
-    const app = await appWithBackups(['zigbee2mqtt', 'paperless'], 2 * 3600);
+    const app = await appWithData(lab, { zigbee2mqtt: data('zigbee'), paperless: data('paperless') });
     await storeVmBackup(lab, 120, 3 * 3600);
     const plan = uniqueName('home');
-    const scratch = `dr-drill-${plan}`;
+    let scratch = '';
     const client = await testClient();
     let isolatedNic: string | undefined;
+    let drillConfig: Record<string, unknown> = {};
     const report = await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
       const handle = await client.workflow.start('drRestore', {
         taskQueue,
         workflowId: `dr-drill/${plan}`,
-        args: [input(plan, 'drill', [pvc(app, 'zigbee2mqtt'), pvc(app, 'paperless'), hass])],
+        args: [
+          input(plan, 'drill', [
+            pvc(app, 'zigbee2mqtt', { sentinel: { path: SENTINEL, sha256: sha256('zigbee') } }),
+            pvc(app, 'paperless', { sentinel: { path: SENTINEL, sha256: sha256('paperless') } }),
+            hass,
+          ]),
+        ],
       });
+      scratch = drillNamespace(plan, handle.firstExecutionRunId);
       const result = handle.result();
-      const controllers = playControllers(() => scratch, result);
+      lab.volumes.watch(scratch);
       // The drill VM as it boots: in the drill range, its NIC's link down.
       const watchVm = (async () => {
         for (let i = 0; i < 300 && !isolatedNic; i++) {
           const vm = (await lab.pve.fake.vms()).find((v) => v.vmid >= 8900 && v.vmid <= 8999 && v.status === 'running');
-          if (vm) isolatedNic = String(vm.config.net0);
+          if (vm) {
+            isolatedNic = String(vm.config.net0);
+            drillConfig = vm.config;
+          }
           await sleep(100);
         }
       })();
       const r = await result;
-      await controllers;
       await watchVm;
       await recordHistory(handle as WorkflowHandle, 'dr-restore-drill');
       return r as DrReport;
@@ -204,20 +196,34 @@ describe('drRestore', () => {
       expect(t.ok).toBe(true);
       expect(t.rtoMs).toBeGreaterThan(0);
     }
-    // RPO: the age of the backup used (2 h for the PVCs, 3 h for the VM), measured at the restore.
-    expect(report.targets[0]!.rpoMs).toBeGreaterThanOrEqual(2 * 3600_000);
-    expect(report.targets[0]!.rpoMs).toBeLessThan(2 * 3600_000 + 120_000);
+    // RPO: the age of the backup used (the PVCs' restic snapshots of just now, 3 h for the VM).
+    expect(report.targets[0]!.rpoMs).toBeLessThan(120_000);
     expect(report.targets[2]!.rpoMs).toBeGreaterThanOrEqual(3 * 3600_000);
     expect(report.maxRpoMs).toBe(report.targets[2]!.rpoMs);
+    // RTO to the last verification; the cleanup after it is reported apart.
     expect(report.totalRtoMs).toBeGreaterThanOrEqual(Math.max(...report.targets.map((t) => t.rtoMs!)));
+    expect(report.cleanupMs).toBeGreaterThan(0);
+    expect(Date.parse(report.finishedAt) - Date.parse(report.startedAt)).toBeGreaterThanOrEqual(
+      report.totalRtoMs + report.cleanupMs,
+    );
     expect(report.targets[0]!.verification).toMatch(/sentinel \.labwright-sentinel sha256 ok/);
-    expect(report.targets[0]!.restoredBytes).toBe(1024 ** 3);
+    expect(report.targets[0]!.restoredBytes).toBe(2 * 1024 ** 3);
+    // The verification Jobs ran their script on the restored bytes.
+    const jobs = lab.volumes.events.filter((e) => e.kind === 'job' && e.namespace === scratch);
+    expect(jobs.map((j) => j.kind === 'job' && j.exitCode)).toEqual([0, 0]);
+    expect(jobs.map((j) => (j.kind === 'job' ? j.output : '')).join('')).toContain(`/data/${SENTINEL}: OK`);
     expect(report.targets[2]!.verification).toMatch(/VM 89\d\d booted, guest agent answers \(192\.0\.2\.10\)/);
     expect(report.summary).toMatch(/drill .*: 3 target\(s\) restored and verified; RTO \S+, RPO 3h/);
 
     // Isolated: the drill VM's NIC was link_down and off VLAN 80.
     expect(isolatedNic).toMatch(/link_down=1/);
     expect(isolatedNic).not.toMatch(/tag=80/);
+    // No passthrough device of the production VM: it still has them, the drill VM did not.
+    expect(Object.keys(drillConfig).filter((k) => /^(hostpci|usb)\d+$/.test(k))).toEqual([]);
+    expect((await lab.pve.fake.vms()).find((v) => v.vmid === 120)?.config).toMatchObject({
+      hostpci0: 'mapping=coral-tpu,pcie=1',
+      usb0: 'host=10c4:ea60',
+    });
 
     // Everything the drill made is gone: the VM, and every object in the scratch namespace.
     expect((await lab.pve.fake.vms()).filter((v) => v.vmid >= 8900 && v.vmid <= 8999)).toEqual([]);
@@ -248,6 +254,29 @@ describe('drRestore', () => {
     ).toBeUndefined();
   });
 
+  it('the PVE peer, as PVE: destroying a VM with purge drops it from backup jobs and replication, without purge a replicated VM is kept', async () => {
+    const vmid = 131;
+    const job = uniqueName('backup');
+    await lab.pve.fake.api('POST', '/nodes/pve1/qemu', { vmid, name: 'purge-me' });
+    await lab.pve.fake.api('POST', '/cluster/backup', { id: job, vmid: `120,${vmid}`, storage: 'unraid-backup' });
+    await lab.pve.fake.api('POST', '/cluster/replication', { id: `${vmid}-0`, target: 'pve2', type: 'local' });
+    const ref = { host: 'pve1', node: 'pve1', vmid };
+    const refused = await (lab.activities.pveDelete as (a: unknown) => Promise<unknown>)({
+      ...ref,
+      purge: false,
+    }).catch((e: unknown) => e);
+    expect((refused as Error).message).toMatch(/There are replication jobs for guest '131'/);
+    const { upid } = await (lab.activities.pveDelete as (a: unknown) => Promise<{ upid: string }>)({
+      ...ref,
+      purge: true,
+    });
+    await (lab.activities.pveWaitForTask as (a: unknown) => Promise<unknown>)({ host: 'pve1', upid });
+    const jobs = await lab.pve.fake.api<Array<{ id: string; vmid: string }>>('GET', '/cluster/backup');
+    expect(jobs.find((j) => j.id === job)?.vmid).toBe('120');
+    const replication = await lab.pve.fake.api<Array<{ guest: number }>>('GET', '/cluster/replication');
+    expect(replication.filter((r) => r.guest === vmid)).toEqual([]);
+  });
+
   it('a restore computes and shows the plan, waits for approval, and touches nothing without it', async () => {
     const app = await appWithBackups(['grafana'], 3600);
     await storeVmBackup(lab, 120, 1800);
@@ -260,27 +289,31 @@ describe('drRestore', () => {
         workflowId: `dr-restore/${plan}`,
         args: [input(plan, 'restore', [pvc(app, 'grafana'), hass], { approvalTimeout: '4s' })],
       });
-      let shown: DrPlan | null = null;
-      for (let i = 0; i < 100 && !shown; i++) {
-        shown = await handle.query<DrPlan | null>('plan');
-        if (!shown) await sleep(100);
-      }
-      expect(shown).not.toBeNull();
-      expect(shown!.items.map((i) => [i.target, i.overwrites])).toEqual([
-        [`pvc ${app}/grafana`, `the data of PVC ${app}/grafana`],
-        ['vm hass (120)', 'VM 120 (hass) on pve1/pve1: destroyed and replaced'],
+      const shown: DrPlan | null = await planOf(handle);
+      expect(shown.items.map((i) => [i.target, i.overwrites])).toEqual([
+        [
+          `pvc ${app}/grafana`,
+          `the data of PVC ${app}/grafana; restores the snapshot as of ${shown.items[0]!.backup.takenAt}, deleting files it does not hold; pauses ReplicationSource ${app}/grafana during the restore, and resumes them after`,
+        ],
+        [
+          'vm hass (120)',
+          'VM 120 (hass) on pve1/pve1: stopped and restored over (keeps its backup jobs, replication and HA)',
+        ],
       ]);
       expect(shown!.items[1]!.backup.id).toMatch(/^unraid-backup:backup\/vzdump-qemu-120-/);
       expect(shown!.items[1]!.backup.ageMs).toBeGreaterThanOrEqual(1800_000);
       expect((await handle.query<DrStatus>('drStatus')).phase).toBe('awaiting-approval');
-      // An approval of another plan (a stale digest) is not an approval.
-      await handle.signal('approve', { digest: 'deadbeef', by: 'someone' });
-      await sleep(500);
+      // An approval of another plan (a wrong or stale digest) is refused at once, with the reason.
+      const refused = await approveRestore(client, `dr-restore/${plan}`, { digest: 'deadbeef', approve: true }).catch(
+        (e: unknown) => e,
+      );
+      expect(refused).toBeInstanceOf(WorkflowUpdateFailedError);
+      expect(((refused as WorkflowUpdateFailedError).cause as Error).message).toBe(
+        `digest deadbeef is not the plan's ${shown.digest}: read the plan again (labwright plan) and approve what it shows`,
+      );
       const status = await handle.query<DrStatus>('drStatus');
       expect(status.phase).toBe('awaiting-approval');
-      expect(status.rejectedApprovals).toEqual([
-        { digest: 'deadbeef', by: 'someone', why: `the plan's digest is ${shown!.digest}, not deadbeef` },
-      ]);
+      expect(status.approval).toBeUndefined();
       return handle.result().catch((e: unknown) => e);
     });
     expect(err).toBeInstanceOf(WorkflowFailedError);
@@ -300,8 +333,27 @@ describe('drRestore', () => {
     expect(rds.items).toEqual([]);
   });
 
-  it('an approved restore replaces the real VM from its backup and verifies it', async () => {
+  it('an approved restore replaces the real VM from its backup and verifies it; the VM stays in its backup job, replication and HA', async () => {
     await storeVmBackup(lab, 120, 600);
+    // VM 120 as PVE knows it outside its config: in a backup job, replicated, HA managed.
+    const job = uniqueName('backup');
+    await lab.pve.fake.api('POST', '/cluster/backup', { id: job, vmid: '120', storage: 'unraid-backup' });
+    await lab.pve.fake.api('POST', '/cluster/replication', { id: '120-0', target: 'pve2', type: 'local' }).catch(
+      () => undefined, // kept from an earlier test of this file
+    );
+    await lab.pve.fake.api('POST', '/cluster/ha/resources', { sid: 'vm:120', state: 'started' });
+    const heldBy = async () => ({
+      backup: (await lab.pve.fake.api<Array<{ id: string; vmid: string }>>('GET', '/cluster/backup')).find(
+        (j) => j.id === job,
+      )?.vmid,
+      replication: (await lab.pve.fake.api<Array<{ guest: number }>>('GET', '/cluster/replication')).some(
+        (j) => j.guest === 120,
+      ),
+      ha: (await lab.pve.fake.api<Array<{ sid: string }>>('GET', '/cluster/ha/resources')).some(
+        (r) => r.sid === 'vm:120',
+      ),
+    });
+    expect(await heldBy()).toEqual({ backup: '120', replication: true, ha: true });
     const plan = uniqueName('restore-ok');
     const client = await testClient();
     const report = await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
@@ -310,26 +362,70 @@ describe('drRestore', () => {
         workflowId: `dr-restore/${plan}`,
         args: [input(plan, 'restore', [hass])],
       });
-      let shown: DrPlan | null = null;
-      for (let i = 0; i < 100 && !shown; i++) {
-        shown = await handle.query<DrPlan | null>('plan');
-        if (!shown) await sleep(100);
-      }
+      const shown = await planOf(handle);
       const before = (await lab.pve.fake.vms()).find((v) => v.vmid === 120);
       expect(before?.config.onboot).toBeDefined(); // the original VM, untouched so far
-      await handle.signal('approve', { digest: shown!.digest, by: 'operator', comment: 'hass disk died' });
+      // Who approved is the caller's Temporal identity, not something it types.
+      const alice = new Client({
+        connection: client.connection,
+        namespace: client.options.namespace,
+        dataConverter: client.options.dataConverter,
+        identity: 'alice@ops-laptop',
+      });
+      const decision = await approveRestore(alice, `dr-restore/${plan}`, {
+        digest: shown.digest,
+        approve: true,
+        reason: 'hass disk died',
+      });
+      expect(decision).toEqual({ decision: 'approved', digest: shown.digest, by: 'alice@ops-laptop' });
+      const again = await approveRestore(client, `dr-restore/${plan}`, { digest: shown.digest, approve: true }).catch(
+        (e: unknown) => e,
+      );
+      expect(((again as WorkflowUpdateFailedError).cause as Error).message).toMatch(
+        /^the plan is no longer awaiting approval/,
+      );
+      expect((await handle.query<DrStatus>('drStatus')).approval).toEqual({
+        digest: shown.digest,
+        by: 'alice@ops-laptop',
+        comment: 'hass disk died',
+      });
       return (await handle.result()) as DrReport;
     });
     expect(report.ok).toBe(true);
     expect(report.targets[0]).toMatchObject({ target: 'vm hass (120)', ok: true, restoredTo: 'VM 120 on pve1/pve1' });
+    // Restored over, not deleted with purge: still in its backup job, replicated and HA managed.
+    expect(await heldBy()).toEqual({ backup: '120', replication: true, ha: true });
+    const restores = (await lab.pve.fake.control<Array<{ method: string; path: string }>>({ op: 'requests' })).filter(
+      (r) => r.method === 'DELETE' && r.path.endsWith('/qemu/120'),
+    );
+    expect(restores).toEqual([]);
     expect(report.targets[0]!.backup.id).toMatch(/^unraid-backup:backup\/vzdump-qemu-120-/);
     expect(report.targets[0]!.rpoMs).toBeGreaterThanOrEqual(600_000);
     const vm = (await lab.pve.fake.vms()).find((v) => v.vmid === 120);
     expect(vm).toMatchObject({ name: 'hass', status: 'running' });
   });
 
-  it('an approved PVC restore scales the app to 0, restores into the real PVC (Volsync Direct), verifies, scales it back, and leaves nothing behind', async () => {
-    const app = await appWithBackups(['grafana'], 3600);
+  it('an approved PVC restore restores the approved backup N although N+1 exists, in place with file deletion, Flux suspended, the ReplicationSource paused, the app at 0, then resumes all', async () => {
+    // The Flux Kustomization `apps` applies the app (its labels are on the ReplicationSource).
+    const app = await appWithData(lab, { grafana: data('backup N') }, { kustomization: 'apps' });
+    const custom = kc().makeApiClient(CustomObjectsApi);
+    await custom.createNamespacedCustomObject({
+      group: 'kustomize.toolkit.fluxcd.io',
+      version: 'v1',
+      plural: 'kustomizations',
+      namespace: app,
+      body: {
+        apiVersion: 'kustomize.toolkit.fluxcd.io/v1',
+        kind: 'Kustomization',
+        metadata: { name: 'apps', namespace: app },
+        spec: {
+          interval: '10m',
+          path: './apps',
+          prune: true,
+          sourceRef: { kind: 'GitRepository', name: 'flux-system' },
+        },
+      },
+    });
     const apps = kc().makeApiClient(AppsV1Api);
     await apps.createNamespacedDeployment({
       namespace: app,
@@ -351,29 +447,40 @@ describe('drRestore', () => {
     await playDeployment(app, 'grafana');
     const plan = uniqueName('restore-pvc');
     const client = await testClient();
-    const seen: { rdSpec?: Record<string, unknown>; replicasAtRd?: number; minReplicas: number } = { minReplicas: 2 };
+    const seen: {
+      rdSpec?: Record<string, unknown>;
+      replicasAtRd?: number;
+      suspendAtRd?: unknown;
+      minReplicas: number;
+    } = { minReplicas: 2 };
     const report = await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
       const handle = await client.workflow.start('drRestore', {
         taskQueue,
         workflowId: `dr-restore/${plan}`,
-        args: [input(plan, 'restore', [pvc(app, 'grafana')])],
+        args: [
+          input(plan, 'restore', [pvc(app, 'grafana', { sentinel: { path: SENTINEL, sha256: sha256('backup N') } })]),
+        ],
       });
-      let shown: DrPlan | null = null;
-      for (let i = 0; i < 100 && !shown; i++) {
-        shown = await handle.query<DrPlan | null>('plan');
-        if (!shown) await sleep(100);
-      }
-      // The plan the operator approves says what is scaled.
-      expect(shown!.items[0]!.overwrites).toBe(
-        `the data of PVC ${app}/grafana; scales Deployment grafana from 2 to 0 during the restore, and back after`,
+      const shown = await planOf(handle);
+      const n = shown.items[0]!.backup.takenAt;
+      // The plan the operator approves says which backup, and what is held and scaled.
+      expect(shown.items[0]!.overwrites).toBe(
+        `the data of PVC ${app}/grafana; restores the snapshot as of ${n}, deleting files it does not hold; ` +
+          `suspends Kustomization ${app}/apps, pauses ReplicationSource ${app}/grafana, scales Deployment grafana from 2 to 0 during the restore, and resumes them after`,
       );
-      await sleep(300);
+      // Before the approval: backup N+1 is taken, then the volume breaks (a -wal appears).
+      await writeVolume(lab, app, 'grafana', data('backup N+1'));
+      const n1 = await lab.volumes.backup(app, 'grafana');
+      expect(Date.parse(n1!.time)).toBeGreaterThan(Date.parse(n));
+      await writeVolume(lab, app, 'grafana', data('broken', { 'db/app.sqlite-wal': 'written after the backup' }));
       expect((await apps.readNamespacedDeployment({ namespace: app, name: 'grafana' })).spec?.replicas).toBe(2);
-      await handle.signal('approve', { digest: shown!.digest, by: 'operator', comment: 'grafana db corrupt' });
+      // VolSync from now on, its schedule due every 300 ms.
+      lab.volumes.watch(app, { scheduleEveryMs: 300 });
+      await approveRestore(client, `dr-restore/${plan}`, { digest: shown.digest, approve: true, reason: 'db corrupt' });
       const result = handle.result();
       let stop = false;
       void result.finally(() => (stop = true));
-      // The Deployment controller; and what the ReplicationDestination looks like when it appears.
+      // The Deployment controller; and the world when the ReplicationDestination appears.
       const watch = (async () => {
         while (!stop) {
           seen.minReplicas = Math.min(seen.minReplicas, await playDeployment(app, 'grafana').catch(() => 2));
@@ -384,12 +491,13 @@ describe('drRestore', () => {
               // status.replicas is omitted when 0 (omitempty)
               seen.replicasAtRd =
                 (await apps.readNamespacedDeployment({ namespace: app, name: 'grafana' })).status?.replicas ?? 0;
+              const k = await getObject('kustomize.toolkit.fluxcd.io/v1', 'kustomizations', app, 'apps');
+              seen.suspendAtRd = (k?.spec as { suspend?: boolean }).suspend;
             }
           }
           await sleep(50);
         }
       })();
-      await playControllers(() => app, result);
       await watch;
       return (await result) as DrReport;
     });
@@ -398,19 +506,46 @@ describe('drRestore', () => {
     const t = report.targets[0]!;
     expect(t).toMatchObject({ target: `pvc ${app}/grafana`, ok: true, restoredTo: `PVC ${app}/grafana` });
     expect(t.verification).toMatch(
-      /^sentinel \.labwright-sentinel sha256 ok \(Job verify-grafana-\S+\); 2Gi restored; Deployment grafana to 2 scaled back$/,
+      new RegExp(
+        `^sentinel \\.labwright-sentinel sha256 ok \\(Job verify-grafana-\\S+\\); 2Gi restored; Deployment grafana to 2 scaled back; ` +
+          `Kustomization ${app}/apps and ReplicationSource ${app}/grafana held during the restore, resumed$`,
+      ),
     );
-    expect(t.rtoMs).toBeGreaterThan(0);
-    expect(t.rpoMs).toBeGreaterThanOrEqual(3600_000);
-    expect(report.maxRpoMs).toBe(t.rpoMs);
-    // Volsync wrote into the real PVC, and only once the app was down.
+    // Backup N, exactly: not N+1, and the -wal written after the backup is gone (enableFileDeletion).
+    expect(await readVolume(lab, app, 'grafana')).toEqual(data('backup N'));
     expect(seen.rdSpec).toMatchObject({
-      restic: { copyMethod: 'Direct', destinationPVC: 'grafana', repository: 'grafana-restic' },
+      restic: {
+        copyMethod: 'Direct',
+        destinationPVC: 'grafana',
+        repository: 'grafana-restic',
+        restoreAsOf: t.backup.takenAt,
+        enableFileDeletion: true,
+      },
     });
+    // Volsync wrote only once the app was down and Flux suspended.
     expect(seen.replicasAtRd).toBe(0);
+    expect(seen.suspendAtRd).toBe(true);
     expect(seen.minReplicas).toBe(0);
-    // Back to its replicas; the PVC kept; no ReplicationDestination or Job left in the app's namespace.
+    // The ReplicationSource made no snapshot from the pause to the verification, though due.
+    const restore = lab.volumes.events.find((e) => e.kind === 'restore' && e.namespace === app);
+    const job = lab.volumes.events.find((e) => e.kind === 'job' && e.namespace === app);
+    if (restore?.kind !== 'restore' || job?.kind !== 'job') throw new Error('no restore or verification ran');
+    const during = (e: (typeof lab.volumes.events)[number]) =>
+      e.namespace === app && 'at' in e && e.at >= restore.start && e.at <= job.end;
+    expect(lab.volumes.events.filter((e) => e.kind === 'backup' && during(e))).toEqual([]);
+    expect(lab.volumes.events.filter((e) => e.kind === 'backup-skipped' && during(e)).length).toBeGreaterThan(0);
+    // Resumed: the schedule backs the restored volume up again.
+    for (let i = 0; i < 100; i++) {
+      if (lab.volumes.events.some((e) => e.kind === 'backup' && e.namespace === app && e.at > job.end)) break;
+      await sleep(100);
+    }
+    expect(lab.volumes.events.some((e) => e.kind === 'backup' && e.namespace === app && e.at > job.end)).toBe(true);
+    // Resumed: the app at its replicas, Flux not suspended, the source not paused; nothing left behind.
     expect((await apps.readNamespacedDeployment({ namespace: app, name: 'grafana' })).spec?.replicas).toBe(2);
+    const k = await getObject('kustomize.toolkit.fluxcd.io/v1', 'kustomizations', app, 'apps');
+    expect((k?.spec as { suspend?: boolean }).suspend).not.toBe(true);
+    const rs = await getObject('volsync.backube/v1alpha1', 'replicationsources', app, 'grafana');
+    expect((rs?.spec as { paused?: boolean }).paused).not.toBe(true);
     const core = kc().makeApiClient(CoreV1Api);
     expect(
       (await core.readNamespacedPersistentVolumeClaim({ namespace: app, name: 'grafana' })).metadata?.deletionTimestamp,
@@ -483,31 +618,33 @@ describe('drRestore', () => {
     expect(cause.message).toContain('vm nas (130): no backup of VM 130 on pve1/unraid-backup');
     expect(cause.message).toMatch(/nothing was touched$/);
     const core = kc().makeApiClient(CoreV1Api);
-    expect(
-      await core.readNamespace({ name: `dr-drill-${plan}` }).then(
-        () => 'exists',
-        () => 'absent',
-      ),
-    ).toBe('absent');
+    const namespaces = await core.listNamespace();
+    expect(namespaces.items.map((n) => n.metadata!.name!).filter((n) => n.startsWith(`dr-drill-${plan}`))).toEqual([]);
     const writesAfter = await pveWrites();
     expect(writesAfter).toBe(writesBefore);
   });
 
-  it('marks the drill failed with the reason when verification fails, and still cleans up', async () => {
-    const app = await appWithBackups(['immich'], 600);
+  it('fails the drill when one byte of the restored sentinel differs, and still cleans up', async () => {
+    const app = await appWithData(lab, { immich: data('immich photos') });
     const plan = uniqueName('badverify');
-    const scratch = `dr-drill-${plan}`;
+    let scratch = '';
     const client = await testClient();
     const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
       const handle = await client.workflow.start('drRestore', {
         taskQueue,
         workflowId: `dr-drill/${plan}`,
-        args: [input(plan, 'drill', [pvc(app, 'immich')])],
+        // The sentinel's checksum as it should be: one byte differs from what the backup holds.
+        args: [
+          input(plan, 'drill', [pvc(app, 'immich', { sentinel: { path: SENTINEL, sha256: sha256('immich photoS') } })]),
+        ],
       });
-      const result = handle.result().catch((e: unknown) => e);
-      await playControllers(() => scratch, result, { jobSucceeds: false });
-      return result;
+      scratch = drillNamespace(plan, handle.firstExecutionRunId);
+      lab.volumes.watch(scratch);
+      return handle.result().catch((e: unknown) => e);
     });
+    const job = lab.volumes.events.find((e) => e.kind === 'job' && e.namespace === scratch);
+    expect(job).toMatchObject({ exitCode: 1 });
+    expect(job?.kind === 'job' && job.output).toContain(`/data/${SENTINEL}: FAILED`);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
     expect(cause.type).toBe('PreconditionFailed');
@@ -524,11 +661,11 @@ describe('drRestore', () => {
     expect((await kc().makeApiClient(BatchV1Api).listNamespacedJob({ namespace: scratch })).items).toEqual([]);
   });
 
-  it('cleans up what a drill made when the drill is cancelled midway', async () => {
-    const app = await appWithBackups(['frigate'], 600);
+  it('cleans up what a drill made when the drill is cancelled midway; a scheduled drill of the plan meanwhile gives way; the long sync wait adds no events per poll', async () => {
+    const app = await appWithData(lab, { frigate: data('frigate') });
     await storeVmBackup(lab, 120, 600);
     const plan = uniqueName('cancel');
-    const scratch = `dr-drill-${plan}`;
+    let scratch = '';
     const client = await testClient();
     await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
       const handle = await client.workflow.start('drRestore', {
@@ -536,6 +673,7 @@ describe('drRestore', () => {
         workflowId: `dr-drill/${plan}`,
         args: [input(plan, 'drill', [pvc(app, 'frigate'), hass])],
       });
+      scratch = drillNamespace(plan, handle.firstExecutionRunId);
       // Nobody plays VolSync: the drill waits on its sync, with the namespace, Secret, RD and VM made.
       for (let i = 0; i < 200; i++) {
         const rd = await getObject('volsync.backube/v1alpha1', 'replicationdestinations', scratch, 'restore-frigate');
@@ -543,6 +681,27 @@ describe('drRestore', () => {
         if (rd && vmUp) break;
         await sleep(100);
       }
+      // The weekly schedule starts the same plan's drill meanwhile: it gives way at once, touching nothing.
+      const vmsBefore = (await lab.pve.fake.vms()).length;
+      const scheduled = await client.workflow
+        .execute('drRestore', {
+          taskQueue,
+          workflowId: `dr-drill/${plan}-2026-12-06T03:00:00Z`,
+          args: [input(plan, 'drill', [pvc(app, 'frigate'), hass])],
+        })
+        .catch((e: unknown) => e);
+      expect(((scheduled as WorkflowFailedError).cause as Error).message).toMatch(
+        new RegExp(
+          `^drill ${plan}: another drill of this plan is running \\(dr-drill/${plan}, started \\S+\\): one drill per plan at a time; nothing was touched$`,
+        ),
+      );
+      expect((await lab.pve.fake.vms()).length).toBe(vmsBefore);
+      // The sync wait goes on (25 polls' worth at pollSeconds 0.2) inside one heartbeating
+      // activity: no timer or poll per look in the drill's history.
+      await sleep(5000);
+      const events = (await handle.fetchHistory()).events ?? [];
+      expect(events.filter((e) => e.timerStartedEventAttributes)).toEqual([]);
+      expect(events.length).toBeLessThan(150);
       await handle.cancel();
       const err = await handle.result().catch((e: unknown) => e);
       expect(err).toBeInstanceOf(WorkflowFailedError);

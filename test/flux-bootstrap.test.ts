@@ -1,6 +1,6 @@
 // fluxBootstrap on the real dev server and the run's shared kube-apiserver; the test plays the
 // Deployment controller, source-controller and kustomize-controller through the status subresource.
-import { createHash } from 'node:crypto';
+import { createHash, generateKeyPairSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -33,10 +33,10 @@ let inventory: Record<string, unknown>;
 beforeAll(async () => {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-flux-test-'));
   secrets = new SecretStore(path.join(dir, 'secrets'));
-  await secrets.put(
-    'flux/deploy-key',
-    '-----BEGIN OPENSSH PRIVATE KEY-----\ntest-only\n-----END OPENSSH PRIVATE KEY-----\n',
-  );
+  // A real deploy key: source-controller (played by setFluxReady) parses it.
+  const { privateKey } = generateKeyPairSync('ed25519');
+  await secrets.put('flux/deploy-key', privateKey.export({ type: 'pkcs8', format: 'pem' }).toString());
+  await secrets.put('flux/token', 'github_pat_test_only');
   await secrets.put(
     'flux/known-hosts',
     'github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n',
@@ -50,6 +50,9 @@ beforeAll(async () => {
     string,
     unknown
   >;
+  // The example's credentials, as references into this test's store.
+  const flux = (inventory.clusters as { home: { flux: Record<string, unknown> } }).home.flux;
+  flux.gitCredentials = { identity: { store: 'flux/deploy-key' }, knownHosts: { store: 'flux/known-hosts' } };
 });
 afterAll(async () => {
   await fs.rm(dir, { recursive: true, force: true });
@@ -61,7 +64,6 @@ function input(over: Record<string, unknown> = {}) {
     inventory,
     kubeconfig: sharedKube().kubeconfig,
     componentsManifest: MANIFEST,
-    gitCredentials: { identity: { store: 'flux/deploy-key' }, known_hosts: { store: 'flux/known-hosts' } },
     sopsAgeKey: { store: 'flux/age.key' },
     expectedRevision: REV,
     pollSeconds: 0.2,
@@ -249,7 +251,7 @@ describe('fluxBootstrap', () => {
       .makeApiClient(CoreV1Api)
       .readNamespacedSecret({ namespace: 'flux-system', name: 'flux-system' });
     expect(Object.keys(git.data ?? {}).sort()).toEqual(['identity', 'known_hosts']);
-    expect(Buffer.from(git.data!.identity!, 'base64').toString()).toContain('test-only');
+    expect(Buffer.from(git.data!.identity!, 'base64').toString()).toContain('-----BEGIN PRIVATE KEY-----');
     const ks = (await kc.makeApiClient(CustomObjectsApi).getNamespacedCustomObject({
       group: 'kustomize.toolkit.fluxcd.io',
       version: 'v1',
@@ -283,6 +285,193 @@ describe('fluxBootstrap', () => {
     expect(again.revision).toBe(REV);
     expect(again.slow).toBe(false);
     expect(again.summary).toMatch(/nothing changed/);
+  });
+
+  it("a re-run after kustomize-controller took over the sync objects (the repository's gotk-sync.yaml) changes nothing and does not conflict", async () => {
+    expect(first).toBeDefined();
+    // kustomize-controller applies the repository's flux-system/gotk-sync.yaml, as its own field
+    // manager and with the repository's intervals (flux bootstrap writes 1m0s and 10m0s).
+    const api = kubeConfigFor(sharedKube().kubeconfigPath).makeApiClient(CustomObjectsApi);
+    const gotkSync = [
+      {
+        group: 'source.toolkit.fluxcd.io',
+        plural: 'gitrepositories',
+        body: {
+          apiVersion: 'source.toolkit.fluxcd.io/v1',
+          kind: 'GitRepository',
+          metadata: { name: 'flux-system', namespace: 'flux-system' },
+          spec: {
+            interval: '1m0s',
+            ref: { branch: 'main' },
+            secretRef: { name: 'flux-system' },
+            url: 'ssh://git@github.com/example/home-ops.git',
+          },
+        },
+      },
+      {
+        group: 'kustomize.toolkit.fluxcd.io',
+        plural: 'kustomizations',
+        body: {
+          apiVersion: 'kustomize.toolkit.fluxcd.io/v1',
+          kind: 'Kustomization',
+          metadata: { name: 'flux-system', namespace: 'flux-system' },
+          spec: {
+            interval: '10m0s',
+            path: './clusters/home',
+            prune: true,
+            sourceRef: { kind: 'GitRepository', name: 'flux-system' },
+            decryption: { provider: 'sops', secretRef: { name: 'sops-age' } },
+          },
+        },
+      },
+    ];
+    for (const o of gotkSync) {
+      await api.patchNamespacedCustomObject(
+        {
+          group: o.group,
+          version: 'v1',
+          plural: o.plural,
+          namespace: 'flux-system',
+          name: 'flux-system',
+          body: o.body,
+          fieldManager: 'kustomize-controller',
+          force: true,
+        },
+        setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply),
+      );
+    }
+    // ... and the controllers reconcile what Git now says.
+    for (const kind of ['GitRepository', 'Kustomization'] as const) {
+      await setFluxReady(sharedKube(), { kind, namespace: 'flux-system', name: 'flux-system', revision: REV });
+    }
+    const client = await testClient();
+    const again = await withWorker({ activities }, async ({ taskQueue }) =>
+      client.workflow.execute('fluxBootstrap', {
+        taskQueue,
+        workflowId: `flux-bootstrap/home-${uniqueName('taken-over')}`,
+        args: [input()],
+      }),
+    );
+    expect(again.changed).toEqual([]);
+    expect(again.unchanged).toEqual(
+      expect.arrayContaining(['GitRepository flux-system/flux-system', 'Kustomization flux-system/flux-system']),
+    );
+    // Git's values stay: labwright's 1m interval did not override the repository's 10m0s.
+    const ks = (await api.getNamespacedCustomObject({
+      group: 'kustomize.toolkit.fluxcd.io',
+      version: 'v1',
+      plural: 'kustomizations',
+      namespace: 'flux-system',
+      name: 'flux-system',
+    })) as { spec: { interval: string } };
+    expect(ks.spec.interval).toBe('10m0s');
+  });
+
+  it('source-controller (played) refuses credentials Flux refuses: ssh without known_hosts, a password without a username', async () => {
+    const core = kubeConfigFor(sharedKube().kubeconfigPath).makeApiClient(CoreV1Api);
+    const custom = kubeConfigFor(sharedKube().kubeconfigPath).makeApiClient(CustomObjectsApi);
+    const ns = uniqueName('flux-auth');
+    await core.createNamespace({ body: { metadata: { name: ns } } });
+    const cases: Array<[string, string, Record<string, string>, string | undefined]> = [
+      [
+        'ssh://git@github.com/example/home-ops.git',
+        'no-known-hosts',
+        { identity: (await secrets.resolve({ store: 'flux/deploy-key' })).toString() },
+        "invalid 'ssh' auth option: 'known_hosts' is required",
+      ],
+      [
+        'https://github.com/example/home-ops.git',
+        'no-username',
+        { password: 'github_pat_test_only' },
+        "invalid 'https' auth option: 'password' requires 'username' to be set",
+      ],
+      [
+        'https://github.com/example/home-ops.git',
+        'basic',
+        { username: 'git', password: 'github_pat_test_only' },
+        undefined,
+      ],
+    ];
+    for (const [url, name, stringData, refusal] of cases) {
+      await core.createNamespacedSecret({ namespace: ns, body: { metadata: { name }, stringData } });
+      await custom.createNamespacedCustomObject({
+        group: 'source.toolkit.fluxcd.io',
+        version: 'v1',
+        plural: 'gitrepositories',
+        namespace: ns,
+        body: {
+          apiVersion: 'source.toolkit.fluxcd.io/v1',
+          kind: 'GitRepository',
+          metadata: { name, namespace: ns },
+          spec: { interval: '1m', url, ref: { branch: 'main' }, secretRef: { name } },
+        },
+      });
+      const after = (await setFluxReady(sharedKube(), {
+        kind: 'GitRepository',
+        namespace: ns,
+        name,
+        revision: REV,
+      })) as {
+        status: { conditions: Array<{ type: string; status: string; reason: string; message: string }> };
+      };
+      const ready = after.status.conditions.find((c) => c.type === 'Ready')!;
+      if (refusal) {
+        expect(ready).toMatchObject({
+          status: 'False',
+          reason: 'AuthenticationFailed',
+          message: `failed to configure authentication options: ${refusal}`,
+        });
+      } else {
+        expect(ready.status).toBe('True');
+      }
+    }
+  });
+
+  it('an https repository gets a Secret with username and password, which source-controller accepts', async () => {
+    const client = await testClient();
+    const https = structuredClone(inventory) as { clusters: { home: { flux: Record<string, unknown> } } };
+    https.clusters.home.flux.url = 'https://github.com/example/home-ops.git';
+    https.clusters.home.flux.gitCredentials = { username: 'git', password: { store: 'flux/token' } };
+    // A deploy key for an https URL is refused before anything is applied, naming the field.
+    const refused = await withWorker({ activities }, async ({ taskQueue }) =>
+      client.workflow
+        .execute('fluxBootstrap', {
+          taskQueue,
+          workflowId: `flux-bootstrap/home-${uniqueName('https-bad')}`,
+          args: [
+            input({
+              inventory: https,
+              gitCredentials: { identity: { store: 'flux/deploy-key' }, knownHosts: { store: 'flux/known-hosts' } },
+            }),
+          ],
+        })
+        .catch((e: unknown) => e),
+    );
+    expect(((refused as WorkflowFailedError).cause as Error).message).toBe(
+      'invalid flux-bootstrap input: gitCredentials: an https:// URL needs { username, password } or { bearerToken }, not a deploy key',
+    );
+    const kc = kubeConfigFor(sharedKube().kubeconfigPath);
+    await withWorker({ activities }, async ({ taskQueue }) => {
+      const handle = await client.workflow.start('fluxBootstrap', {
+        taskQueue,
+        workflowId: `flux-bootstrap/home-${uniqueName('https')}`,
+        args: [input({ inventory: https, expectedRevision: undefined })],
+      });
+      await until('the Secret', async () => {
+        const s = await kc
+          .makeApiClient(CoreV1Api)
+          .readNamespacedSecret({ namespace: 'flux-system', name: 'flux-system' })
+          .catch(() => undefined);
+        return s?.data?.username !== undefined;
+      });
+      await handle.cancel();
+      await handle.result().catch(() => undefined);
+    });
+    const git = await kc
+      .makeApiClient(CoreV1Api)
+      .readNamespacedSecret({ namespace: 'flux-system', name: 'flux-system' });
+    expect(Buffer.from(git.data!.username!, 'base64').toString()).toBe('git');
+    expect(Buffer.from(git.data!.password!, 'base64').toString()).toBe('github_pat_test_only');
   });
 
   it('fails with the controller message when the Kustomization reports Ready=False at the revision', async () => {

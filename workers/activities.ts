@@ -9,6 +9,7 @@ import { proxmoxDepsFromInventory } from '../clients/proxmox.js';
 import { createKubernetesActivities } from '../activities/kubernetes.js';
 import { createTalosActivities, talosDepsFromEnv } from '../activities/talos.js';
 import { createDrReportActivities, drReportDepsFromEnv } from '../activities/dr-reports.js';
+import { createTemporalActivities } from '../activities/temporal.js';
 import type { Inventory } from '../hardware/schema.js';
 import type { SecretStore } from '../lib/secrets.js';
 
@@ -28,6 +29,7 @@ export async function createLabActivities(deps: LabDeps): Promise<Activities> {
     createTalosActivities(talosDepsFromEnv(deps)),
     createKubernetesActivities({ secrets: deps.secrets }),
     createDrReportActivities(drReportDepsFromEnv(deps.env)),
+    createTemporalActivities(),
   ]);
 }
 

@@ -8,13 +8,17 @@
  *      `maxBackupAge`, and it is not empty. Any problem fails the run here, naming each one.
  *   3. Compute the plan (what is restored from which backup of what age, what it overwrites or
  *      where it goes) and expose it (`plan` query).
- *   4. restore mode: wait for the `approve` signal carrying the plan's digest; nothing is touched
- *      without it (a `reject` signal or the approval timeout end the run untouched).
+ *   4. restore mode: wait for the `approve` update carrying the plan's digest; a wrong or stale
+ *      digest is refused at once with the reason, and who approved is the caller's Temporal
+ *      identity as the server recorded it. Nothing is touched without it (a rejection or the
+ *      approval timeout end the run untouched).
  *   5. Restore each target, in parallel:
- *      - PVC: a ReplicationDestination with a manual trigger; done when status.lastManualSync is
- *        the trigger and latestMoverStatus.result is Successful. A drill restores into a scratch
- *        namespace (a new PVC from the mover's VolumeSnapshot); a restore writes into the real
- *        PVC (copyMethod Direct).
+ *      - PVC: a ReplicationDestination with a manual trigger, pinned to the approved backup
+ *        (`restoreAsOf` its time); done when status.lastManualSync is the trigger and
+ *        latestMoverStatus.result is Successful. A drill restores into a scratch namespace (a new
+ *        PVC from the mover's VolumeSnapshot); a restore writes into the real PVC (copyMethod
+ *        Direct, enableFileDeletion), with the owning Flux Kustomization suspended, the
+ *        ReplicationSource paused and the app scaled to 0 until the data is verified.
  *      - VM: the newest archive restored to a VMID: a drill to a free VMID of the drill range,
  *        with every NIC's link down (isolated); a restore replaces the VM at its own VMID.
  *      - etcd: a restore recovers through Talos (`talosctl bootstrap --recover-from`) on the
@@ -25,11 +29,13 @@
  *   6. Verify: a Job checks the PVC's sentinel checksum and size; the VM boots and its guest
  *      agent answers; an undersized or empty result is refused.
  *   7. A drill always cleans up what it created (also on failure and cancellation).
- *   8. Report per target and in total: measured RTO and RPO (the age of the backup used), kept
- *      for the next run, which reports the RTO trend.
+ *   8. Report per target and in total: measured RTO (to the last verification; the cleanup is
+ *      reported apart) and RPO (the age of the backup used), kept for the next run, which reports
+ *      the RTO trend.
  */
 import * as wf from '@temporalio/workflow';
 import type { DrReportActivities } from '../activities/dr-reports.js';
+import type { TemporalActivities } from '../activities/temporal.js';
 import type { createKubernetesActivities, PvcWorkload } from '../activities/kubernetes.js';
 import type { createProxmoxActivities, TaskOutcome } from '../activities/proxmox.js';
 import type { createTalosActivities } from '../activities/talos.js';
@@ -37,7 +43,8 @@ import { apiCall, oneShot, waitFor } from '../common/activity-options.js';
 import {
   DRILL_CONTROL_PLANE_PATCH,
   DR_LABELS,
-  approveSignal,
+  approvalProblem,
+  approveUpdate,
   drRestoreInputSchema,
   drStatusQuery,
   drillEtcdName,
@@ -51,7 +58,6 @@ import {
   planDigest,
   planQuery,
   quantityBytes,
-  rejectSignal,
   replicationDestinationObject,
   restoredPvcObject,
   summarize,
@@ -96,6 +102,7 @@ const talos = wf.proxyActivities<Talos>(apiCall);
 const talosOnce = wf.proxyActivities<Talos>(oneShot);
 const talosWait = wf.proxyActivities<Talos>(waitFor);
 const files = wf.proxyActivities<DrReportActivities>(apiCall);
+const temporal = wf.proxyActivities<TemporalActivities>(apiCall);
 
 export const DR_RESTORE_STEPS = [
   'validate',
@@ -112,6 +119,9 @@ type Checked =
   | {
       target: Extract<DrTarget, { kind: 'pvc' }>;
       backup: BackupInfo;
+      replicationSource: string;
+      /** The Flux Kustomization that applies the ReplicationSource (suspended during a restore). */
+      kustomization?: { namespace: string; name: string };
       repository: string;
       capacity: string;
       accessModes: string[];
@@ -141,28 +151,34 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
   const info = wf.workflowInfo();
   wf.upsertSearchAttributes([{ key: RESOURCE_KEY, value: input.plan }]);
   const progress = new ProgressTracker(DR_RESTORE_STEPS);
-  const status: DrStatus = { phase: 'checking', rejectedApprovals: [] };
+  const status: DrStatus = { phase: 'checking' };
   let plan: DrPlan | null = null;
   let approval: Approval | undefined;
   let rejection: { by: string; reason: string } | undefined;
+  let decided = false;
   wf.setHandler(planQuery, () => plan);
   wf.setHandler(drStatusQuery, () => status);
-  wf.setHandler(approveSignal, (a) => {
-    if (approval) return;
-    if (!plan || a.digest !== plan.digest) {
-      status.rejectedApprovals.push({
-        digest: a.digest,
-        by: a.by,
-        why: plan ? `the plan's digest is ${plan.digest}, not ${a.digest}` : 'no plan computed yet',
-      });
-      return;
-    }
-    approval = a;
-    status.approval = a;
-  });
-  wf.setHandler(rejectSignal, (r) => {
-    rejection ??= r;
-  });
+  wf.setHandler(
+    approveUpdate,
+    async (req) => {
+      decided = true;
+      const { identity: by } = await temporal.temporalUpdateCaller({ updateId: wf.currentUpdateInfo()!.id });
+      if (req.approve) {
+        approval = { digest: req.digest, by, ...(req.reason ? { comment: req.reason } : {}) };
+        status.approval = approval;
+      } else {
+        rejection = { by, reason: req.reason! };
+        status.rejection = rejection;
+      }
+      return { decision: req.approve ? 'approved' : 'rejected', digest: req.digest, by };
+    },
+    {
+      validator: (req) => {
+        const problem = approvalProblem(req, plan, status.phase, decided);
+        if (problem) throw new Error(problem);
+      },
+    },
+  );
 
   const startedAt = Date.now();
   const drill = input.mode === 'drill';
@@ -188,6 +204,24 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     .run(
       'check backups',
       async () => {
+        // One drill per plan at a time, whoever starts it (a manual run, the weekly schedule's
+        // `dr-drill/<plan>-<time>`): the one that started later gives way, touching nothing.
+        if (drill && wf.patched('one-drill-per-plan')) {
+          const others = await temporal.temporalRunningWorkflows({ workflowType: 'drRestore', resource: input.plan });
+          const mine = info.startTime.getTime();
+          const earlier = others.find(
+            (o) =>
+              o.workflowId.startsWith('dr-drill/') &&
+              o.runId !== info.runId &&
+              (Date.parse(o.startTime) < mine || (Date.parse(o.startTime) === mine && o.runId < info.runId)),
+          );
+          if (earlier) {
+            throw nonRetryable(
+              'precondition',
+              `drill ${input.plan}: another drill of this plan is running (${earlier.workflowId}, started ${earlier.startTime}): one drill per plan at a time; nothing was touched`,
+            );
+          }
+        }
         const results = await Promise.all(
           input.targets.map((t) => checkBackup(t, input, kubeconfig, talosconfig, inventory, scratchEtcd)),
         );
@@ -225,7 +259,7 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
       drillVmids.set(i, vmid);
     }
   }
-  const namespace = drillNamespace(input.plan);
+  const namespace = drillNamespace(input.plan, info.runId);
   const items: PlanItem[] = checked.map((c, i) =>
     planItem(
       c,
@@ -243,7 +277,7 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     progress.skip('approval', 'a drill touches only scratch space');
   } else {
     status.phase = 'awaiting-approval';
-    progress.start('approval', `waiting for approve with digest ${plan.digest} (labwright plan: query \`plan\`)`);
+    progress.start('approval', `waiting for the approve update with digest ${plan.digest} (labwright plan)`);
     const got = await wf.condition(() => approval !== undefined || rejection !== undefined, input.approvalTimeout);
     if (!approval) {
       const why = rejection
@@ -259,6 +293,8 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
 
   // 5-7. restore and verify, in parallel; a drill removes whatever it made, whatever happens.
   const restoreStart = Date.now();
+  let lastVerifiedAt = restoreStart;
+  let cleanupMs = 0;
   status.phase = 'restoring';
   const made: Made[] = [];
   const cleanedUp: string[] = [];
@@ -303,7 +339,9 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
       }
       status.phase = 'cleaning-up';
       progress.start('clean up', `${made.length} object(s)`);
+      const cleanupStart = Date.now();
       for (const m of [...made].reverse()) cleanedUp.push(await remove(m));
+      cleanupMs = Date.now() - cleanupStart;
       const left = cleanedUp.filter((c) => c.startsWith('LEFT'));
       if (left.length > 0) progress.fail('clean up', left.join('; '));
       else progress.done('clean up', cleanedUp.join(', ') || 'nothing to remove');
@@ -313,6 +351,7 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
   // 8. the report, kept for the next run's comparison.
   const finishedAt = Date.now();
   const failed = reports.filter((r) => !r.ok);
+  const totalRtoMs = lastVerifiedAt - restoreStart;
   const previous = await files.drLastReport({ plan: input.plan, mode: input.mode, exceptRunId: info.runId });
   const base: Omit<DrReport, 'summary'> = {
     plan: input.plan,
@@ -322,7 +361,8 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     ok: failed.length === 0,
     startedAt: new Date(startedAt).toISOString(),
     finishedAt: new Date(finishedAt).toISOString(),
-    totalRtoMs: finishedAt - restoreStart,
+    totalRtoMs,
+    cleanupMs,
     maxRpoMs: Math.max(...reports.map((r) => r.rpoMs)),
     targets: reports,
     cleanedUp,
@@ -336,7 +376,7 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
             totalRtoMs: previous.totalRtoMs,
             maxRpoMs: previous.maxRpoMs,
           },
-          rtoTrendMs: finishedAt - restoreStart - previous.totalRtoMs,
+          rtoTrendMs: totalRtoMs - previous.totalRtoMs,
         }
       : {}),
   };
@@ -375,6 +415,7 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
         drill && scratchEtcd ? await restoreEtcdScratch(e, index, step) : await restoreEtcd(e, step));
     }
     step(`verified: ${verification}`);
+    lastVerifiedAt = Math.max(lastVerifiedAt, Date.now());
     return {
       target: label,
       kind: c.target.kind,
@@ -408,9 +449,39 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
         labels: DR_LABELS,
       });
     }
-    // In place: the app's Deployments/StatefulSets are scaled to 0 first (Volsync writes into the
-    // PVC directly, which must not be in use), and back to their replicas once the data is verified.
+    // In place: Flux must not scale the app back up (its Kustomization suspended), the
+    // ReplicationSource must not back up the broken or half-restored volume (paused), and the
+    // app's Deployments/StatefulSets are scaled to 0 (Volsync writes into the PVC directly, which
+    // must not be in use). All come back once the data is verified.
     const users = drill ? [] : (c.users ?? []);
+    const held: Held[] = drill
+      ? []
+      : [
+          ...(c.kustomization
+            ? [
+                {
+                  what: `Kustomization ${c.kustomization.namespace}/${c.kustomization.name}`,
+                  apiVersion: 'kustomize.toolkit.fluxcd.io/v1',
+                  kind: 'Kustomization',
+                  namespace: c.kustomization.namespace,
+                  name: c.kustomization.name,
+                  spec: { suspend: true },
+                },
+              ]
+            : []),
+          {
+            what: `ReplicationSource ${t.namespace}/${c.replicationSource}`,
+            apiVersion: 'volsync.backube/v1alpha1',
+            kind: 'ReplicationSource',
+            namespace: t.namespace,
+            name: c.replicationSource,
+            spec: { paused: true },
+          },
+        ];
+    for (const h of held) {
+      step(`${h.kind === 'Kustomization' ? 'suspending' : 'pausing'} ${h.what}`);
+      await hold(h, true);
+    }
     if (users.length > 0) {
       step(`scaling ${users.map((u) => `${u.kind} ${u.name}`).join(', ')} to 0`);
       for (const u of users) {
@@ -427,50 +498,28 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
       } catch (err) {
         throw nonRetryable(
           'precondition',
-          `PVC ${ns}/${t.pvc} still in use ${formatDuration(input.scaleDownTimeoutSeconds * 1000)} after scaling ${describeUsers(users, 0)}: ${causeMessage(err)}; nothing was restored, ${scaledDownNote(users)}`,
+          `PVC ${ns}/${t.pvc} still in use ${formatDuration(input.scaleDownTimeoutSeconds * 1000)} after scaling ${describeUsers(users, 0)}: ${causeMessage(err)}; nothing was restored, ${scaledDownNote(users, held)}`,
         );
       }
     }
+    let restored: { verification: string; restoredBytes: number };
     try {
-      return await restorePvcData();
+      restored = await restorePvcData();
     } catch (err) {
-      if (users.length === 0 || wf.isCancellation(err)) throw err;
-      // The data may be half-written: the app stays down until someone looks.
-      throw nonRetryable('precondition', `${causeMessage(err)}; ${scaledDownNote(users)}`);
+      if ((users.length === 0 && held.length === 0) || wf.isCancellation(err)) throw err;
+      // The data may be half-written: the app stays down, unsynced and unbacked-up until someone looks.
+      throw nonRetryable('precondition', `${causeMessage(err)}; ${scaledDownNote(users, held)}`);
     }
+    for (const h of [...held].reverse()) await hold(h, false);
+    return held.length > 0
+      ? {
+          ...restored,
+          verification: `${restored.verification}; ${held.map((h) => h.what).join(' and ')} held during the restore, resumed`,
+        }
+      : restored;
 
-    async function restorePvcData(): Promise<{ verification: string; restoredBytes: number }> {
-      step(`ReplicationDestination ${ns}/${rdName}, trigger ${trigger}`);
-      made.push({
-        kind: 'k8s',
-        apiVersion: 'volsync.backube/v1alpha1',
-        k8sKind: 'ReplicationDestination',
-        namespace: ns,
-        name: rdName,
-      });
-      await kube.k8sApply({
-        kubeconfig,
-        fieldManager: 'labwright',
-        manifests: JSON.stringify(
-          replicationDestinationObject({
-            name: rdName,
-            namespace: ns,
-            trigger,
-            repository,
-            plan: input.plan,
-            ...(drill ? {} : { direct: { destinationPVC: t.pvc } }),
-            capacity: c.capacity,
-            accessModes: c.accessModes,
-            ...((t.storageClassName ?? c.storageClassName)
-              ? { storageClassName: t.storageClassName ?? c.storageClassName }
-              : {}),
-            ...(t.volumeSnapshotClassName ? { volumeSnapshotClassName: t.volumeSnapshotClassName } : {}),
-          }),
-        ),
-      });
-
-      // The sync: a durable poll of the ReplicationDestination's status.
-      const deadline = Date.now() + input.syncTimeoutSeconds * 1000;
+    /** The workflow-side poll of runs started before `rd-wait-activity` (replay only). */
+    async function pollReplicationDestination(deadline: number): Promise<RdStatus> {
       let rdStatus: RdStatus = {};
       for (;;) {
         const rd = await kube.k8sGetObject({
@@ -494,6 +543,71 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
           });
         }
         await wf.sleep(input.pollSeconds * 1000);
+      }
+      return rdStatus;
+    }
+
+    async function restorePvcData(): Promise<{ verification: string; restoredBytes: number }> {
+      step(`ReplicationDestination ${ns}/${rdName}, trigger ${trigger}`);
+      made.push({
+        kind: 'k8s',
+        apiVersion: 'volsync.backube/v1alpha1',
+        k8sKind: 'ReplicationDestination',
+        namespace: ns,
+        name: rdName,
+      });
+      await kube.k8sApply({
+        kubeconfig,
+        fieldManager: 'labwright',
+        manifests: JSON.stringify(
+          replicationDestinationObject({
+            name: rdName,
+            namespace: ns,
+            trigger,
+            repository,
+            plan: input.plan,
+            restoreAsOf: c.backup.takenAt,
+            ...(drill ? {} : { direct: { destinationPVC: t.pvc } }),
+            capacity: c.capacity,
+            accessModes: c.accessModes,
+            ...((t.storageClassName ?? c.storageClassName)
+              ? { storageClassName: t.storageClassName ?? c.storageClassName }
+              : {}),
+            ...(t.volumeSnapshotClassName ? { volumeSnapshotClassName: t.volumeSnapshotClassName } : {}),
+          }),
+        ),
+      });
+
+      // The sync: waited for in a heartbeating activity (its history stays a few events however
+      // long the mover takes); runs started before replay the workflow-side poll they recorded.
+      const deadline = Date.now() + input.syncTimeoutSeconds * 1000;
+      let rdStatus: RdStatus = {};
+      if (wf.patched('rd-wait-activity')) {
+        step('syncing (the mover runs)');
+        try {
+          // One call per 20 minutes at most (the waitFor profile allows 30): a day-long sync
+          // records a few dozen activities, not one per poll.
+          for (let synced = false; !synced;) {
+            const r = await kubeWait.k8sWaitReplicationDestination({
+              kubeconfig,
+              namespace: ns,
+              name: rdName,
+              trigger,
+              deadlineAt: deadline,
+              returnAt: Math.min(deadline, Date.now() + 20 * 60_000),
+            });
+            synced = r.synced;
+            rdStatus = r;
+          }
+        } catch (err) {
+          if (wf.isCancellation(err)) throw err;
+          throw nonRetryable(
+            'precondition',
+            `ReplicationDestination ${ns}/${rdName} did not sync within ${formatDuration(input.syncTimeoutSeconds * 1000)}: ${causeMessage(err)}`,
+          );
+        }
+      } else {
+        rdStatus = await pollReplicationDestination(deadline);
       }
 
       // The size: the mover's VolumeSnapshot (drill) or the restored PVC (restore).
@@ -609,12 +723,13 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     const vmid = drill ? drillVmids.get(index)! : t.vmid;
     const name = drill ? drillVmName(input.plan, t.name) : (c.currentName ?? t.name);
     const ref = { host, node, vmid };
-    if (!drill && c.currentName !== undefined) {
-      step(`stopping and removing VM ${vmid} (${c.currentName})`);
+    // In place: the VM is stopped and the archive restored over it (PVE's force), not deleted and
+    // recreated: deleting with purge would drop its VMID from backup jobs, replication and HA.
+    const over = !drill && c.currentName !== undefined;
+    if (over) {
+      step(`stopping VM ${vmid} (${c.currentName})`);
       const vm = await pve.pveGetVm(ref);
       if (vm && vm.status !== 'stopped') await runPveTask(`stop VM ${vmid}`, () => pve.pveStop(ref), wait);
-      if (vm)
-        await runPveTask(`delete VM ${vmid}`, () => pve.pveDelete({ ...ref, guard: { name: c.currentName } }), wait);
     }
     step(`restoring ${c.archive} to VM ${vmid} (${name})`);
     if (drill) made.push({ kind: 'vm', host, node, vmid, name });
@@ -627,23 +742,35 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
           name,
           ...(t.restoreStorage ? { storage: t.restoreStorage } : {}),
           unique: drill,
+          ...(over ? { over: { name: c.currentName! } } : {}),
         }),
       wait,
     );
     const restored = await pve.pveGetVm(ref);
     if (!restored) throw nonRetryable('notFound', `VM ${vmid} is missing after its restore`);
     if (drill) {
+      // Isolated: every NIC's link down; and no passthrough device (a GPU, a USB stick) the
+      // production VM holds, which the drill VM would contend for.
       const net: Record<number, string> = {};
+      const hostpci: Record<number, null> = {};
+      const usb: Record<string, null> = {};
       for (const [key, value] of Object.entries(restored.config)) {
-        const m = /^net(\d+)$/.exec(key);
-        if (m) net[Number(m[1])] = isolatedNet(String(value));
+        const m = /^(net|hostpci|usb)(\d+)$/.exec(key);
+        if (m?.[1] === 'net') net[Number(m[2])] = isolatedNet(String(value));
+        else if (m?.[1] === 'hostpci') hostpci[Number(m[2])] = null;
+        else if (m) usb[key] = null;
       }
-      step(`isolating VM ${vmid}: ${Object.keys(net).length} NIC(s) link down`);
+      const stripped = [...Object.keys(hostpci).map((i) => `hostpci${i}`), ...Object.keys(usb)];
+      step(
+        `isolating VM ${vmid}: ${Object.keys(net).length} NIC(s) link down${stripped.length ? `, ${stripped.join(', ')} removed` : ''}`,
+      );
       await pve.pveSetConfig({
         ...ref,
         guard: { name },
         config: {
           net,
+          ...(Object.keys(hostpci).length ? { hostpci } : {}),
+          ...(Object.keys(usb).length ? { extra: usb } : {}),
           onboot: false,
           tags: ['labwright', 'dr-drill'],
           description: `labwright DR drill ${input.plan} (${info.workflowId}); removed when the drill ends`,
@@ -655,7 +782,12 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     step(`waiting for the guest agent of VM ${vmid}`);
     let ifaces;
     try {
-      ifaces = await pveWait.pveWaitForAgent({ ...ref, timeoutSeconds: input.agentTimeoutSeconds });
+      // A drill VM's links are down: a DHCP guest never gets an address, so the agent answering is the proof.
+      ifaces = await pveWait.pveWaitForAgent({
+        ...ref,
+        timeoutSeconds: input.agentTimeoutSeconds,
+        ...(drill ? { anyAnswer: true } : {}),
+      });
     } catch (err) {
       throw nonRetryable(
         'precondition',
@@ -892,6 +1024,24 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     };
   }
 
+  /**
+   * Sets a Held field (on) or gives it back (off) by server-side apply as labwright's own field
+   * manager: giving it back drops the field, so the owner's value (or the default) applies again.
+   */
+  async function hold(h: Held, on: boolean): Promise<void> {
+    await kube.k8sApply({
+      kubeconfig,
+      fieldManager: 'labwright-dr-restore',
+      ...(on ? { force: true } : {}),
+      manifests: JSON.stringify({
+        apiVersion: h.apiVersion,
+        kind: h.kind,
+        metadata: { name: h.name, namespace: h.namespace },
+        ...(on ? { spec: h.spec } : {}),
+      }),
+    });
+  }
+
   /** Removes one thing a drill made; returns what happened, `LEFT ...` when it could not. */
   async function remove(m: Made): Promise<string> {
     try {
@@ -943,8 +1093,24 @@ function describeUsers(users: PvcWorkload[], to?: number): string {
     .join(', ');
 }
 
-function scaledDownNote(users: PvcWorkload[]): string {
-  return `left scaled to 0: ${users.map((u) => `${u.kind} ${u.name} (was ${u.replicas})`).join(', ')}; scale back once the data is right`;
+/** A field labwright sets on an object for the length of an in-place restore (suspend, paused). */
+interface Held {
+  what: string;
+  apiVersion: string;
+  kind: string;
+  namespace: string;
+  name: string;
+  spec: Record<string, boolean>;
+}
+
+function scaledDownNote(users: PvcWorkload[], held: Held[] = []): string {
+  const parts = [
+    ...(users.length > 0
+      ? [`left scaled to 0: ${users.map((u) => `${u.kind} ${u.name} (was ${u.replicas})`).join(', ')}`]
+      : []),
+    ...held.map((h) => `${h.what} left ${h.kind === 'Kustomization' ? 'suspended' : 'paused'}`),
+  ];
+  return `${parts.join('; ')}; resume once the data is right`;
 }
 
 function assertSize(what: string, bytes: number | undefined, min: number): void {
@@ -1000,7 +1166,13 @@ async function checkBackup(
       name: rsName,
     });
     if (!rs.exists) return { problem: `${label}: no ReplicationSource ${t.namespace}/${rsName}: no backup` };
-    const o = rs.object as { spec?: { restic?: { repository?: string } }; status?: RdStatus };
+    const o = rs.object as {
+      metadata?: { labels?: Record<string, string> };
+      spec?: { restic?: { repository?: string } };
+      status?: RdStatus;
+    };
+    const fluxName = o.metadata?.labels?.['kustomize.toolkit.fluxcd.io/name'];
+    const fluxNamespace = o.metadata?.labels?.['kustomize.toolkit.fluxcd.io/namespace'];
     const last = o.status?.lastSyncTime;
     if (!last) return { problem: `${label}: ReplicationSource ${t.namespace}/${rsName} has never completed a backup` };
     const old = tooOld(Date.parse(last));
@@ -1043,6 +1215,8 @@ async function checkBackup(
         takenAt: new Date(Date.parse(last)).toISOString(),
         ageMs: now - Date.parse(last),
       },
+      replicationSource: rsName,
+      ...(fluxName && fluxNamespace ? { kustomization: { namespace: fluxNamespace, name: fluxName } } : {}),
       repository,
       capacity,
       accessModes: spec.accessModes ?? ['ReadWriteOnce'],
@@ -1136,8 +1310,14 @@ function planItem(
   const base = { target: targetLabel(c.target), kind: c.target.kind, backup: c.backup };
   const t = c.target;
   if (t.kind === 'pvc') {
-    const users = (c as Extract<Checked, { target: { kind: 'pvc' } }>).users ?? [];
-    const scale = users.length > 0 ? `; scales ${describeUsers(users, 0)} during the restore, and back after` : '';
+    const p = c as Extract<Checked, { target: { kind: 'pvc' } }>;
+    const users = p.users ?? [];
+    const holds = [
+      ...(p.kustomization ? [`suspends Kustomization ${p.kustomization.namespace}/${p.kustomization.name}`] : []),
+      `pauses ReplicationSource ${t.namespace}/${p.replicationSource}`,
+      ...(users.length > 0 ? [`scales ${describeUsers(users, 0)}`] : []),
+    ];
+    const scale = `; restores the snapshot as of ${c.backup.takenAt}, deleting files it does not hold; ${holds.join(', ')} during the restore, and resumes them after`;
     return drill
       ? { ...base, into: `PVC ${namespace}/${t.pvc} (scratch namespace)` }
       : {
@@ -1153,7 +1333,7 @@ function planItem(
       : {
           ...base,
           overwrites: name
-            ? `VM ${t.vmid} (${name}) on ${t.host}/${t.node}: destroyed and replaced`
+            ? `VM ${t.vmid} (${name}) on ${t.host}/${t.node}: stopped and restored over (keeps its backup jobs, replication and HA)`
             : `nothing (VM ${t.vmid} is absent)`,
           into: `VM ${t.vmid} on ${t.host}/${t.node}`,
         };

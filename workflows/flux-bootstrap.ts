@@ -12,8 +12,11 @@
  *      reported.
  *   4. Wait for the controllers: every Deployment of the manifest Available, within
  *      `controllersTimeoutSeconds` in all (across retries; the deadline passing is final).
- *   5. Create the Git credentials Secret and the SOPS age Secret from secret references.
- *   6. Apply the GitRepository and the Kustomization `flux-system`.
+ *   5. Create the Git credentials Secret (in the shape source-controller accepts: ssh `identity`
+ *      and `known_hosts`; https `username` and `password`, or `bearerToken`) and the SOPS age
+ *      Secret, from secret references.
+ *   6. Apply the GitRepository and the Kustomization `flux-system`; once kustomize-controller
+ *      applies them from the repository's gotk-sync.yaml they are Git's, and are left alone.
  *   7. Wait, durably and with progress, until both are Ready at the expected revision
  *      (GitRepository status.artifact.revision, Kustomization status.lastAttemptedRevision,
  *      observedGeneration current, not suspended). Past `slowAfterSeconds` the run is reported
@@ -34,6 +37,7 @@ import {
   FLUX_NAMESPACE,
   FLUX_SOPS_SECRET,
   fluxBootstrapInputSchema,
+  fluxGitSecretData,
   fluxObjectState,
   gitRepositoryObject,
   kustomizationObject,
@@ -45,8 +49,8 @@ import {
 import { formatDuration } from '../common/llm-burst.js';
 import { ProgressTracker } from '../common/progress.js';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
-import type { SecretRef } from '../common/secret-ref.js';
 import { parseInventory, talosStore } from '../common/talos.js';
+import { fluxCredentialsProblem } from '../hardware/schema.js';
 import { parseInput } from '../common/validation.js';
 
 type Kube = ReturnType<typeof createKubernetesActivities>;
@@ -108,9 +112,12 @@ export async function fluxBootstrap(raw: unknown): Promise<FluxBootstrapResult> 
           `invalid flux-bootstrap input: clusters.${input.cluster}.flux.url: the cluster has no Flux repository (give git.url)`,
         );
       }
-      const gitCredentials: Record<string, SecretRef> =
-        input.gitCredentials ??
-        (flux?.gitCredentials ? { [/^https?:/.test(git.url) ? 'password' : 'identity']: flux.gitCredentials } : {});
+      const gitCredentials = input.gitCredentials ?? flux?.gitCredentials;
+      const problem = gitCredentials && fluxCredentialsProblem(git.url, gitCredentials);
+      if (problem) {
+        const field = input.gitCredentials ? 'gitCredentials' : `clusters.${input.cluster}.flux.gitCredentials`;
+        throw nonRetryable('validation', `invalid flux-bootstrap input: ${field}: ${problem}`);
+      }
       const sopsAgeKey = input.sopsAgeKey ?? flux?.sopsAgeKey;
       const manifest = manifestPath(input.componentsManifest, input.labRepoDir, git.path);
       const facts = await files.drFileFacts({ path: manifest });
@@ -186,12 +193,12 @@ export async function fluxBootstrap(raw: unknown): Promise<FluxBootstrapResult> 
     'secrets',
     async () => {
       const made: string[] = [];
-      if (Object.keys(settings.gitCredentials).length > 0) {
+      if (settings.gitCredentials) {
         const r = await kube.k8sCreateSecretFromRef({
           kubeconfig,
           namespace: FLUX_NAMESPACE,
           name: FLUX_GIT_SECRET,
-          data: settings.gitCredentials,
+          ...fluxGitSecretData(settings.gitCredentials),
           labels: { 'app.kubernetes.io/managed-by': 'labwright' },
           fieldManager: FIELD_MANAGER,
         });
@@ -216,7 +223,7 @@ export async function fluxBootstrap(raw: unknown): Promise<FluxBootstrapResult> 
   );
 
   // 6. the sync objects
-  const gitRepository = gitRepositoryObject(git, input.interval, Object.keys(settings.gitCredentials).length > 0);
+  const gitRepository = gitRepositoryObject(git, input.interval, settings.gitCredentials !== undefined);
   const kustomization = kustomizationObject(git, input.interval, settings.sopsAgeKey !== undefined);
   const sync = await progress.run(
     'apply sync',
@@ -226,6 +233,9 @@ export async function fluxBootstrap(raw: unknown): Promise<FluxBootstrapResult> 
           kubeconfig,
           manifests: [gitRepository, kustomization].map((o) => JSON.stringify(o)).join('\n---\n'),
           fieldManager: FIELD_MANAGER,
+          // Once kustomize-controller applies the repository's own gotk-sync.yaml, the sync objects
+          // are Git's: a re-run (the upgrade path) leaves them alone instead of conflicting.
+          yieldTo: ['kustomize-controller'],
         })
       ).objects,
     (applied) => describeApplied(applied),

@@ -4,3 +4,4 @@
  * simulated lab plays them too; tests import them from here as before.
  */
 export * from '../../lib/kube-controllers.js';
+export * from '../../lib/volume-lab.js';
