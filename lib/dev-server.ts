@@ -2,12 +2,11 @@
  * Starts `temporal server start-dev` on loopback with the project's search attributes: used by
  * the test harness (in memory) and by `npm start` (SQLite file, with the UI).
  */
-import { spawn } from 'node:child_process';
 import { createWriteStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { SEARCH_ATTRIBUTE_KEYS } from '../common/search-attributes.js';
-import { ensureTool, freePort, portIsFree, stopProcess, tail, waitUntilReady } from './processes.js';
+import { ensureTool, freePort, portIsFree, spawnGroup, stopProcess, tail, waitUntilReady } from './processes.js';
 
 export interface DevServerOptions {
   /** SQLite file for persistence; in memory when left out. */
@@ -49,9 +48,9 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
 
   await fs.mkdir(path.dirname(opts.logFile), { recursive: true });
   const log = createWriteStream(opts.logFile);
-  const child = spawn(temporal, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stdout.pipe(log);
-  child.stderr.pipe(log);
+  const child = spawnGroup(temporal, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout!.pipe(log);
+  child.stderr!.pipe(log);
 
   const address = `127.0.0.1:${port}`;
   try {

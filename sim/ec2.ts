@@ -4,7 +4,6 @@
  * the model server on every instance (moto's instances have 10.x addresses nobody may connect to,
  * so the worker gets an address map that sends them all to the fake on 127.0.0.1).
  */
-import { spawn } from 'node:child_process';
 import { createWriteStream, promises as fs } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -15,7 +14,7 @@ import {
   DescribeLaunchTemplatesCommand,
   EC2Client,
 } from '@aws-sdk/client-ec2';
-import { ensureTool, freePort, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
+import { ensureTool, freePort, spawnGroup, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
 import type { PeerStarter } from './index.js';
 
 /** Dummy keys: moto accepts any, and they keep the SDK from looking for real ones. */
@@ -34,11 +33,11 @@ export async function startMotoServer(opts: { logFile: string; port?: number }):
   const port = opts.port ?? (await freePort());
   await fs.mkdir(path.dirname(opts.logFile), { recursive: true });
   const log = createWriteStream(opts.logFile);
-  const child = spawn(path.join(bin, 'moto_server'), ['-H', '127.0.0.1', '-p', String(port)], {
+  const child = spawnGroup(path.join(bin, 'moto_server'), ['-H', '127.0.0.1', '-p', String(port)], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  child.stdout.pipe(log);
-  child.stderr.pipe(log);
+  child.stdout!.pipe(log);
+  child.stderr!.pipe(log);
   const endpoint = `http://127.0.0.1:${port}`;
   try {
     await waitUntilReady(

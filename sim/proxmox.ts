@@ -7,13 +7,12 @@
  * separate process cannot otherwise reach: API tokens, extra nodes, and a control endpoint for its
  * fault switches (locks, PVE's catalogued errors, slow guests). See that file.
  */
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { createWriteStream, promises as fs } from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import { makeCa, signLeaf } from '../lib/pki.js';
-import { ensureTool, freePort, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
+import { ensureTool, freePort, spawnGroup, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
 import { projectRoot } from '../lib/paths.js';
 import type { PeerStarter } from './index.js';
 
@@ -211,9 +210,9 @@ export async function startFakePve(opts: FakePveOptions): Promise<FakePve> {
     '--key',
     keyFile,
   ];
-  const child = spawn(peersPython(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stdout.pipe(log);
-  child.stderr.pipe(log);
+  const child = spawnGroup(peersPython(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout!.pipe(log);
+  child.stderr!.pipe(log);
   const url = `https://127.0.0.1:${port}`;
   const ca = await fs.readFile(caFile);
   const agent = new https.Agent({ ca, keepAlive: false });
