@@ -8,7 +8,6 @@
  * of its own (lib/processes.ts spawnGroup), which the reaper ends if this process is killed
  * outright.
  */
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { ensureLocalKey } from '../lib/codec.js';
 import { startDevServer, type DevServer } from '../lib/dev-server.js';
@@ -44,12 +43,10 @@ async function main(): Promise<void> {
     lab = await startSimulatedLab(path.join(stateDir, 'sim'), SIMULATED_PEERS);
     cleanups.push(() => lab!.stop());
     Object.assign(env, lab.env);
-    const example = path.join(stateDir, 'sim', 'examples', 'talos-bootstrap.json');
-    await fs.mkdir(path.dirname(example), { recursive: true });
-    await fs.writeFile(example, `${JSON.stringify({ cluster: 'home' })}\n`);
     firstRun = `
-      npx labwright start talosBootstrap --input ${path.relative(projectRoot, example)}
-      npx labwright watch talos-bootstrap/home`;
+      npx labwright start talosBootstrap --input docs/examples/talos-bootstrap.json
+      npx labwright watch talos-bootstrap/home
+      (an input for every workflow: docs/examples/)`;
   }
 
   // One process (tsx as a loader, not its CLI, which would add a parent relaying signals).

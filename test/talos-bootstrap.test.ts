@@ -205,6 +205,27 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     expect(lab.standin.bootstraps).toHaveLength(1);
   });
 
+  it('fetches the kubeconfig again from Talos when the stored one points at a dead API server', async () => {
+    expect(firstRun).toBeDefined();
+    const client = await testClient();
+    // As after a rebuild of the cluster (or a restart of the simulated lab): the stored kubeconfig
+    // names an API server that is gone. Port 1 on loopback refuses every connection.
+    const stale = (await lab.secrets.resolve(firstRun.kubeconfig)).replaceAll(lab.kube.server, 'https://127.0.0.1:1');
+    await lab.secrets.put('talos/home/kubeconfig', stale);
+    const result = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow.execute('talosBootstrap', {
+        taskQueue,
+        workflowId: `talos-bootstrap/${cluster}-${uniqueName('stale')}`,
+        // The default deadline: waiting on the dead server would outlast the test by 28 minutes.
+        args: [{ cluster, inventory: lab.inventory }],
+      }),
+    );
+    expect(result.changes).toEqual([
+      'fetched the admin kubeconfig again: the stored one does not reach https://127.0.0.1:1 (ECONNREFUSED)',
+    ]);
+    expect(await lab.secrets.resolve(result.kubeconfig)).toContain(lab.kube.server);
+  }, 120_000);
+
   it('fails at once on a bad PCI address and duplicate VMIDs, naming the fields, and touches nothing', async () => {
     const client = await testClient();
     const bad = structuredClone(lab.inventory);
