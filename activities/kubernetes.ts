@@ -444,9 +444,10 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         return { reachable: true };
       } catch (err) {
         if (err instanceof ApiException && err.code !== 401 && err.code !== 403) return { reachable: true };
-        const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+        // The fetch error's code (ECONNREFUSED, DEPTH_ZERO_SELF_SIGNED_CERT, ...), or its cause's.
+        const e = err as { code?: string; cause?: { code?: string } };
         const why =
-          err instanceof ApiException ? `HTTP ${err.code}` : (cause?.code ?? cause?.message ?? (err as Error).message);
+          err instanceof ApiException ? `HTTP ${err.code}` : (e.code ?? e.cause?.code ?? (err as Error).message);
         return { reachable: false, reason: `does not reach ${server} (${why})` };
       } finally {
         clearTimeout(timer);
