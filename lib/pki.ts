@@ -3,6 +3,7 @@
  * it, made with the openssl CLI, so clients verify TLS against a known CA instead of switching it off.
  */
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -70,7 +71,9 @@ export async function signLeaf(dir: string, name: string, subject: string, usage
       'ca.crt',
       '-CAkey',
       'ca.key',
-      '-CAcreateserial',
+      // A serial of its own: leaves signed at once by one CA would race on -CAcreateserial's ca.srl.
+      '-set_serial',
+      `0x${randomBytes(16).toString('hex')}`,
       '-out',
       `${name}.crt`,
       '-days',
