@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { projectRoot } from '../lib/paths.js';
 import { ensureTool, freePort } from '../lib/processes.js';
-import { npmStart } from './harness/processes.js';
+import { npmStart, untilWorkerStarted } from './harness/processes.js';
 
 const run = promisify(execFile);
 let parent: string;
@@ -47,10 +47,7 @@ describe('a fresh clone', () => {
     };
     const child = npmStart(clone, env);
     try {
-      await expect
-        .poll(() => child.output(), { timeout: 240_000, interval: 500 })
-        .toMatch(/"msg":"worker started"|labwright start failed/);
-      expect(child.output()).toContain('"msg":"worker started"');
+      await untilWorkerStarted(child);
       expect(child.output()).toContain('(with etcd, Flux/VolSync/snapshot CRDs)');
       const list = await run(ensureTool('ensure-temporal.sh'), ['workflow', 'list', '--address', `127.0.0.1:${port}`]);
       expect(list.stderr).toBe('');

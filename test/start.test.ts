@@ -14,7 +14,14 @@ import type { TalosBootstrapResult } from '../common/talos.js';
 import { projectRoot } from '../lib/paths.js';
 import { ensureTool, freePort, portIsFree } from '../lib/processes.js';
 import { connectClient, temporalSettings } from '../lib/temporal.js';
-import { listeningPorts, npmStart, processTree, stillRunning, type NpmStart } from './harness/processes.js';
+import {
+  listeningPorts,
+  npmStart,
+  processTree,
+  stillRunning,
+  untilWorkerStarted,
+  type NpmStart,
+} from './harness/processes.js';
 
 let stateDir: string;
 let env: NodeJS.ProcessEnv;
@@ -42,13 +49,10 @@ const address = () => `127.0.0.1:${env.LABWRIGHT_DEV_PORT}`;
 async function up(): Promise<NpmStart & { pids: number[]; ports: number[] }> {
   const run = npmStart(projectRoot, env);
   try {
-    await expect
-      .poll(() => run.output(), { timeout: 240_000, interval: 500 })
-      .toMatch(/"msg":"worker started"|labwright start failed/);
-    expect(run.output()).toContain('"msg":"worker started"');
+    await untilWorkerStarted(run);
   } catch (err) {
     process.kill(-run.child.pid!, 'SIGKILL');
-    throw new Error(`npm start did not come up: ${(err as Error).message}\n${run.output()}`);
+    throw err;
   }
   const pids = processTree(run.child.pid!);
   return { ...run, pids, ports: listeningPorts(pids) };
