@@ -2,6 +2,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { CoreV1Api } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { talosconfigMatches } from '../activities/talos.js';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import type { Progress } from '../common/progress.js';
 import { recordHistory } from './harness/histories.js';
@@ -277,6 +278,60 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     );
     expect((await lab.pveWrites()).slice(writesBefore)).toEqual([]);
   });
+
+  it('fetches the kubeconfig again from Talos when the stored one points at a dead API server', async () => {
+    expect(firstRun).toBeDefined();
+    const client = await testClient();
+    // As after a rebuild of the cluster (or a restart of the simulated lab): the stored kubeconfig
+    // names an API server that is gone. Port 1 on loopback refuses every connection.
+    const stale = (await lab.secrets.resolve(firstRun.kubeconfig)).replaceAll(lab.kube.server, 'https://127.0.0.1:1');
+    await lab.secrets.put(`talos/${cluster}/kubeconfig`, stale);
+    const result = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow.execute('talosBootstrap', {
+        taskQueue,
+        workflowId: `talos-bootstrap/${cluster}`,
+        // The default deadline: waiting on the dead server would outlast the test by 28 minutes.
+        args: [{ cluster, inventory: lab.inventory }],
+      }),
+    );
+    expect(result.changes).toEqual([
+      'fetched the admin kubeconfig again: the stored one does not reach https://127.0.0.1:1 (ECONNREFUSED)',
+    ]);
+    expect(await lab.secrets.resolve(result.kubeconfig)).toContain(lab.kube.server);
+  }, 120_000);
+
+  it('makes the talosconfig again when the stored one is not signed by the cluster secrets', async () => {
+    expect(firstRun).toBeDefined();
+    const client = await testClient();
+    const good = await lab.secrets.resolve(firstRun.talosconfig);
+    // A talosconfig of other secrets (a rebuilt cluster's): its CA is not the stored secrets' OS CA.
+    const otherCa = Buffer.from('-----BEGIN CERTIFICATE-----\nMIIBother\n-----END CERTIFICATE-----\n').toString(
+      'base64',
+    );
+    await lab.secrets.put(`talos/${cluster}/talosconfig`, good.replace(/(\n\s+ca: )\S+/, `$1${otherCa}`));
+    expect(
+      talosconfigMatches(
+        await lab.secrets.resolve(firstRun.talosconfig),
+        await lab.secrets.resolve({ store: `talos/${cluster}/secrets.yaml` }),
+      ),
+    ).toBe(false);
+    const result = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow.execute('talosBootstrap', {
+        taskQueue,
+        workflowId: `talos-bootstrap/${cluster}`,
+        args: [{ cluster, inventory: lab.inventory, waitSeconds: 60 }],
+      }),
+    );
+    expect(result.changes).toEqual([
+      "generated the cluster's talosconfig (the stored one was not signed by these secrets)",
+    ]);
+    expect(
+      talosconfigMatches(
+        await lab.secrets.resolve(firstRun.talosconfig),
+        await lab.secrets.resolve({ store: `talos/${cluster}/secrets.yaml` }),
+      ),
+    ).toBe(true);
+  }, 120_000);
 
   it('fails at once on a bad PCI address and duplicate VMIDs, naming the fields, and touches nothing', async () => {
     const client = await testClient();

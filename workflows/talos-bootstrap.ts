@@ -18,7 +18,8 @@
  *      and record the outcome durably (history and memo), so that a crash between the bootstrap
  *      and its record never bootstraps twice.
  *   9. Wait for Kubernetes: `talosctl health`, then every Node Ready through the API.
- *  10. Store the admin kubeconfig and report the endpoint.
+ *  10. Store the admin kubeconfig (fetched again when the stored one no longer reaches the
+ *      cluster) and report the endpoint.
  *
  * GPU workers are left to `gpu-node-join/<node>` (PCI checks, smoke test, compensation).
  */
@@ -52,6 +53,10 @@ type Kube = ReturnType<typeof createKubernetesActivities>;
 
 const pve = wf.proxyActivities<Pve>(apiCall);
 const pveWait = wf.proxyActivities<Pve>(waitFor);
+const kube = wf.proxyActivities<Kube>(apiCall);
+
+/** Histories recorded before the stored kubeconfig was probed replay without the probe. */
+const KUBECONFIG_PROBE_PATCH = 'kubeconfig-probe';
 
 export const TALOS_BOOTSTRAP_STEPS = [
   'validate inventory',
@@ -268,16 +273,22 @@ export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult
     () => 'healthy',
   );
 
-  // 10. The kubeconfig, and the nodes as the API sees them.
+  // 10. The kubeconfig, and the nodes as the API sees them. A stored kubeconfig that no longer
+  // reaches the cluster (rebuilt: a new CA, another address) is fetched again from Talos after one
+  // probe, instead of being waited on until the deadline.
   const kubeconfig = await progress.run(
     'store kubeconfig',
     async () => {
-      const k = await talos.talosKubeconfig({
-        cluster: plan.name,
-        address: first.ip,
-        talosconfig: secrets.talosconfig,
-      });
+      const from = { cluster: plan.name, address: first.ip, talosconfig: secrets.talosconfig };
+      let k = await talos.talosKubeconfig(from);
       if (k.fetched) changes.push('stored the admin kubeconfig');
+      else if (wf.patched(KUBECONFIG_PROBE_PATCH)) {
+        const probe = await kube.k8sProbe({ kubeconfig: k.kubeconfig });
+        if (!probe.reachable) {
+          k = await talos.talosKubeconfig({ ...from, refresh: true });
+          changes.push(`fetched the admin kubeconfig again: the stored one ${probe.reason}`);
+        }
+      }
       await kubeWait.k8sWaitNodesReady({
         kubeconfig: k.kubeconfig,
         nodes: nodes.map((n) => n.name),
