@@ -80,7 +80,8 @@ export class ProgressTracker {
   finishWith(result: string): void {
     this.state.result = result;
     this.state.current = undefined;
-    wf.setCurrentDetails(result);
+    // The finished run's page in the UI keeps showing how it got there, then the outcome.
+    wf.setCurrentDetails(`${this.stepLines()}\n=> ${result}`);
   }
 
   snapshot(): Progress {
@@ -105,9 +106,12 @@ export class ProgressTracker {
     this.publish();
   }
 
+  private stepLines(): string {
+    return this.state.steps.map((s) => `${marker(s.status)} ${s.name}${s.detail ? ` — ${s.detail}` : ''}`).join('\n');
+  }
+
   private publish(): void {
-    const lines = this.state.steps.map((s) => `${marker(s.status)} ${s.name}${s.detail ? ` — ${s.detail}` : ''}`);
-    wf.setCurrentDetails(lines.join('\n'));
+    wf.setCurrentDetails(this.stepLines());
     wf.upsertSearchAttributes([{ key: STEP_KEY, value: this.state.current ?? 'idle' }]);
   }
 }

@@ -14,6 +14,8 @@ import type { Payload, PayloadCodec } from '@temporalio/common';
 import proto from '@temporalio/proto';
 
 const { Payloads } = proto.temporal.api.common.v1;
+/** Where `npm start` and `labwright codec-server` listen unless told otherwise (the UI is on 8233). */
+export const DEFAULT_CODEC_PORT = 8234;
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
 const ALLOWED_HEADERS = ['content-type', 'x-namespace', 'authorization'];
 

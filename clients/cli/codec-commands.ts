@@ -9,14 +9,13 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { secretRefSchema, type SecretRef } from '../../common/secret-ref.js';
 import { codecFromEnv } from '../../lib/codec.js';
-import { startCodecServer, type CodecServer } from '../../lib/codec-server.js';
+import { DEFAULT_CODEC_PORT, startCodecServer, type CodecServer } from '../../lib/codec-server.js';
 import { stateDir } from '../../lib/paths.js';
 import { ensureTool } from '../../lib/processes.js';
 import { SecretStore } from '../../lib/secrets.js';
 import { temporalSettings } from '../../lib/temporal.js';
 import { CliError } from './io.js';
 
-export const DEFAULT_CODEC_PORT = 8234;
 /** The dev server's UI as `npm start` serves it. */
 export const DEFAULT_UI_ORIGINS = ['http://127.0.0.1:8233', 'http://localhost:8233'];
 
