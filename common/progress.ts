@@ -80,8 +80,7 @@ export class ProgressTracker {
   finishWith(result: string): void {
     this.state.result = result;
     this.state.current = undefined;
-    // The finished run's page in the UI keeps showing how it got there, then the outcome.
-    wf.setCurrentDetails(`${this.stepLines()}\n=> ${result}`);
+    wf.setCurrentDetails(result);
   }
 
   snapshot(): Progress {
@@ -106,12 +105,9 @@ export class ProgressTracker {
     this.publish();
   }
 
-  private stepLines(): string {
-    return this.state.steps.map((s) => `${marker(s.status)} ${s.name}${s.detail ? ` — ${s.detail}` : ''}`).join('\n');
-  }
-
   private publish(): void {
-    wf.setCurrentDetails(this.stepLines());
+    const lines = this.state.steps.map((s) => `${marker(s.status)} ${s.name}${s.detail ? ` — ${s.detail}` : ''}`);
+    wf.setCurrentDetails(lines.join('\n'));
     wf.upsertSearchAttributes([{ key: STEP_KEY, value: this.state.current ?? 'idle' }]);
   }
 }

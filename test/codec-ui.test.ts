@@ -56,9 +56,8 @@ describe('the Temporal UI with the codec server', () => {
       });
       expect(await handle.result()).toEqual(['clone:pve7', 'boot:pve7']);
 
-      const page = await browser.open(
-        `${origin}/namespaces/${NAMESPACE}/workflows/${workflowId}/${handle.firstExecutionRunId}/history`,
-      );
+      const runPage = `${origin}/namespaces/${NAMESPACE}/workflows/${workflowId}/${handle.firstExecutionRunId}`;
+      const page = await browser.open(`${runPage}/history`);
       let text = '';
       await expect
         .poll(
@@ -72,8 +71,24 @@ describe('the Temporal UI with the codec server', () => {
       // The input and result, decoded (ciphertext would show as binary/encrypted), and the steps.
       expect(text).toContain('pve7');
       expect(text).not.toContain('binary/encrypted');
-      await expect.poll(() => page.text(), { timeout: 30_000, interval: 500 }).toContain('[x] clone — clone:pve7');
-      expect(await page.text()).toContain('=> 2 steps done for pve7');
+      // The steps: the `progress` query, run from the Queries tab (the worker answers, the codec decodes).
+      const queries = await browser.open(`${runPage}/query`);
+      await expect.poll(() => queries.text(), { timeout: 60_000, interval: 500 }).toContain('Run Query');
+      await expect
+        .poll(() => queries.evaluate<string>(`document.querySelector('[data-testid="query-select"]')?.value ?? ''`), {
+          timeout: 30_000,
+          interval: 500,
+        })
+        .toBe('progress');
+      await queries.evaluate(
+        `[...document.querySelectorAll('button')].find((b) => b.textContent.trim() === 'Run Query').click()`,
+      );
+      await expect
+        .poll(() => queries.text(), { timeout: 30_000, interval: 500 })
+        .toContain('"result": "2 steps done for pve7"');
+      const answer = (await queries.text()).replace(/\s+/g, ' ');
+      expect(answer).toContain('"name": "clone", "status": "done", "detail": "clone:pve7"');
+      expect(answer).toContain('"name": "boot", "status": "done", "detail": "boot:pve7"');
     } finally {
       await browser.close();
       worker.shutdown();
