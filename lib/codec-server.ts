@@ -145,8 +145,10 @@ function parsePayloads(body: string): Payload[] {
   } catch {
     throw new HttpError(400, 'request body is not JSON; expected {"payloads": [...]}');
   }
-  const list = (json as { payloads?: unknown } | null)?.payloads;
-  if (!Array.isArray(list)) throw new HttpError(400, 'request body has no "payloads" array');
+  if (typeof json !== 'object' || json === null) throw new HttpError(400, 'expected {"payloads": [...]}');
+  // Protobuf JSON leaves an empty list out: the CLI sends `{}` for a query without arguments.
+  const list = (json as { payloads?: unknown }).payloads ?? [];
+  if (!Array.isArray(list)) throw new HttpError(400, '"payloads" is not an array');
   try {
     return Payloads.fromObject({ payloads: list }).payloads;
   } catch (err) {

@@ -3,7 +3,7 @@
  * server: every command's --help, start's refusals, status/watch/list/cancel, -o json, the burst
  * pool on moto, the Temporal CLI pass-through with the codec, and shell completion.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -29,6 +29,21 @@ function labwright(args: string[], env: NodeJS.ProcessEnv = {}) {
     LABWRIGHT_CODEC_KEY_FILE: TEST_CODEC_KEY_FILE,
     ...env,
   });
+}
+
+/** `labwright` in the background, its output collected as it comes. */
+function spawnLabwright(args: string[]): { output: () => string; exited: Promise<number> } {
+  const tsx = path.join(projectRoot, 'node_modules', 'tsx', 'dist', 'cli.mjs');
+  const child = spawn(process.execPath, [tsx, 'clients/labwright.ts', ...args], {
+    cwd: projectRoot,
+    env: { ...process.env, TEMPORAL_ADDRESS: temporalAddress(), LABWRIGHT_CODEC_KEY_FILE: TEST_CODEC_KEY_FILE },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+  const exited = new Promise<number>((resolve) => child.once('exit', (code) => resolve(code ?? 1)));
+  return { output: () => output, exited };
 }
 
 async function inputFile(value: unknown): Promise<string> {
@@ -202,20 +217,15 @@ describe('labwright status, watch, list and cancel', () => {
         workflowId,
         args: [{ name: 'pve1', steps: ['clone'] }],
       });
-      const watching = labwright(['watch', workflowId, '--interval', '0.2']);
-      await expect
-        .poll(
-          async () => (await handle.describe()).raw.pendingActivities?.[0]?.heartbeatDetails?.payloads?.length ?? 0,
-          {
-            timeout: 20_000,
-          },
-        )
-        .toBe(1);
+      const watching = spawnLabwright(['watch', workflowId, '--interval', '0.2']);
+      // Released only once the watch has shown the retried attempt's heartbeat.
+      await expect.poll(() => watching.output(), { timeout: 30_000 }).toContain('heartbeat:');
       const seen = await labwright(['status', workflowId]);
       release();
-      const watched = await watching;
+      const watched = { code: await watching.exited, stdout: watching.output() };
+      expect(watched.code).toBe(0);
       for (const out of [seen.stdout, watched.stdout]) {
-        expect(out).toMatch(/activity performStep \(started, attempt 2\/10\)/);
+        expect(out, out).toMatch(/activity performStep \(started, attempt 2\/10\)/);
         expect(out).toContain('heartbeat: {"waitingFor":"VM 201 lock on pve1","step":"clone"}');
         expect(out).toContain('last failure: VM 201 on pve1 is locked (backup)');
       }
@@ -272,7 +282,7 @@ describe('labwright temporal', () => {
         args: [{ name: 'pve9', steps: ['snapshot'] }],
       });
       // TEMPORAL_ADDRESS alone says where; the pass-through adds the namespace and the codec endpoint.
-      const shown = await labwright(['temporal', 'workflow', 'show', '--workflow-id', workflowId, '--output', 'json']);
+      const shown = await labwright(['temporal', 'workflow', 'show', '--workflow-id', workflowId]);
       expect(shown.code, shown.stderr).toBe(0);
       expect(shown.stdout).toContain('snapshot:pve9');
       const queried = await labwright([
@@ -284,7 +294,9 @@ describe('labwright temporal', () => {
         '--type',
         'progress',
       ]);
-      expect(queried.stdout).toContain('"name": "snapshot"');
+      expect(queried.stdout, queried.stdout + queried.stderr).toContain(
+        '"result":"1 steps done for pve9","steps":[{"detail":"snapshot:pve9"',
+      );
       // The plain CLI without the codec sees only ciphertext.
       const temporal = ensureTool('ensure-temporal.sh');
       const raw = await promisify(execFile)(temporal, [

@@ -163,15 +163,17 @@ function withoutHeartbeatTimes(view: RunView): RunView {
   return { ...view, pendingActivities: view.pendingActivities.map((a) => ({ ...a, lastHeartbeatAt: undefined })) };
 }
 
+/** The end of a watch: one more line (JSON lines with -o json). */
 async function outcome(client: Client, workflowId: string, format: Format): Promise<number> {
+  const say = (value: object, text: string): void => console.log(format === 'json' ? JSON.stringify(value) : text);
   try {
     const result: unknown = await client.workflow.getHandle(workflowId).result();
-    emit(format, { workflowId, outcome: 'completed', result }, () => `completed: ${JSON.stringify(result)}`);
+    say({ workflowId, outcome: 'completed', result }, `completed: ${JSON.stringify(result)}`);
     return 0;
   } catch (err) {
     const cause = err instanceof WorkflowFailedError ? (err.cause ?? err) : err;
     const message = (cause as Error).message;
-    emit(format, { workflowId, outcome: 'failed', error: message }, () => `failed: ${message}`);
+    say({ workflowId, outcome: 'failed', error: message }, `failed: ${message}`);
     return 1;
   }
 }
