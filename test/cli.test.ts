@@ -150,16 +150,21 @@ describe('labwright start', () => {
   });
 });
 
+/** stepsDemo held after its first step until the `proceed` signal. */
+async function startHeldDemo(taskQueue: string, workflowId: string) {
+  const client = await testClient();
+  return client.workflow.start('stepsDemo', {
+    taskQueue,
+    workflowId,
+    args: [{ name: 'pve1', steps: ['clone', 'boot'], holdAfterFirst: true }],
+  });
+}
+
 describe('labwright status, watch, list and cancel', () => {
   it('shows the steps while a run goes on, lists it, and watches it to the end', async () => {
     const workflowId = uniqueName('cli-demo');
     await withWorker({ activities: createDemoActivities() }, async ({ taskQueue }) => {
-      const client = await testClient();
-      const handle = await client.workflow.start('stepsDemo', {
-        taskQueue,
-        workflowId,
-        args: [{ name: 'pve1', steps: ['clone', 'boot'], holdAfterFirst: true }],
-      });
+      const handle = await startHeldDemo(taskQueue, workflowId);
       await expect
         .poll(async () => (await handle.query<{ steps: { status: string }[] }>('progress')).steps[0]?.status)
         .toBe('done');
@@ -255,12 +260,7 @@ describe('labwright status, watch, list and cancel', () => {
   it('cancels a run, which ends as cancelled', async () => {
     const workflowId = uniqueName('cli-cancel');
     await withWorker({ activities: createDemoActivities() }, async ({ taskQueue }) => {
-      const client = await testClient();
-      const handle = await client.workflow.start('stepsDemo', {
-        taskQueue,
-        workflowId,
-        args: [{ name: 'pve1', steps: ['clone', 'boot'], holdAfterFirst: true }],
-      });
+      const handle = await startHeldDemo(taskQueue, workflowId);
       const cancelled = await labwright(['cancel', workflowId, '-o', 'json']);
       expect(JSON.parse(cancelled.stdout)).toEqual({ workflowId, cancelRequested: true });
       await expect.poll(async () => (await handle.describe()).status.name).toBe('CANCELLED');

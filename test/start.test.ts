@@ -11,6 +11,7 @@ describe('npm start', () => {
   it('brings up the dev server, the simulated lab and the worker, says so, and stops on Ctrl-C', async () => {
     const stateDir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-start-'));
     const port = await freePort();
+    const codecPort = await freePort();
     const { child, output } = spawnTs('scripts/start.ts', {
       TEMPORAL_ADDRESS: '',
       LABWRIGHT_INVENTORY: '',
@@ -19,6 +20,7 @@ describe('npm start', () => {
       LABWRIGHT_STATE_DIR: stateDir,
       LABWRIGHT_DEV_PORT: String(port),
       LABWRIGHT_UI_PORT: String(await freePort()),
+      LABWRIGHT_CODEC_SERVER_PORT: String(codecPort),
       LABWRIGHT_METRICS_ADDRESS: `127.0.0.1:${await freePort()}`,
     });
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
@@ -27,6 +29,14 @@ describe('npm start', () => {
       expect(output()).toContain(`Temporal:  127.0.0.1:${port} (local dev server`);
       expect(output()).toContain('Lab:       SIMULATED — no real endpoints configured');
       expect(output()).toMatch(/proxmox: fakepve/);
+      // The codec server the UI decodes through answers the codec protocol.
+      expect(output()).toContain(`Codec:     http://127.0.0.1:${codecPort}`);
+      const decoded = await fetch(`http://127.0.0.1:${codecPort}/decode`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-namespace': 'default' },
+        body: JSON.stringify({ payloads: [] }),
+      });
+      expect(decoded.status).toBe(200);
       expect(output()).toContain('npx labwright start talosBootstrap --input');
 
       const temporal = ensureTool('ensure-temporal.sh');
