@@ -32,9 +32,16 @@ function labwright(args: string[], env: NodeJS.ProcessEnv = {}) {
 }
 
 /** `labwright` in the background, its output collected as it comes. */
-function spawnLabwright(args: string[]): { output: () => string; exited: Promise<number> } {
-  const tsx = path.join(projectRoot, 'node_modules', 'tsx', 'dist', 'cli.mjs');
-  const child = spawn(process.execPath, [tsx, 'clients/labwright.ts', ...args], {
+function spawnLabwright(
+  args: string[],
+  [program, ...argv] = [
+    process.execPath,
+    path.join(projectRoot, 'node_modules', 'tsx', 'dist', 'cli.mjs'),
+    'clients/labwright.ts',
+    ...args,
+  ],
+): { output: () => string; exited: Promise<number> } {
+  const child = spawn(program!, argv, {
     cwd: projectRoot,
     env: { ...process.env, TEMPORAL_ADDRESS: temporalAddress(), LABWRIGHT_CODEC_KEY_FILE: TEST_CODEC_KEY_FILE },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -238,6 +245,25 @@ describe('labwright status, watch, list and cancel', () => {
       const json = JSON.parse((await labwright(['status', workflowId, '-o', 'json'])).stdout) as { status: string };
       expect(json.status).toBe('COMPLETED');
       await handle.result();
+    });
+  });
+
+  it('redraws in place on a terminal', async () => {
+    const workflowId = uniqueName('cli-tty');
+    await withWorker({ activities: createDemoActivities() }, async ({ taskQueue }) => {
+      const handle = await startHeldDemo(taskQueue, workflowId);
+      // `script` gives the watch a pseudo-terminal, as a person's shell would.
+      const tsx = path.join(projectRoot, 'node_modules', 'tsx', 'dist', 'cli.mjs');
+      const command = [process.execPath, tsx, 'clients/labwright.ts', 'watch', workflowId, '--interval', '0.2'].join(
+        ' ',
+      );
+      const watching = spawnLabwright([], ['script', '-qfec', command, '/dev/null']);
+      await expect.poll(() => watching.output(), { timeout: 30_000 }).toContain('[ok] clone');
+      await handle.signal('proceed');
+      expect(await watching.exited).toBe(0);
+      const out = watching.output();
+      expect(out).toContain('\x1b[0J'); // the previous frame cleared before the next is drawn
+      expect(out).toContain('completed: ["clone:pve1","boot:pve1"]');
     });
   });
 
