@@ -9,7 +9,8 @@
  * outright.
  */
 import path from 'node:path';
-import { ensureLocalKey } from '../lib/codec.js';
+import { codecFromEnv, ensureLocalKey } from '../lib/codec.js';
+import { DEFAULT_CODEC_PORT, startCodecServer } from '../lib/codec-server.js';
 import { startDevServer, type DevServer } from '../lib/dev-server.js';
 import { projectRoot, stateDir } from '../lib/paths.js';
 import { spawnGroup, stopProcess } from '../lib/processes.js';
@@ -22,19 +23,32 @@ const cleanups: Array<() => Promise<void>> = [];
 async function main(): Promise<void> {
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => stop(signal));
   watchParent();
+  if (!env.LABWRIGHT_CODEC_KEY && !env.LABWRIGHT_CODEC_KEY_FILE && env.LABWRIGHT_CODEC !== 'plaintext') {
+    env.LABWRIGHT_CODEC_KEY_FILE = await ensureLocalKey();
+  }
+  const uiPort = Number(env.LABWRIGHT_UI_PORT ?? 8233);
+  // The UI decodes payloads through the codec server, so it shows inputs, results and details in clear.
+  const codec = (await codecFromEnv(env)).codec;
+  const codecServer = codec
+    ? await startCodecServer({
+        codec,
+        namespace: env.TEMPORAL_NAMESPACE ?? 'default',
+        port: Number(env.LABWRIGHT_CODEC_SERVER_PORT ?? DEFAULT_CODEC_PORT),
+        allowedOrigins: [`http://127.0.0.1:${uiPort}`, `http://localhost:${uiPort}`],
+      })
+    : undefined;
+  if (codecServer) cleanups.push(() => codecServer.close());
   let server: DevServer | undefined;
   if (!env.TEMPORAL_ADDRESS) {
     server = await startDevServer({
       dbFile: path.join(stateDir, 'temporal.db'),
       port: Number(env.LABWRIGHT_DEV_PORT ?? 7233),
-      uiPort: Number(env.LABWRIGHT_UI_PORT ?? 8233),
+      uiPort,
+      codecEndpoint: codecServer?.url,
       logFile: path.join(stateDir, 'logs', 'temporal.log'),
     });
     cleanups.push(() => server!.stop());
     env.TEMPORAL_ADDRESS = server.address;
-  }
-  if (!env.LABWRIGHT_CODEC_KEY && !env.LABWRIGHT_CODEC_KEY_FILE && env.LABWRIGHT_CODEC !== 'plaintext') {
-    env.LABWRIGHT_CODEC_KEY_FILE = await ensureLocalKey();
   }
 
   let lab: SimulatedLab | undefined;
@@ -62,9 +76,10 @@ labwright is running.
   Temporal:  ${env.TEMPORAL_ADDRESS}${server ? ` (local dev server, data in ${path.relative(projectRoot, stateDir)}/temporal.db)` : ''}
   Web UI:    ${server?.uiUrl ?? '(the server at TEMPORAL_ADDRESS serves its own)'}
   Payloads:  ${env.LABWRIGHT_CODEC === 'plaintext' ? 'plaintext (local development)' : `encrypted, key ${env.LABWRIGHT_CODEC_KEY_FILE ?? 'from LABWRIGHT_CODEC_KEY'}`}
+  Codec:     ${codecServer ? `${codecServer.url} (the UI decodes through it; temporal ... --codec-endpoint ${codecServer.url})` : 'none (plaintext)'}
   Lab:       ${lab ? `SIMULATED — no real endpoints configured (LABWRIGHT_INVENTORY is unset); inventory ${path.relative(projectRoot, lab.inventoryFile)}` : env.LABWRIGHT_INVENTORY}
 ${lab ? lab.peers.map((p) => `             ${p.name}: ${p.summary}`).join('\n') : ''}
-Try:  temporal workflow list --address ${env.TEMPORAL_ADDRESS}
+Try:  npx labwright temporal workflow list
       npx labwright workflows${firstRun}
 Stop with Ctrl-C.
 `);

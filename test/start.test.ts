@@ -36,6 +36,7 @@ beforeAll(async () => {
     LABWRIGHT_STATE_DIR: stateDir,
     LABWRIGHT_DEV_PORT: String(await freePort()),
     LABWRIGHT_UI_PORT: String(await freePort()),
+    LABWRIGHT_CODEC_SERVER_PORT: String(await freePort()),
     LABWRIGHT_METRICS_ADDRESS: `127.0.0.1:${await freePort()}`,
   };
 });
@@ -92,6 +93,15 @@ describe('npm start', () => {
     expect(run.output()).toContain('Lab:       SIMULATED — no real endpoints configured');
     expect(run.output()).toMatch(/proxmox: fakepve/);
     expect(run.output()).toContain('npx labwright start talosBootstrap --input docs/examples/talos-bootstrap.json');
+    // The codec server the UI decodes through answers the codec protocol.
+    const codecUrl = `http://127.0.0.1:${env.LABWRIGHT_CODEC_SERVER_PORT}`;
+    expect(run.output()).toContain(`Codec:     ${codecUrl}`);
+    const decoded = await fetch(`${codecUrl}/decode`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-namespace': 'default' },
+      body: JSON.stringify({ payloads: [] }),
+    });
+    expect(decoded.status).toBe(200);
     // Temporal, kube-apiserver, etcd, fakepve, moto, the Talos stand-in, the worker's metrics, ...
     expect(run.ports).toEqual(expect.arrayContaining([Number(env.LABWRIGHT_DEV_PORT), Number(env.LABWRIGHT_UI_PORT)]));
     expect(run.ports.length).toBeGreaterThanOrEqual(8);
