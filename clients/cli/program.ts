@@ -9,17 +9,16 @@ import { registerBurstCommands } from './burst-commands.js';
 import { registerCodecCommands } from './codec-commands.js';
 import { registerCompletionCommand } from './completion.js';
 import { registerDrCommands } from './dr-commands.js';
+import { registerProxyCommand } from './proxy-commands.js';
 import { CliError } from './io.js';
 import { registerWorkflowCommands } from './workflow-commands.js';
 
-/**
- * Each adds its commands to the program. A new group (the lead's `labwright proxy`, which runs
- * clients/llm-proxy.ts) goes in this list; `--help`, completion and the help test pick it up.
- */
+/** Each adds its commands to the program; `--help`, completion and the help test pick a new one up. */
 export const COMMAND_GROUPS: Array<(program: Command) => void> = [
   registerWorkflowCommands,
   registerDrCommands,
   registerBurstCommands,
+  registerProxyCommand,
   registerCodecCommands,
   registerCompletionCommand,
 ];
