@@ -327,26 +327,25 @@ function describeChanges(changes: string[], what: string, total: number): string
   return mine.length === 0 ? `${total} ${what}s as the inventory says` : `${mine.length} change(s)`;
 }
 
-/** The template VMID each VM clones from: the cluster's template by name, on the VM's own host. */
+/**
+ * The template VMID each VM still to be cloned clones from: the cluster's template by name, on the
+ * VM's own host. VMs that exist need none, so a re-run of a built cluster does not depend on the
+ * template (Packer's retention may have retired it); all are checked before the first clone.
+ */
 async function templatesByHost(
   plan: ClusterPlan,
   vms: NodePlan[],
 ): Promise<Map<string, { vmid: number; node: string }>> {
   const out = new Map<string, { vmid: number; node: string }>();
   for (const host of new Set(vms.map((n) => n.vm!.host))) {
-    const list = await pve.pveListTemplates({ host });
-    if (!list.some((t) => t.name === plan.template.name)) {
-      throw nonRetryable(
-        'precondition',
-        `template ${plan.template.name} (clusters.${plan.name}.template) is not on Proxmox host ${host}`,
-      );
-    }
-    // Only VMs still to be cloned need a source; all are checked before the first clone starts.
+    const toClone: NodePlan[] = [];
     for (const n of vms.filter((v) => v.vm!.host === host)) {
       const vm = n.vm!;
-      if ((await pve.pveGetVm({ host, node: vm.node, vmid: vm.vmid })) !== null) continue;
-      out.set(n.name, await cloneSource(plan, n, list));
+      if ((await pve.pveGetVm({ host, node: vm.node, vmid: vm.vmid })) === null) toClone.push(n);
     }
+    if (toClone.length === 0) continue;
+    const list = await pve.pveListTemplates({ host });
+    for (const n of toClone) out.set(n.name, await cloneSource(plan, n, list));
   }
   return out;
 }
