@@ -422,21 +422,7 @@ export async function ensureVm(
   }
   if (!current) {
     const t = templates.get(n.name)!;
-    await runPveTask(
-      `clone VM ${vm.vmid} (${n.name})`,
-      () =>
-        pve.pveClone({
-          host: vm.host,
-          node: t.node,
-          vmid: t.vmid,
-          newid: vm.vmid,
-          name: n.name,
-          full: true,
-          storage: vm.storage,
-          ...(t.node !== vm.node ? { target: vm.node } : {}),
-        }),
-      (upid) => pveWait.pveWaitForTask({ host: vm.host, upid }),
-    );
+    await fullClone(n, t, `clone VM ${vm.vmid} (${n.name})`, t.node !== vm.node ? vm.node : undefined);
     changes.push(`cloned VM ${vm.vmid} (${n.name})`);
     current = await pve.pveGetVm(ref);
   }
@@ -448,6 +434,26 @@ export async function ensureVm(
   }
   if (sizeDisks) await growBootDisk(n, current, changes);
   return current;
+}
+
+/** A full clone of template `t` onto the node's storage, on `t`'s node, or with `target` on that one. */
+async function fullClone(n: NodePlan, t: CloneSource, what: string, target?: string): Promise<void> {
+  const vm = n.vm!;
+  await runPveTask(
+    what,
+    () =>
+      pve.pveClone({
+        host: vm.host,
+        node: t.node,
+        vmid: t.vmid,
+        newid: vm.vmid,
+        name: n.name,
+        full: true,
+        storage: vm.storage,
+        ...(target ? { target } : {}),
+      }),
+    (upid) => pveWait.pveWaitForTask({ host: vm.host, upid }),
+  );
 }
 
 /**
@@ -465,20 +471,7 @@ async function cloneThenMigrate(n: NodePlan, t: CloneSource, changes: string[]):
     );
   }
   if (!there) {
-    await runPveTask(
-      `clone VM ${vm.vmid} (${n.name}) on ${t.node}`,
-      () =>
-        pve.pveClone({
-          host: vm.host,
-          node: t.node,
-          vmid: t.vmid,
-          newid: vm.vmid,
-          name: n.name,
-          full: true,
-          storage: vm.storage,
-        }),
-      (upid) => pveWait.pveWaitForTask({ host: vm.host, upid }),
-    );
+    await fullClone(n, t, `clone VM ${vm.vmid} (${n.name}) on ${t.node}`);
     changes.push(`cloned VM ${vm.vmid} (${n.name}) on ${t.node}`);
   }
   const migrated = await runPveTask(
