@@ -5,8 +5,10 @@
  *
  *   1. Validate the inventory and the cluster's part of it.
  *   2. Clone every VM node from the cluster's template and configure it (CPU, memory, NIC with
- *      MAC and VLAN), in parallel; a VM that exists with the same name is kept. Grow its boot
- *      disk to the inventory's diskGiB (never shrunk: PVE refuses).
+ *      MAC and VLAN), in parallel; a VM that exists with the same name is kept. A template on
+ *      another node's local storage: refused, or (templatePlacement) a full clone there and an
+ *      offline migration to the VM's node. Grow its boot disk to the inventory's diskGiB (never
+ *      shrunk: PVE refuses).
  *   3. Start the VMs.
  *   4. Wait for each node's Talos API in maintenance mode (metal nodes, e.g. the Raspberry Pi,
  *      are booted by hand from their image and waited for at their address).
@@ -332,11 +334,8 @@ function describeChanges(changes: string[], what: string, total: number): string
  * VM's own host. VMs that exist need none, so a re-run of a built cluster does not depend on the
  * template (Packer's retention may have retired it); all are checked before the first clone.
  */
-async function templatesByHost(
-  plan: ClusterPlan,
-  vms: NodePlan[],
-): Promise<Map<string, { vmid: number; node: string }>> {
-  const out = new Map<string, { vmid: number; node: string }>();
+async function templatesByHost(plan: ClusterPlan, vms: NodePlan[]): Promise<Map<string, CloneSource>> {
+  const out = new Map<string, CloneSource>();
   for (const host of new Set(vms.map((n) => n.vm!.host))) {
     const toClone: NodePlan[] = [];
     for (const n of vms.filter((v) => v.vm!.host === host)) {
@@ -350,17 +349,26 @@ async function templatesByHost(
   return out;
 }
 
+/** The template a VM is cloned from, and whether the clone is made on its node then migrated. */
+interface CloneSource {
+  vmid: number;
+  node: string;
+  migrate?: boolean;
+}
+
 /**
  * The template a node's VM is cloned from: the cluster's template on the VM's own PVE node, or
  * one on another node when PVE can clone it across (`target`): only onto shared storage (PVE:
- * `can't clone to non-shared storage`, `can't clone VM to node ... (VM uses local storage)`).
- * Otherwise a PreconditionFailed naming the inventory fields, before anything is cloned.
+ * `can't clone to non-shared storage`, `can't clone VM to node ... (VM uses local storage)`), or
+ * when the inventory asks for a full clone on the template's node then a migration
+ * (`templatePlacement: full-clone-then-migrate`). Otherwise a PreconditionFailed naming the
+ * inventory fields, before anything is cloned.
  */
 export async function cloneSource(
   plan: ClusterPlan,
   n: NodePlan,
   templates: Array<{ name: string; node: string; vmid: number }>,
-): Promise<{ vmid: number; node: string }> {
+): Promise<CloneSource> {
   const vm = n.vm!;
   const field = nodeField(plan, n);
   const t = templateFor(templates, plan.template.name, vm.node);
@@ -373,9 +381,10 @@ export async function cloneSource(
   if (t.node === vm.node) return { vmid: t.vmid, node: t.node };
   const storages = await pve.pveNodeStorages({ host: vm.host, node: t.node });
   if (storages.some((st) => st.storage === vm.storage && st.shared)) return { vmid: t.vmid, node: t.node };
+  if (plan.templatePlacement === 'full-clone-then-migrate') return { vmid: t.vmid, node: t.node, migrate: true };
   throw nonRetryable(
     'precondition',
-    `VM ${vm.vmid} (${n.name}) cannot be cloned: template ${plan.template.name} (clusters.${plan.name}.template) is on PVE node ${t.node}, not on ${vm.node} (${field}.node), and PVE clones to another node only onto shared storage; ${vm.storage} (${field}.storage) is not shared. Make the template on ${vm.node} too, or give ${field}.storage a shared storage`,
+    `VM ${vm.vmid} (${n.name}) cannot be cloned: template ${plan.template.name} (clusters.${plan.name}.template) is on PVE node ${t.node}, not on ${vm.node} (${field}.node), and PVE clones to another node only onto shared storage; ${vm.storage} (${field}.storage) is not shared. Make the template on ${vm.node} too, give ${field}.storage a shared storage, or set clusters.${plan.name}.templatePlacement to full-clone-then-migrate`,
   );
 }
 
@@ -392,7 +401,7 @@ function nodeField(plan: ClusterPlan, n: NodePlan): string {
 export async function ensureVm(
   plan: ClusterPlan,
   n: NodePlan,
-  templates: Map<string, { vmid: number; node: string }>,
+  templates: Map<string, CloneSource>,
   changes: string[],
 ): Promise<VmDetails | null> {
   // Histories recorded before disk sizes were applied replay without the resize.
@@ -406,23 +415,13 @@ export async function ensureVm(
       `VMID ${vm.vmid} already exists on ${vm.host}/${vm.node} as ${current.name}, not ${n.name}`,
     );
   }
+  if (!current && templates.get(n.name)!.migrate) {
+    await cloneThenMigrate(n, templates.get(n.name)!, changes);
+    current = await pve.pveGetVm(ref);
+  }
   if (!current) {
     const t = templates.get(n.name)!;
-    await runPveTask(
-      `clone VM ${vm.vmid} (${n.name})`,
-      () =>
-        pve.pveClone({
-          host: vm.host,
-          node: t.node,
-          vmid: t.vmid,
-          newid: vm.vmid,
-          name: n.name,
-          full: true,
-          storage: vm.storage,
-          ...(t.node !== vm.node ? { target: vm.node } : {}),
-        }),
-      (upid) => pveWait.pveWaitForTask({ host: vm.host, upid }),
-    );
+    await fullClone(n, t, `clone VM ${vm.vmid} (${n.name})`, t.node !== vm.node ? vm.node : undefined);
     changes.push(`cloned VM ${vm.vmid} (${n.name})`);
     current = await pve.pveGetVm(ref);
   }
@@ -434,6 +433,60 @@ export async function ensureVm(
   }
   if (sizeDisks) await growBootDisk(n, current, changes);
   return current;
+}
+
+/** A full clone of template `t` onto the node's storage, on `t`'s node, or with `target` on that one. */
+async function fullClone(n: NodePlan, t: CloneSource, what: string, target?: string): Promise<void> {
+  const vm = n.vm!;
+  await runPveTask(
+    what,
+    () =>
+      pve.pveClone({
+        host: vm.host,
+        node: t.node,
+        vmid: t.vmid,
+        newid: vm.vmid,
+        name: n.name,
+        full: true,
+        storage: vm.storage,
+        ...(target ? { target } : {}),
+      }),
+    (upid) => pveWait.pveWaitForTask({ host: vm.host, upid }),
+  );
+}
+
+/**
+ * A full clone on the template's node, then an offline migration to the VM's node with its disks
+ * onto the inventory's storage. A clone left there by an earlier run (crashed before the
+ * migration) is recognised by VMID and name, and only migrated.
+ */
+async function cloneThenMigrate(n: NodePlan, t: CloneSource, changes: string[]): Promise<void> {
+  const vm = n.vm!;
+  const there = await pve.pveGetVm({ host: vm.host, node: t.node, vmid: vm.vmid });
+  if (there && there.name !== n.name) {
+    throw nonRetryable(
+      'conflict',
+      `VMID ${vm.vmid} already exists on ${vm.host}/${t.node} as ${there.name}, not ${n.name}`,
+    );
+  }
+  if (!there) {
+    await fullClone(n, t, `clone VM ${vm.vmid} (${n.name}) on ${t.node}`);
+    changes.push(`cloned VM ${vm.vmid} (${n.name}) on ${t.node}`);
+  }
+  const migrated = await runPveTask(
+    `migrate VM ${vm.vmid} (${n.name}) to ${vm.node}`,
+    () =>
+      pve.pveMigrateVm({
+        host: vm.host,
+        node: t.node,
+        vmid: vm.vmid,
+        target: vm.node,
+        targetStorage: vm.storage,
+        guard: { name: n.name },
+      }),
+    (upid) => pveWait.pveWaitForTask({ host: vm.host, upid }),
+  );
+  if (migrated.outcome) changes.push(`migrated VM ${vm.vmid} (${n.name}) from ${t.node} to ${vm.node}`);
 }
 
 /**
