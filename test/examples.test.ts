@@ -1,7 +1,9 @@
 // Every input in docs/examples/, as-is, against the simulated lab `npm start` runs (sim/index.ts
 // with all its peers) and the worker's own activity registry: each run completes, or reaches the
 // state it is meant to wait in (a restore waits for approval; the burst pool hands out an
-// endpoint). They run in the order a newcomer would: the cluster before its GPU worker.
+// endpoint). They run in the order a newcomer would: the cluster before its GPU worker, on a
+// Temporal dev server of their own, so each runs under the very workflow ID `labwright start`
+// derives (talosBootstrap runs only as talos-bootstrap/<cluster>, which other tests use too).
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,22 +16,25 @@ import type { GpuNodeJoinResult } from '../common/gpu-node-join.js';
 import { acquireUpdate } from '../common/llm-burst.js';
 import type { PackerImageBuildResult } from '../common/packer-image-build.js';
 import type { TalosBootstrapResult } from '../common/talos.js';
-import { projectRoot } from '../lib/paths.js';
+import { startDevServer, type DevServer } from '../lib/dev-server.js';
+import { cacheDir, projectRoot } from '../lib/paths.js';
 import { SecretStore } from '../lib/secrets.js';
 import { SIM_REVISION } from '../sim/flux-dr.js';
 import { startSimulatedLab, type SimulatedLab } from '../sim/index.js';
 import { SIMULATED_PEERS } from '../sim/peers.js';
 import { createLabActivities } from '../workers/activities.js';
-import { testClient, uniqueName, withWorker } from './harness/temporal.js';
+import { testClient, withWorker } from './harness/temporal.js';
 
 const EXAMPLES = path.join(projectRoot, 'docs', 'examples');
 
 let dir: string;
+let server: DevServer;
 let lab: SimulatedLab;
 let activities: Record<string, (...args: never[]) => Promise<unknown>>;
 
 beforeAll(async () => {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-examples-'));
+  server = await startDevServer({ logFile: path.join(cacheDir, 'test-logs', `temporal-examples-${process.pid}.log`) });
   lab = await startSimulatedLab(path.join(dir, 'sim'), SIMULATED_PEERS);
   const env = {
     ...process.env,
@@ -45,19 +50,20 @@ beforeAll(async () => {
 }, 300_000);
 afterAll(async () => {
   await lab?.stop();
+  await server?.stop();
   await fs.rm(dir, { recursive: true, force: true });
 });
 
 const example = async (file: string): Promise<unknown> =>
   JSON.parse(await fs.readFile(path.join(EXAMPLES, file), 'utf8')) as unknown;
 
-/** Starts `type` with the example's input as-is, under its derived ID made unique for this run. */
+/** Starts `type` with the example's input as-is, under the ID `labwright start` derives. */
 async function start(type: string, file: string, taskQueue: string): Promise<WorkflowHandle> {
   const input = await example(file);
-  const client = await testClient();
+  const client = await testClient(undefined, server.address);
   return client.workflow.start(type, {
     taskQueue,
-    workflowId: `${workflowIdFor(type, input)}-${uniqueName('example')}`,
+    workflowId: workflowIdFor(type, input),
     args: [input],
   });
 }
@@ -77,7 +83,7 @@ describe('docs/examples against the simulated lab', () => {
   });
 
   it('runs every example: each completes, the restore waits for approval, the burst pool acquires', async () => {
-    await withWorker({ activities }, async ({ taskQueue }) => {
+    await withWorker({ activities, address: server.address }, async ({ taskQueue }) => {
       const talos = (await (
         await start('talosBootstrap', 'talos-bootstrap.json', taskQueue)
       ).result()) as TalosBootstrapResult;

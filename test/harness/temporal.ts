@@ -36,8 +36,11 @@ export function temporalAddress(): string {
 }
 
 /** A client with the project's codec, as the `labwright` command and other programs use it. */
-export async function testClient(dataConverter: DataConverter = testDataConverter): Promise<Client> {
-  const connection = await Connection.connect({ address: temporalAddress() });
+export async function testClient(
+  dataConverter: DataConverter = testDataConverter,
+  address = temporalAddress(),
+): Promise<Client> {
+  const connection = await Connection.connect({ address });
   return new Client({ connection, namespace: NAMESPACE, dataConverter });
 }
 
@@ -51,6 +54,8 @@ export interface TestWorkerOptions {
   taskQueue?: string;
   dataConverter?: DataConverter;
   shutdownGraceTime?: WorkerOptions['shutdownGraceTime'];
+  /** A Temporal server of the test's own; the run's shared dev server by default. */
+  address?: string;
 }
 
 export interface TestWorker {
@@ -65,7 +70,7 @@ export interface TestWorker {
 export async function startTestWorker(opts: TestWorkerOptions = {}): Promise<TestWorker> {
   installQuietRuntime();
   const taskQueue = opts.taskQueue ?? uniqueName('tq');
-  const connection = await NativeConnection.connect({ address: temporalAddress() });
+  const connection = await NativeConnection.connect({ address: opts.address ?? temporalAddress() });
   const worker = await createLabWorker({
     connection,
     namespace: NAMESPACE,
