@@ -236,8 +236,10 @@ export async function restoreEtcdScratch(
 }
 
 /**
- * Waits, durably, until etcd on `node` lists a member after a recovery; returns their hostnames.
- * At the deadline (etcdTimeoutSeconds) it fails with `noMember(talosctl's warning)`.
+ * Waits until etcd on `node` lists a member after a recovery; returns their hostnames. At the
+ * deadline (etcdTimeoutSeconds) it fails with `noMember(talosctl's warning)`. The wait runs in a
+ * heartbeating activity, one call per 20 minutes at most: a long wait records a few activities,
+ * not one per poll. Runs started before `etcd-wait-activity` replay the workflow-side poll.
  */
 async function waitForMember(
   ctx: DrContext,
@@ -246,6 +248,27 @@ async function waitForMember(
   noMember: (warning: string | undefined) => string,
 ): Promise<string[]> {
   const deadline = ctx.clock.deadline(ctx.input.etcdTimeoutSeconds);
+  if (!wf.patched('etcd-wait-activity')) return pollForMember(ctx, node, deadline, step, noMember);
+  step(`waiting for etcd on ${node.address} to start from the snapshot`);
+  for (;;) {
+    const m = await ctx.act.talosWait.talosWaitEtcdMember({
+      ...node,
+      deadlineAt: deadline,
+      returnAt: Math.min(deadline, ctx.clock.now() + 20 * 60_000),
+    });
+    if (m.members.length > 0) return m.members.map((x) => x.hostname);
+    if (m.timedOut || ctx.clock.now() >= deadline) throw nonRetryable('precondition', noMember(m.warning));
+  }
+}
+
+/** The workflow-side poll of runs started before `etcd-wait-activity` (replay only). */
+async function pollForMember(
+  ctx: DrContext,
+  node: { address: string; talosconfig: SecretRef },
+  deadline: number,
+  step: StepDetail,
+  noMember: (warning: string | undefined) => string,
+): Promise<string[]> {
   for (;;) {
     const m = await ctx.act.talos.talosEtcdMembers(node);
     if (m.members.length > 0) return m.members.map((x) => x.hostname);
