@@ -44,6 +44,7 @@ import {
   drillNamespace,
   formatDuration,
   planQuery,
+  runTag,
   targetLabel,
   type DrPlan,
   type DrReport,
@@ -103,6 +104,8 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
   // An etcd drill recovers the snapshot on a scratch control plane (issue 7); runs started before
   // that only checked the snapshot, and replay the same way.
   const scratchEtcd = drill && input.targets.some((t) => t.kind === 'etcd') && wf.patched('etcd-drill-recover');
+  // Names unique per run (runs started before `run-unique-names` keep the names they made).
+  const uniqueNames = wf.patched('run-unique-names');
   const ctx: DrContext = {
     input,
     info,
@@ -111,7 +114,8 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     kubeconfig,
     talosconfig,
     inventory,
-    namespace: drillNamespace(input.plan, info.runId),
+    namespace: drillNamespace(input.plan, info.runId, uniqueNames),
+    runTag: runTag(info.runId, uniqueNames),
     act,
     progress,
     made: [],

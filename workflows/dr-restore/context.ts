@@ -47,6 +47,8 @@ export interface DrContext {
   inventory: Inventory | undefined;
   /** A drill's scratch namespace for PVCs. */
   namespace: string;
+  /** What tells this run's names apart (Volsync trigger, Job names): see runTag. */
+  runTag: string;
   act: DrActivities;
   progress: ProgressTracker;
   /** What a drill made, in order; the cleanup removes it newest first. */

@@ -116,12 +116,12 @@ async function restorePvcData(
   users: PvcWorkload[],
   step: StepDetail,
 ): Promise<Required<Restored>> {
-  const { input, drill, kubeconfig, info } = ctx;
+  const { input, drill, kubeconfig } = ctx;
   const { kube, kubeWait } = ctx.act;
   const t = c.target;
   const ns = drill ? ctx.namespace : t.namespace;
   const rdName = dnsLabel(`restore-${t.pvc}`);
-  const trigger = `labwright-${info.runId.slice(0, 8)}`;
+  const trigger = `labwright-${ctx.runTag}`;
   const minBytes = quantityBytes(t.minSize)!;
   step(`ReplicationDestination ${ns}/${rdName}, trigger ${trigger}`);
   ctx.made.push({
@@ -223,7 +223,7 @@ async function restorePvcData(
   }
 
   // The data: a Job checks the sentinel's checksum and the volume's size.
-  const jobName = dnsLabel(`verify-${t.pvc}-${info.runId.slice(0, 8)}`);
+  const jobName = dnsLabel(`verify-${t.pvc}-${ctx.runTag}`);
   step(`verification Job ${ns}/${jobName}`);
   ctx.made.push({ kind: 'k8s', apiVersion: 'batch/v1', k8sKind: 'Job', namespace: ns, name: jobName });
   const job = verifyJobObject({
