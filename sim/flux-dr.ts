@@ -5,18 +5,20 @@
  * - the inventory's Flux credentials as secret-store references (placeholder values), and a "lab
  *   repository checkout" holding the Flux components manifest (test/fixtures/flux);
  * - something to restore: VM 150 `hass` with a vzdump archive an hour old on `unraid-backup`, and
- *   namespace `home-automation` with PVC `zigbee2mqtt` backed up by a Volsync ReplicationSource;
+ *   namespace `home-automation` with PVC `zigbee2mqtt` (a directory with a database and a
+ *   sentinel) backed up by a Volsync ReplicationSource into a local restic repository;
  * - the controllers no simulated cluster runs, played every second in its kube-apiserver: Flux's
- *   Deployments Available, GitRepository and Kustomization `flux-system` Ready at SIM_REVISION,
- *   ReplicationDestinations' manual triggers answered, labwright's verification Jobs completed;
+ *   Deployments Available, GitRepository and Kustomization `flux-system` Ready at SIM_REVISION;
+ *   Volsync's mover and labwright's verification Jobs run for real (lib/volume-lab.ts: restic
+ *   restores the bytes, the Job's checksum runs on them), in `home-automation` and in each
+ *   drill's scratch namespace (labelled `labwright.dev/dr=true`);
  * - example inputs in `<sim dir>/examples/` (flux-bootstrap.json, dr-drill.json, dr-restore.json).
  */
-import { generateKeyPairSync } from 'node:crypto';
+import { createHash, generateKeyPairSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import {
   AppsV1Api,
-  BatchV1Api,
   CoreV1Api,
   CustomObjectsApi,
   KubeConfig,
@@ -24,7 +26,8 @@ import {
   setHeaderOptions,
 } from '@kubernetes/client-node';
 import { projectRoot } from '../lib/paths.js';
-import { completeJob, completeReplicationDestination, setFluxReady } from '../lib/kube-controllers.js';
+import { setFluxReady } from '../lib/kube-controllers.js';
+import { VolumeLab } from '../lib/volume-lab.js';
 import type { PeerStarter } from './index.js';
 import { pveCaller } from './proxmox.js';
 
@@ -105,9 +108,17 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
     namespace: ns,
     body: {
       metadata: { name: 'zigbee2mqtt-restic' },
-      stringData: { RESTIC_REPOSITORY: 's3:http://minio.invalid/z2m', RESTIC_PASSWORD: 'simulated' },
+      stringData: { RESTIC_REPOSITORY: path.join(dir, 'restic', 'zigbee2mqtt'), RESTIC_PASSWORD: 'simulated' },
     },
   });
+  // The app's data (a database over the verification's 1 MiB minimum, and the sentinel whose
+  // checksum the example drill checks), backed up by the real restic mover below.
+  const volumes = new VolumeLab({ kube: kc, root: dir, pollMs: 500 });
+  const data = volumes.volumeDir(ns, 'zigbee2mqtt');
+  await fs.mkdir(data, { recursive: true });
+  await fs.writeFile(path.join(data, 'database.db'), Buffer.alloc(1536 * 1024, 'zigbee2mqtt simulated lab\n'));
+  const sentinel = `zigbee2mqtt sentinel ${new Date().toISOString()}\n`;
+  await fs.writeFile(path.join(data, '.labwright-sentinel'), sentinel);
   const rs = { group: 'volsync.backube', version: 'v1alpha1', plural: 'replicationsources', namespace: ns };
   await custom.createNamespacedCustomObject({
     ...rs,
@@ -122,15 +133,8 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
       },
     },
   });
-  const syncedAt = new Date(Date.now() - 1800_000).toISOString().replace(/\.\d+Z$/, 'Z');
-  await custom.patchNamespacedCustomObjectStatus(
-    {
-      ...rs,
-      name: 'zigbee2mqtt',
-      body: { status: { lastSyncTime: syncedAt, latestMoverStatus: { result: 'Successful' } } },
-    },
-    mergePatch,
-  );
+  await volumes.backup(ns, 'zigbee2mqtt');
+  volumes.watch(ns);
 
   // Example inputs.
   const examples = path.join(ctx.dir, 'examples');
@@ -141,7 +145,7 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
       kind: 'pvc',
       namespace: ns,
       pvc: 'zigbee2mqtt',
-      sentinel: { path: '.labwright-sentinel', sha256: '0'.repeat(64) },
+      sentinel: { path: '.labwright-sentinel', sha256: createHash('sha256').update(sentinel).digest('hex') },
     },
     { kind: 'vm', name: 'hass', host: String(host.name), node: 'pve1', vmid: 150, backupStorage: 'unraid-backup' },
   ];
@@ -161,7 +165,7 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
   let stopped = false;
   const loop = (async () => {
     while (!stopped) {
-      await playControllers(kc).catch(() => undefined);
+      await playControllers(kc, volumes).catch(() => undefined);
       await new Promise((r) => setTimeout(r, 1000));
     }
   })();
@@ -172,12 +176,13 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
     stop: async () => {
       stopped = true;
       await loop;
+      await volumes.stop();
     },
   };
 };
 
 /** One round of the controllers the simulated cluster lacks. */
-async function playControllers(kc: KubeConfig): Promise<void> {
+async function playControllers(kc: KubeConfig, volumes: VolumeLab): Promise<void> {
   const apps = kc.makeApiClient(AppsV1Api);
   const custom = kc.makeApiClient(CustomObjectsApi);
   const t = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
@@ -223,33 +228,10 @@ async function playControllers(kc: KubeConfig): Promise<void> {
       await setFluxReady(kc, { kind, namespace: 'flux-system', name: 'flux-system', revision: SIM_REVISION });
     }
   }
-  const rds = (await custom.listClusterCustomObject({
-    group: 'volsync.backube',
-    version: 'v1alpha1',
-    plural: 'replicationdestinations',
-  })) as {
-    items: Array<{
-      metadata: { name: string; namespace: string };
-      spec?: { trigger?: { manual?: string } };
-      status?: { lastManualSync?: string };
-    }>;
-  };
-  for (const rd of rds.items) {
-    const manual = rd.spec?.trigger?.manual;
-    if (manual && rd.status?.lastManualSync !== manual) {
-      await completeReplicationDestination(kc, {
-        namespace: rd.metadata.namespace,
-        name: rd.metadata.name,
-        manualTrigger: manual,
-        result: 'Successful',
-      });
-    }
-  }
-  const jobs = await kc.makeApiClient(BatchV1Api).listJobForAllNamespaces({ labelSelector: 'labwright.dev/dr=true' });
-  for (const job of jobs.items) {
-    const done = (job.status?.conditions ?? []).some(
-      (c) => (c.type === 'Complete' || c.type === 'Failed') && c.status === 'True',
-    );
-    if (!done) await completeJob(kc, job.metadata!.namespace!, job.metadata!.name!, true);
-  }
+  // A drill's scratch namespaces: the mover restores into them, its Jobs run there.
+  const scratch = await kc
+    .makeApiClient(CoreV1Api)
+    .listNamespace({ labelSelector: 'labwright.dev/dr=true' })
+    .catch(() => ({ items: [] }));
+  for (const n of scratch.items) volumes.watch(n.metadata!.name!);
 }
