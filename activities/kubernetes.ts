@@ -16,6 +16,7 @@ import {
   KubeConfig,
   PatchStrategy,
   setHeaderOptions,
+  VersionApi,
   type V1Job,
   type V1Node,
 } from '@kubernetes/client-node';
@@ -435,6 +436,34 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
   }
 
   const activities = {
+    /**
+     * Whether the kubeconfig still reaches its cluster: one GET /version. Refused, unreachable,
+     * a server certificate its CA does not trust, credentials the server refuses (401/403) or no
+     * answer in 10 s is an answer, not an error: the caller fetches a fresh kubeconfig at once
+     * instead of waiting on a cluster this one cannot reach. Any other HTTP answer is reachable.
+     */
+    async k8sProbe(args: { kubeconfig: SecretRef }): Promise<{ reachable: boolean; reason?: string }> {
+      const kc = await config(args.kubeconfig);
+      const server = kc.getCurrentCluster()?.server ?? '(no server)';
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error('no answer in 10 s')), 10_000);
+      });
+      try {
+        await Promise.race([kc.makeApiClient(VersionApi).getCode(), timeout]);
+        return { reachable: true };
+      } catch (err) {
+        if (err instanceof ApiException && err.code !== 401 && err.code !== 403) return { reachable: true };
+        // The fetch error's code (ECONNREFUSED, DEPTH_ZERO_SELF_SIGNED_CERT, ...), or its cause's.
+        const e = err as { code?: string; cause?: { code?: string } };
+        const why =
+          err instanceof ApiException ? `HTTP ${err.code}` : (e.code ?? e.cause?.code ?? (err as Error).message);
+        return { reachable: false, reason: `does not reach ${server} (${why})` };
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+
     /** Waits until every named Node exists and is Ready. */
     async k8sWaitNodesReady(args: {
       kubeconfig: SecretRef;

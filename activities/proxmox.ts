@@ -763,6 +763,36 @@ export function createProxmoxActivities(deps: ProxmoxDeps) {
     },
 
     /**
+     * Moves a stopped VM to PVE node `target`, its local disks onto `targetStorage` there (PVE
+     * copies them: `with-local-disks`, `targetstorage`). A VM already on `target` under the
+     * guard's name is done (upid null); `guard` refuses a VM that is not ours; a running VM is a
+     * PreconditionFailed (labwright migrates only VMs it has just cloned, offline).
+     */
+    async pveMigrateVm(
+      args: VmRef & { target: string; targetStorage: string; guard?: Ownership },
+    ): Promise<TaskStarted> {
+      const what = `migrate VM ${args.vmid} on ${args.host} from ${args.node} to ${args.target}`;
+      const there = await getVm({ host: args.host, node: args.target, vmid: args.vmid });
+      const vm = there ?? (await existingVm(args, what));
+      if (args.guard && !owns(vm, args.guard)) {
+        throw nonRetryable('conflict', `${what}: VM ${args.vmid} is ${vm.name}, not ${describeGuard(args.guard)}`);
+      }
+      if (there) return { upid: null, note: `VM ${args.vmid} is already on ${args.target}` };
+      if (vm.status === 'running') throw nonRetryable('precondition', `${what}: VM ${args.vmid} is running`);
+      assertUnlocked(vm, args, what);
+      const { api } = await client(args.host);
+      return {
+        upid: await pveCall(what, () =>
+          api.nodes.$(args.node).qemu.$(args.vmid).migrate.$post({
+            target: args.target,
+            targetstorage: args.targetStorage,
+            'with-local-disks': true,
+          }),
+        ),
+      };
+    },
+
+    /**
      * Destroys a stopped VM or template and its disks. A VM that is gone already is done (upid
      * null); `guard` refuses (ConflictError) to touch a VM that is not ours; a locked one is retried.
      */

@@ -26,6 +26,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
+import { parse as parseYaml } from 'yaml';
 import { ApplicationFailure } from '@temporalio/common';
 import { nonRetryable, retryable } from '../common/errors.js';
 import type { SecretRef } from '../common/secret-ref.js';
@@ -187,6 +188,18 @@ function heartbeat(details: unknown): void {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** `gen config` of one output type (`talosconfig`, `controlplane`, `worker`) from the cluster's secrets. */
+/** Whether a talosconfig's current context trusts the CA of the secrets bundle (`certs.os.crt`). */
+export function talosconfigMatches(talosconfig: string, secretsYaml: string): boolean {
+  try {
+    const tc = parseYaml(talosconfig) as { context?: string; contexts?: Record<string, { ca?: string }> };
+    const bundle = parseYaml(secretsYaml) as { certs?: { os?: { crt?: string } } };
+    const ca = tc.contexts?.[tc.context ?? '']?.ca;
+    return ca !== undefined && ca === bundle.certs?.os?.crt;
+  } catch {
+    return false;
+  }
+}
+
 function genConfig(
   c: { cluster: string; endpoint: string },
   secretsFile: string,
@@ -402,13 +415,18 @@ export function createTalosActivities(deps: TalosDeps) {
           await deps.secrets.put(secretsName, await fs.readFile(secretsFile, 'utf8'));
           created.push('secrets');
         }
-        if (!(await deps.secrets.exists({ store: tcName }))) {
+        // A talosconfig whose CA is not the secrets' (left from another set of secrets, e.g. of a
+        // rebuilt cluster) cannot reach the nodes: it is made again from the secrets.
+        const stale =
+          (await deps.secrets.exists({ store: tcName })) &&
+          !talosconfigMatches(await deps.secrets.resolve({ store: tcName }), await fs.readFile(secretsFile, 'utf8'));
+        if (stale || !(await deps.secrets.exists({ store: tcName }))) {
           const out = path.join(dir, 'talosconfig');
           await must(genConfig(args, secretsFile, 'talosconfig', out), 'talosctl gen config (talosconfig)', {
             cwd: dir,
           });
           await deps.secrets.put(tcName, await fs.readFile(out, 'utf8'));
-          created.push('talosconfig');
+          created.push(stale ? 'talosconfig (the stored one was not signed by these secrets)' : 'talosconfig');
         }
       });
       return { secrets: { store: secretsName }, talosconfig: { store: tcName }, created };

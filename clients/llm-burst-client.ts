@@ -17,7 +17,6 @@ import {
   type Client,
   type WorkflowHandle,
 } from '@temporalio/client';
-import { pathToFileURL } from 'node:url';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
 import { describeIssues } from '../common/validation.js';
 import {
@@ -222,55 +221,4 @@ export class LlmBurstClient {
       throw error;
     }
   }
-}
-
-// ------------------------------------------------------------------ command line
-
-const USAGE = `usage: npx tsx clients/llm-burst-client.ts <status|acquire|hold|unhold|shutdown> <pool>
-  status    the pool's state, instance, endpoint, idle deadline, running time and cost
-  acquire   start the pool if needed and print its endpoint (creates the pool's workflow)
-  hold      keep it up whatever the traffic; unhold lets idle shutdown apply again
-  shutdown  stop it now (shutdownNow)
-Reads LABWRIGHT_INVENTORY for the pool, and the Temporal settings every client reads.`;
-
-async function main(argv: string[]): Promise<number> {
-  const [command, pool] = argv;
-  if (!command || !pool || !['status', 'acquire', 'hold', 'unhold', 'shutdown'].includes(command)) {
-    console.error(USAGE);
-    return 2;
-  }
-  const [{ connectClient, taskQueue }, { loadInventory }, wf] = await Promise.all([
-    import('../lib/temporal.js'),
-    import('../hardware/load.js'),
-    import('../common/llm-burst.js'),
-  ]);
-  const client = await connectClient();
-  try {
-    const handle = client.workflow.getHandle(llmBurstWorkflowId(pool));
-    if (command === 'status') console.log(JSON.stringify(await handle.query(statusQuery), null, 2));
-    else if (command === 'hold') await handle.signal(wf.holdSignal);
-    else if (command === 'unhold') await handle.signal(wf.unholdSignal);
-    else if (command === 'shutdown') await handle.signal(wf.shutdownNowSignal, 'labwright command line');
-    else {
-      if (!process.env.LABWRIGHT_INVENTORY) throw new Error('LABWRIGHT_INVENTORY is not set');
-      const inventory = await loadInventory(process.env.LABWRIGHT_INVENTORY);
-      const def = inventory.burstPools.find((p) => p.name === pool);
-      if (!def) throw new Error(`no burst pool ${pool} in ${process.env.LABWRIGHT_INVENTORY}`);
-      const burst = new LlmBurstClient({ client, taskQueue: taskQueue(), pools: { [pool]: { pool: def } } });
-      console.log(JSON.stringify(await burst.endpoint(pool), null, 2));
-    }
-    return 0;
-  } finally {
-    await client.connection.close();
-  }
-}
-
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main(process.argv.slice(2)).then(
-    (code) => (process.exitCode = code),
-    (err: unknown) => {
-      console.error(err instanceof Error ? err.message : err);
-      process.exitCode = 1;
-    },
-  );
 }

@@ -24,7 +24,6 @@ import { timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { pathToFileURL } from 'node:url';
 import { identityResolver, parseAddressMap, resolveUrl, type AddressResolver } from '../common/llm-burst.js';
 import type { SecretRef } from '../common/secret-ref.js';
 import { BurstUnavailableError, type LlmBurstClient } from './llm-burst-client.js';
@@ -623,19 +622,4 @@ export async function runProxy(options: RunProxyOptions = {}): Promise<RunningPr
     await client.connection.close();
     throw err;
   }
-}
-
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  runProxy().then(
-    (running) => {
-      console.log(`llm proxy on ${running.proxy.url} for burst pool ${running.pool}`);
-      const stop = (): void => void running.close();
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
-    },
-    (err: unknown) => {
-      console.error(err instanceof Error ? err.message : err);
-      process.exitCode = 1;
-    },
-  );
 }

@@ -29,6 +29,8 @@ export interface DrillScheduleOptions {
   taskQueue?: string;
   /** Create it paused. */
   paused?: boolean;
+  /** Where the plan came from, named in errors. */
+  inputFile?: string;
 }
 
 export interface DrillScheduleResult {
@@ -47,7 +49,7 @@ export async function ensureDrillSchedule(
 ): Promise<DrillScheduleResult> {
   const candidate = { ...(rawInput as Record<string, unknown>), mode: 'drill' };
   const parsed = drRestoreInputSchema.safeParse(candidate);
-  if (!parsed.success) throw new InputError('drRestore', describeIssues(parsed.error));
+  if (!parsed.success) throw new InputError('drRestore', describeIssues(parsed.error), opts.inputFile);
   const plan = parsed.data.plan;
   const scheduleId = drDrillScheduleId(plan);
   const cron = opts.cron ?? DEFAULT_DRILL_CRON;

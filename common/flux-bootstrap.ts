@@ -36,8 +36,8 @@ export const fluxBootstrapInputSchema = z.strictObject({
    * to `labRepoDir`. Default `<labRepoDir>/<flux path>/flux-system/gotk-components.yaml`.
    */
   componentsManifest: z.string().min(1).optional(),
-  /** A checkout of the lab's Git repository on the worker. */
-  labRepoDir: z.string().startsWith('/', 'expected an absolute path').optional(),
+  /** A checkout of the lab's Git repository on the worker: absolute, or relative to the worker's working directory. */
+  labRepoDir: z.string().min(1).optional(),
   /** Overrides of the inventory's `flux` section (url, branch, path). */
   git: z
     .strictObject({

@@ -101,6 +101,8 @@ export interface ClusterPlan {
   vip?: string;
   /** The inventory's template (name, host, node) VMs are cloned from. */
   template: { name: string; host: string; node: string };
+  /** What to do when a VM's node lacks the template and it is on local storage (the inventory's). */
+  templatePlacement: 'same-node' | 'full-clone-then-migrate';
   controlPlane: NodePlan[];
   workers: NodePlan[];
   /** Extra patches (YAML) from the inventory, applied to every node. */
@@ -187,6 +189,7 @@ export function planCluster(inv: Inventory, clusterName: string): ClusterPlan {
     endpoint: cluster.endpoint,
     ...(cluster.apiEndpoint?.kind === 'vip' ? { vip: cluster.apiEndpoint.ip } : {}),
     template: { name: template.name, host: template.host, node: template.node },
+    templatePlacement: cluster.templatePlacement,
     controlPlane: cluster.controlPlane.map((n) => planNode(n, 'controlplane', inv)),
     workers: cluster.workers.map((n) => planNode(n, 'worker', inv)),
     patches: cluster.patches,

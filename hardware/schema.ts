@@ -174,6 +174,13 @@ export const clusterSchema = z.strictObject({
   apiEndpoint: apiEndpointSchema.optional(),
   /** Template (from `templates`) the VMs are cloned from. */
   template: nameSchema,
+  /**
+   * Where a VM whose PVE node lacks the template comes from, when the template's disks are on
+   * local storage (PVE clones to another node only onto shared storage): `same-node` refuses,
+   * asking for the template on the VM's node; `full-clone-then-migrate` makes a full clone on the
+   * template's node and migrates it, stopped, to the VM's node and storage.
+   */
+  templatePlacement: z.enum(['same-node', 'full-clone-then-migrate']).default('same-node'),
   controlPlane: z.array(clusterNodeSchema).min(1),
   workers: z.array(clusterNodeSchema).default([]),
   /** Extra Talos machine-config patches (YAML), applied to every node. */

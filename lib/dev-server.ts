@@ -14,6 +14,8 @@ export interface DevServerOptions {
   /** Serve the Web UI on this port (0 picks a free one); headless when left out. */
   uiPort?: number;
   port?: number;
+  /** The UI decodes payloads through this codec server (`--ui-codec-endpoint`). */
+  codecEndpoint?: string;
   logFile: string;
   startTimeoutMs?: number;
 }
@@ -45,6 +47,7 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
   else {
     const uiPort = opts.uiPort === 0 ? await freePort() : opts.uiPort;
     args.push('--ui-ip', '127.0.0.1', '--ui-port', String(uiPort));
+    if (opts.codecEndpoint) args.push('--ui-codec-endpoint', opts.codecEndpoint);
     uiUrl = `http://127.0.0.1:${uiPort}`;
   }
 

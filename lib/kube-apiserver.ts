@@ -6,8 +6,9 @@
  * scripts/ensure-kube.sh (cached under .cache/kube/<version>/). startKube()
  * makes a throw-away PKI with the openssl CLI, starts etcd and kube-apiserver
  * on free loopback ports, writes an admin kubeconfig (client certificate in
- * group system:masters), waits for /readyz and installs the CRDs from
- * shared/crds. Nothing listens on anything but 127.0.0.1.
+ * group system:masters), waits for /readyz and installs the CRDs pinned in
+ * scripts/crds.txt (fetched by scripts/ensure-crds.sh). Nothing listens on
+ * anything but 127.0.0.1.
  *
  * There is no kube-controller-manager, scheduler or kubelet: the tests play
  * the controllers themselves (see lib/kube-controllers.ts). So a Namespace that is
@@ -19,13 +20,12 @@ import { generateKeyPairSync } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as https from 'node:https';
 import * as http from 'node:http';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { projectRoot } from './paths.js';
 import { makeCa, signLeaf } from './pki.js';
-import { spawnLogged } from './processes.js';
+import { ensureTool, freePort, spawnLogged, stopProcess } from './processes.js';
 
 export interface KubeHandle {
   /** Admin kubeconfig (client certificate in group system:masters, data embedded). */
@@ -55,7 +55,7 @@ export interface StartKubeOptions {
   dataDir?: string;
   /** Where etcd.log and kube-apiserver.log go; default <dataDir>/logs. */
   logDir?: string;
-  /** Folder of CRD YAML files to install; default $LABWRIGHT_CRDS_DIR or <project>/../shared/crds. false: install none. */
+  /** Folder of CRD YAML files to install; default $LABWRIGHT_CRDS_DIR, else the pinned CRDs (ensureCrds()). false: install none. */
   crdsDir?: string | false;
   /** How long to wait for /readyz (and then for the CRDs), default 60 s each. */
   timeoutMs?: number;
@@ -83,44 +83,16 @@ export function ensureKubeBinaries(): { dir: string; kubeApiServer: string; etcd
   return { dir, kubeApiServer, etcd };
 }
 
+/** Runs scripts/ensure-crds.sh (fetching the pinned CRDs when missing) and returns their folder. */
+export function ensureCrds(): string {
+  const dir = ensureTool('ensure-crds.sh');
+  if (!fs.existsSync(path.join(dir, '.complete')))
+    throw new Error(`ensure-crds.sh printed ${JSON.stringify(dir)}, but no CRDs are there`);
+  return dir;
+}
+
 export function defaultCrdsDir(): string {
-  return process.env.LABWRIGHT_CRDS_DIR || path.resolve(projectRoot, '..', 'shared', 'crds');
-}
-
-// Children still running when this process exits are killed, so that a test
-// run that dies does not leave a kube-apiserver behind.
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function track(child: ChildProcess): void {
-  live.add(child);
-  child.once('exit', () => live.delete(child));
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
-    process.once('exit', () => {
-      for (const c of live) {
-        try {
-          c.kill('SIGKILL');
-        } catch {
-          /* gone already */
-        }
-      }
-    });
-  }
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => {
-        if (addr && typeof addr === 'object') resolve(addr.port);
-        else reject(new Error('no port'));
-      });
-    });
-  });
+  return process.env.LABWRIGHT_CRDS_DIR || ensureCrds();
 }
 
 async function freePorts(n: number): Promise<number[]> {
@@ -293,15 +265,6 @@ function httpGet(url: string, timeoutMs = 2000): Promise<{ status: number; body:
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-async function stopProcess(child: ChildProcess | undefined, graceMs = 5000): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
-}
-
 /**
  * Starts etcd + kube-apiserver on loopback; resolves once /readyz is ok and
  * the CRDs are Established. Free ports are found by binding port 0 and
@@ -343,8 +306,8 @@ async function startKubeOnce(opts: StartKubeOptions): Promise<KubeHandle> {
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
-    await stopProcess(apiserver);
-    await stopProcess(etcd);
+    if (apiserver) await stopProcess(apiserver);
+    if (etcd) await stopProcess(etcd);
     if (ownDataDir) fs.rmSync(dataDir, { recursive: true, force: true });
   };
   const fail = async (what: string, cause?: unknown): Promise<never> => {
@@ -359,9 +322,7 @@ async function startKubeOnce(opts: StartKubeOptions): Promise<KubeHandle> {
     // LABWRIGHT_EXIT_WITH_PARENT: the binaries (test/kube) exit by themselves
     // if this process dies without stop(), e.g. a worker killed by a signal.
     const env = { ...process.env, LABWRIGHT_EXIT_WITH_PARENT: '1' };
-    const child = spawnLogged(bin, args, log, { cwd: dataDir, env });
-    track(child);
-    return child;
+    return spawnLogged(bin, args, log, { cwd: dataDir, env });
   };
   const exitedEarly = (child: ChildProcess | undefined) =>
     child && (child.exitCode !== null || child.signalCode !== null)

@@ -1,6 +1,6 @@
-/** Helpers for the local peers labwright starts: free ports, log tails, orderly stops. */
+/** Helpers for the local peers labwright starts: free ports, log tails, process groups, orderly stops. */
 import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { openSync, closeSync, promises as fs } from 'node:fs';
+import { closeSync, openSync, promises as fs } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { projectRoot } from './paths.js';
@@ -38,25 +38,97 @@ export function ensureTool(script: string): string {
 }
 
 /**
- * Spawns `bin` with its stdout and stderr written straight to `logFile`. The child writes the file
- * itself (no pipe in between), so whatever it said before exiting is in the file once it has exited,
- * and an error that quotes the log's tail never quotes a log still in flight.
+ * The reaper: a small `sh` in a session of its own that knows the process groups spawnGroup()
+ * started. When its stdin closes (this process exited, however it died: even SIGKILL closes the
+ * pipe) it sends SIGTERM to every group still registered, and SIGKILL 5 s later to what is left.
+ */
+const REAPER = `
+groups=
+while read -r op pgid; do
+  case "$op" in
+    +) groups="$groups $pgid" ;;
+    -) set -- $groups; groups=; for g in "$@"; do [ "$g" = "$pgid" ] || groups="$groups $g"; done ;;
+  esac
+done
+[ -n "$groups" ] || exit 0
+for g in $groups; do kill -TERM -"$g" 2>/dev/null; done
+i=0
+while [ $i -lt 50 ]; do
+  alive=
+  for g in $groups; do kill -0 -"$g" 2>/dev/null && alive=1; done
+  [ -n "$alive" ] || exit 0
+  sleep 0.1
+  i=$((i + 1))
+done
+for g in $groups; do kill -KILL -"$g" 2>/dev/null; done
+`;
+
+let reaper: ChildProcess | undefined;
+const groups = new Set<number>();
+
+function tellReaper(line: string): void {
+  if (!reaper) {
+    reaper = spawn('sh', ['-c', REAPER], { detached: true, stdio: ['pipe', 'ignore', 'ignore'] });
+    reaper.unref();
+    (reaper.stdin as unknown as { unref(): void }).unref();
+    reaper.stdin!.on('error', () => undefined);
+  }
+  reaper.stdin!.write(`${line}\n`);
+}
+
+function signalGroup(pgid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, signal);
+  } catch {
+    /* the group is gone */
+  }
+}
+
+/**
+ * Spawns a program as the leader of a process group of its own, so that stopProcess() ends it with
+ * everything it started, a terminal's Ctrl-C reaches only this process (which stops its children
+ * in order), and the reaper ends the group if this process dies without stopping it.
+ */
+export function spawnGroup(command: string, args: string[], options: SpawnOptions = {}): ChildProcess {
+  const child = spawn(command, args, { ...options, detached: true });
+  const pgid = child.pid;
+  if (pgid === undefined) return child; // failed to spawn: its 'error' event says why
+  groups.add(pgid);
+  tellReaper(`+ ${pgid}`);
+  child.once('exit', () => {
+    // What the leader leaves behind goes with it.
+    signalGroup(pgid, 'SIGKILL');
+    groups.delete(pgid);
+    tellReaper(`- ${pgid}`);
+  });
+  return child;
+}
+
+/**
+ * spawnGroup() with the program's stdout and stderr written straight to `logFile`. The program
+ * writes the file itself (no pipe in between), so whatever it said before exiting is in the file
+ * once it has exited, and an error that quotes the log's tail never quotes a log still in flight.
  */
 export function spawnLogged(bin: string, args: string[], logFile: string, options: SpawnOptions = {}): ChildProcess {
   const fd = openSync(logFile, 'w');
   try {
-    return spawn(bin, args, { ...options, stdio: ['ignore', fd, fd] });
+    return spawnGroup(bin, args, { ...options, stdio: ['ignore', fd, fd] });
   } finally {
     closeSync(fd);
   }
 }
 
-/** SIGTERM, then SIGKILL if the process outlives `graceMs`. */
+/** SIGTERM (to its whole group if spawnGroup() started it), then SIGKILL if it outlives `graceMs`. */
 export async function stopProcess(child: ChildProcess, graceMs = 5000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
+  const pgid = child.pid;
+  const signal = (s: NodeJS.Signals) => {
+    if (pgid !== undefined && groups.has(pgid)) signalGroup(pgid, s);
+    else child.kill(s);
+  };
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  signal('SIGTERM');
+  const timer = setTimeout(() => signal('SIGKILL'), graceMs);
   await exited;
   clearTimeout(timer);
 }

@@ -50,7 +50,7 @@ if (report.failures.length > 0) {
   for (const f of report.failures) {
     console.log(`\n✗ ${f.name}`);
     for (const e of f.errors) {
-      console.log(indent(e.message, 20));
+      console.log(indent(e.message, 40));
       // The frames in the project's own code say where; vitest's and the SDK's do not.
       const frames = (e.stack ?? '').split('\n').filter((l) => /^\s+at /.test(l) && !l.includes('node_modules'));
       if (frames.length > 0) console.log(indent(frames.join('\n'), 6));

@@ -235,6 +235,55 @@ class ControlledPve(FakePve):
                     raise PveError(500, "can't clone VM to node '{0}' (VM uses local storage)".format(target))
         return await super()._qm_clone(v, user)
 
+    def _routes_labwright_migrate(self):
+        # (labwright issue 11) POST /nodes/{node}/qemu/{vmid}/migrate, which fakepve leaves to its
+        # schema sample (a made-up UPID, the VM stays). As qemu-server's migrate_vm and
+        # QemuMigrate: the target is another cluster node; a locked VM is refused; a running VM
+        # needs `online`, and then its local disks need `with-local-disks`; a stopped VM's local
+        # disks are copied (onto `targetstorage` when given, which must take images). A `qmigrate`
+        # task holds the lock `migrate`, then the VM lives on the target node.
+        async def migrate(v, user):
+            node, target = v['node'], v['target']
+            if target == node:
+                raise PveError(400, 'Parameter verification failed.', {'target': 'target is local node.'})
+            self.need_quorum()
+            if target not in self.nodes:
+                raise PveError(500, "no such cluster node '{0}'".format(target))
+            vm = self.find(node, v['vmid'])
+            self._check_lock(vm)
+            running = vm.status == 'running'
+            if running and not v.get('online'):
+                raise PveError(500, "can't migrate running VM without --online")
+            mapped = v.get('targetstorage')
+            if mapped and str(mapped) != '1':
+                self._qm_image_store(str(mapped), user)
+            local = [(key, volume, props) for key, volume, props in qemu.drives_of(vm.config, skip_cdrom=True)
+                     if qemu.volume_ref(volume)[0] and not self.storages.get(qemu.volume_ref(volume)[0], {}).get('shared')]
+            if running and local and not v.get('with-local-disks'):
+                raise PveError(500, "can't migrate local disk '{0}': can't live migrate attached local disks "
+                               'without with-local-disks option'.format(local[0][1]))
+
+            async def body():
+                self._qm_lock(vm, 'migrate')
+                try:
+                    await self.pause(20)
+                    for key, volume, props in local:
+                        sid, name = qemu.volume_ref(volume)
+                        dest = str(mapped) if mapped and str(mapped) != '1' else sid
+                        if dest == sid:
+                            continue
+                        vol = self._volumes(sid).get(name) or {}
+                        volid, _ = self._qm_alloc(dest, vm.vmid, vol.get('format'), int(vol.get('size') or 0))
+                        self._qm_free(volume)
+                        vm.config[key] = qemu.join_drive(volid, props)
+                    vm.node = target
+                finally:
+                    self._qm_lock(vm, None)
+                return 'migration finished successfully'
+            return await self.task(node, 'qmigrate', vm.vmid, user, body, vm=vm, log=[
+                "starting migration of VM {0} to node '{1}'".format(vm.vmid, target)])
+        return [('POST', '/nodes/{node}/qemu/{vmid}/migrate', migrate)]
+
     @staticmethod
     def _labwright_pci_filter(devices, values):
         # GET /nodes/{node}/hardware/pci leaves out the classes of `pci-class-blacklist`

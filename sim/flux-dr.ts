@@ -2,8 +2,8 @@
  * What fluxBootstrap and drRestore need in the simulated lab, on top of the Proxmox and Kubernetes
  * peers (it starts after both):
  *
- * - the inventory's Flux credentials as secret-store references (placeholder values), and a "lab
- *   repository checkout" holding the Flux components manifest (test/fixtures/flux);
+ * - the inventory's Flux credentials as secret-store references (placeholder values); the lab
+ *   repository checkout is docs/examples/lab-repo (the Flux components manifest);
  * - something to restore: VM 150 `hass` with a vzdump archive an hour old on `unraid-backup`, and
  *   namespace `home-automation` with PVC `zigbee2mqtt` (a directory with a database and a
  *   sentinel) backed up by a Volsync ReplicationSource into a local restic repository;
@@ -12,9 +12,11 @@
  *   Volsync's mover and labwright's verification Jobs run for real (lib/volume-lab.ts: restic
  *   restores the bytes, the Job's checksum runs on them), in `home-automation` and in each
  *   drill's scratch namespace (labelled `labwright.dev/dr=true`);
- * - example inputs in `<sim dir>/examples/` (flux-bootstrap.json, dr-drill.json, dr-restore.json).
+ *
+ * docs/examples/ holds the inputs that run against it (flux-bootstrap.json, dr-drill.json, dr-restore.json);
+ * dr-drill.json's sentinel sha256 is that of SIM_SENTINEL.
  */
-import { createHash, generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import {
@@ -25,13 +27,14 @@ import {
   PatchStrategy,
   setHeaderOptions,
 } from '@kubernetes/client-node';
-import { projectRoot } from '../lib/paths.js';
 import { setFluxReady } from '../lib/kube-controllers.js';
 import { VolumeLab } from '../lib/volume-lab.js';
 import type { PeerStarter } from './index.js';
 import { pveCaller } from './proxmox.js';
 
 export const SIM_REVISION = 'main@sha1:5e1f0c0ffee5e1f0c0ffee5e1f0c0ffee5e1f0c0';
+/** What the app's sentinel file holds (docs/examples/dr-drill.json carries its sha256). */
+export const SIM_SENTINEL = 'zigbee2mqtt sentinel, labwright simulated lab\n';
 const KUBECONFIG_STORE = 'kubeconfig/home';
 const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 
@@ -41,8 +44,7 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
   const inv = ctx.inventory as Draft & { proxmox: { hosts: Draft[] }; clusters?: Record<string, Draft> };
   const dir = path.join(ctx.dir, 'flux-dr');
   await fs.mkdir(dir, { recursive: true });
-
-  // Flux: credentials as store references, and a checkout with the components manifest.
+  // Flux: credentials as store references.
   const flux = inv.clusters?.home?.flux as Draft | undefined;
   if (flux) {
     // A deploy key source-controller would parse, and the host keys it checks the server against.
@@ -59,13 +61,6 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
     };
     flux.sopsAgeKey = await ctx.secrets.put('flux/home/age.key', 'AGE-SECRET-KEY-1SIMULATED\n');
   }
-  const repo = path.join(dir, 'lab-repo');
-  const fluxDir = path.join(repo, 'clusters', 'home', 'flux-system');
-  await fs.mkdir(fluxDir, { recursive: true });
-  await fs.copyFile(
-    path.join(projectRoot, 'test', 'fixtures', 'flux', 'gotk-components.yaml'),
-    path.join(fluxDir, 'gotk-components.yaml'),
-  );
 
   // Proxmox: VM 150 and an archive of it, through the fake's API and control endpoint.
   const host = inv.proxmox.hosts[0]!;
@@ -117,8 +112,7 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
   const data = volumes.volumeDir(ns, 'zigbee2mqtt');
   await fs.mkdir(data, { recursive: true });
   await fs.writeFile(path.join(data, 'database.db'), Buffer.alloc(1536 * 1024, 'zigbee2mqtt simulated lab\n'));
-  const sentinel = `zigbee2mqtt sentinel ${new Date().toISOString()}\n`;
-  await fs.writeFile(path.join(data, '.labwright-sentinel'), sentinel);
+  await fs.writeFile(path.join(data, '.labwright-sentinel'), SIM_SENTINEL);
   const rs = { group: 'volsync.backube', version: 'v1alpha1', plural: 'replicationsources', namespace: ns };
   await custom.createNamespacedCustomObject({
     ...rs,
@@ -136,31 +130,6 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
   await volumes.backup(ns, 'zigbee2mqtt');
   volumes.watch(ns);
 
-  // Example inputs.
-  const examples = path.join(ctx.dir, 'examples');
-  await fs.mkdir(examples, { recursive: true });
-  const kubeconfig = { store: KUBECONFIG_STORE };
-  const targets = [
-    {
-      kind: 'pvc',
-      namespace: ns,
-      pvc: 'zigbee2mqtt',
-      sentinel: { path: '.labwright-sentinel', sha256: createHash('sha256').update(sentinel).digest('hex') },
-    },
-    { kind: 'vm', name: 'hass', host: String(host.name), node: 'pve1', vmid: 150, backupStorage: 'unraid-backup' },
-  ];
-  const write = (name: string, value: unknown) =>
-    fs.writeFile(path.join(examples, name), `${JSON.stringify(value, null, 2)}\n`);
-  await write('flux-bootstrap.json', {
-    cluster: 'home',
-    kubeconfig,
-    labRepoDir: repo,
-    expectedRevision: SIM_REVISION,
-    pollSeconds: 2,
-  });
-  await write('dr-drill.json', { plan: 'home', mode: 'drill', kubeconfig, targets, pollSeconds: 2 });
-  await write('dr-restore.json', { plan: 'home', mode: 'restore', kubeconfig, targets: [targets[1]], pollSeconds: 2 });
-
   // The controllers.
   let stopped = false;
   const loop = (async () => {
@@ -171,7 +140,7 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
   })();
   return {
     name: 'flux-dr',
-    summary: `Flux repo checkout ${path.relative(projectRoot, repo)}; VM 150 with a backup; PVC ${ns}/zigbee2mqtt backed up; controllers played; inputs in ${path.relative(projectRoot, examples)}`,
+    summary: `VM 150 with a backup; PVC ${ns}/zigbee2mqtt backed up; Flux and Volsync controllers played`,
     env: {},
     stop: async () => {
       stopped = true;

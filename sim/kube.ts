@@ -1,7 +1,7 @@
 /**
  * Kubernetes for the simulated lab: the same real kube-apiserver + etcd the tests use
- * (lib/kube-apiserver.ts, built by scripts/ensure-kube.sh), on loopback, with the CRDs from
- * shared/crds. Its admin kubeconfig goes into the lab's secret store as `kubeconfig/home`;
+ * (lib/kube-apiserver.ts, built by scripts/ensure-kube.sh), on loopback, with the pinned CRDs
+ * (scripts/ensure-crds.sh). Its admin kubeconfig goes into the lab's secret store as `kubeconfig/home`;
  * activities take it as `{ store: 'kubeconfig/home' }`. No controllers run: objects are stored
  * and validated, nothing reconciles them.
  */

@@ -1,6 +1,6 @@
 // fluxBootstrap and drRestore in the simulated lab `npm start` runs (its Proxmox and Kubernetes
-// peers and sim/flux-dr.ts), with the worker's own activity registry and the example inputs the
-// lab writes; and the `labwright schedule-drill` command run twice.
+// peers and sim/flux-dr.ts), with the worker's own activity registry and the example inputs of
+// docs/examples; and the `labwright schedule-drill` command run twice.
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,6 +8,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DrReport } from '../common/dr-restore.js';
 import type { FluxBootstrapResult } from '../common/flux-bootstrap.js';
+import { projectRoot } from '../lib/paths.js';
 import { SecretStore } from '../lib/secrets.js';
 import { SIM_REVISION, fluxDrSimPeer } from '../sim/flux-dr.js';
 import { startSimulatedLab, type SimulatedLab } from '../sim/index.js';
@@ -37,7 +38,7 @@ afterAll(async () => {
 });
 
 const example = async (name: string) =>
-  JSON.parse(await fs.readFile(path.join(dir, 'sim', 'examples', name), 'utf8')) as Record<string, unknown>;
+  JSON.parse(await fs.readFile(path.join(projectRoot, 'docs', 'examples', name), 'utf8')) as Record<string, unknown>;
 
 describe('the simulated lab', () => {
   it('bootstraps Flux and runs a DR drill from the example inputs, with the worker activities', async () => {

@@ -22,7 +22,16 @@ import { testClient, testDataConverter, uniqueName, withWorker } from './harness
 
 const REV = 'main@sha1:1111111111111111111111111111111111111111';
 const REV2 = 'main@sha1:2222222222222222222222222222222222222222';
-const MANIFEST = path.join(projectRoot, 'test', 'fixtures', 'flux', 'gotk-components.yaml');
+const MANIFEST = path.join(
+  projectRoot,
+  'docs',
+  'examples',
+  'lab-repo',
+  'clusters',
+  'home',
+  'flux-system',
+  'gotk-components.yaml',
+);
 const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 
 let dir: string;

@@ -1,6 +1,7 @@
 // Smoke test of the real kube-apiserver harness and the controller-playing helpers.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  ApiextensionsV1Api,
   BatchV1Api,
   CoreV1Api,
   CustomObjectsApi,
@@ -31,7 +32,7 @@ describe('test kube-apiserver', () => {
     await kube?.stop();
   }, 30_000);
 
-  it('serves the API and the CRDs from shared/crds', async () => {
+  it('serves the API and the pinned CRDs (scripts/crds.txt)', async () => {
     const core = kc.makeApiClient(CoreV1Api);
     await core.createNamespace({ body: { metadata: { name: 'flux-system' } } });
     const ns = await core.readNamespace({ name: 'flux-system' });
@@ -43,6 +44,17 @@ describe('test kube-apiserver', () => {
       plural: 'replicationdestinations',
     });
     expect(list.items).toEqual([]);
+    // Every CRD the workflows write, fetched from the Go module proxy (nothing outside the repository).
+    const ext = kc.makeApiClient(ApiextensionsV1Api);
+    const names = (await ext.listCustomResourceDefinition()).items.map((c) => c.metadata?.name).sort();
+    expect(names).toEqual([
+      'gitrepositories.source.toolkit.fluxcd.io',
+      'kustomizations.kustomize.toolkit.fluxcd.io',
+      'ocirepositories.source.toolkit.fluxcd.io',
+      'replicationdestinations.volsync.backube',
+      'replicationsources.volsync.backube',
+      'volumesnapshots.snapshot.storage.k8s.io',
+    ]);
   });
 
   it('rejects objects the CRD schema rejects', async () => {

@@ -331,6 +331,45 @@ describe('Proxmox activities on fakepve', () => {
     expect((await lab.fake.vms()).some((v) => v.vmid === 261)).toBe(false);
   });
 
+  it("migrates a stopped VM with its local disk onto the target's storage; a running one only live, with-local-disks", async () => {
+    const made = await pve.pveClone({ ...at, vmid: 9000, newid: 262, name: 'moving', full: true, storage: 'vmdata' });
+    expect((await pve.pveWaitForTask({ host: 'pve1', upid: made.upid! })).ok).toBe(true);
+    // PVE (QemuMigrate): a running VM needs `online`, and then its local disks `with-local-disks`.
+    await lab.fake.api('POST', '/nodes/pve1/qemu/262/status/start');
+    await expect(lab.fake.api('POST', '/nodes/pve1/qemu/262/migrate', { target: 'pve2' })).rejects.toThrow(
+      "can't migrate running VM without --online",
+    );
+    await expect(lab.fake.api('POST', '/nodes/pve1/qemu/262/migrate', { target: 'pve2', online: 1 })).rejects.toThrow(
+      "can't migrate local disk 'vmdata:262/vm-262-disk-0.raw': can't live migrate attached local disks without with-local-disks option",
+    );
+    const running = await activityFailure(
+      pve.pveMigrateVm({ ...at, vmid: 262, target: 'pve2', targetStorage: 'local-lvm', guard: { name: 'moving' } }),
+    );
+    expect(running.type).toBe('PreconditionFailed');
+    await lab.fake.api('POST', '/nodes/pve1/qemu/262/status/stop');
+    const moved = await pve.pveMigrateVm({
+      ...at,
+      vmid: 262,
+      target: 'pve2',
+      targetStorage: 'local-lvm',
+      guard: { name: 'moving' },
+    });
+    expect((await pve.pveWaitForTask({ host: 'pve1', upid: moved.upid! })).ok).toBe(true);
+    const vm = (await lab.fake.vms()).find((v) => v.vmid === 262);
+    expect(vm?.node).toBe('pve2');
+    expect(String(vm?.config.scsi0)).toMatch(/^local-lvm:vm-262-disk-0,.*size=4G/);
+    // Done already: nothing is asked of PVE again.
+    expect(
+      await pve.pveMigrateVm({
+        ...at,
+        vmid: 262,
+        target: 'pve2',
+        targetStorage: 'local-lvm',
+        guard: { name: 'moving' },
+      }),
+    ).toEqual({ upid: null, note: 'VM 262 is already on pve2' });
+  });
+
   it("lists PCI devices with PVE's default class filter: no bridges, unless asked for everything", async () => {
     await lab.fake.control({
       op: 'pci_devices',

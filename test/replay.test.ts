@@ -21,6 +21,8 @@ describe('recorded histories', () => {
   });
 
   it('fail on a deliberately non-deterministic change', async () => {
+    // .cache/ is missing in a fresh clone that keeps its built peers in LABWRIGHT_CACHE.
+    await fs.mkdir(path.join(projectRoot, '.cache'), { recursive: true });
     const only = await fs.mkdtemp(path.join(projectRoot, '.cache', 'replay-'));
     try {
       await fs.copyFile(path.join(HISTORIES_DIR, 'steps-demo.json'), path.join(only, 'steps-demo.json'));

@@ -2,6 +2,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { CoreV1Api } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { talosconfigMatches } from '../activities/talos.js';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import type { Progress } from '../common/progress.js';
 import { recordHistory } from './harness/histories.js';
@@ -251,32 +252,59 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     expect(lab.standin.bootstraps).toHaveLength(1);
   });
 
-  it("refuses a clone to another PVE node from local storage before any clone, naming the inventory's fields", async () => {
+  it('fetches the kubeconfig again from Talos when the stored one points at a dead API server', async () => {
+    expect(firstRun).toBeDefined();
     const client = await testClient();
-    await lab.fake.api('DELETE', '/nodes/pve2/qemu/9001');
-    // One PVE cluster of two nodes behind the pve1 endpoint: the template on pve1 only, and a new
-    // control plane VMID on pve2, which needs a clone across nodes, from local-lvm.
-    const moved = structuredClone(lab.inventory);
-    moved.proxmox.hosts[0].nodes = ['pve1', 'pve2'];
-    Object.assign(moved.clusters[cluster].controlPlane[1], { host: 'pve1', vmid: 205 });
-    const writesBefore = (await lab.pveWrites()).length;
-    const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
-      client.workflow
-        .execute('talosBootstrap', {
-          taskQueue,
-          workflowId: `talos-bootstrap/${cluster}`,
-          args: [{ cluster, inventory: moved, waitSeconds: 60 }],
-        })
-        .catch((e: unknown) => e),
+    // As after a rebuild of the cluster (or a restart of the simulated lab): the stored kubeconfig
+    // names an API server that is gone. Port 1 on loopback refuses every connection.
+    const stale = (await lab.secrets.resolve(firstRun.kubeconfig)).replaceAll(lab.kube.server, 'https://127.0.0.1:1');
+    await lab.secrets.put(`talos/${cluster}/kubeconfig`, stale);
+    const result = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow.execute('talosBootstrap', {
+        taskQueue,
+        workflowId: `talos-bootstrap/${cluster}`,
+        // The default deadline: waiting on the dead server would outlast the test by 28 minutes.
+        args: [{ cluster, inventory: lab.inventory }],
+      }),
     );
-    expect(err).toBeInstanceOf(WorkflowFailedError);
-    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
-    expect(cause.type).toBe('PreconditionFailed');
-    expect(cause.message).toBe(
-      `VM 205 (talos-cp-2) cannot be cloned: template talos-v1-11-5 (clusters.${cluster}.template) is on PVE node pve1, not on pve2 (clusters.${cluster}.controlPlane[1].node), and PVE clones to another node only onto shared storage; local-lvm (clusters.${cluster}.controlPlane[1].storage) is not shared. Make the template on pve2 too, or give clusters.${cluster}.controlPlane[1].storage a shared storage`,
+    expect(result.changes).toEqual([
+      'fetched the admin kubeconfig again: the stored one does not reach https://127.0.0.1:1 (ECONNREFUSED)',
+    ]);
+    expect(await lab.secrets.resolve(result.kubeconfig)).toContain(lab.kube.server);
+  }, 120_000);
+
+  it('makes the talosconfig again when the stored one is not signed by the cluster secrets', async () => {
+    expect(firstRun).toBeDefined();
+    const client = await testClient();
+    const good = await lab.secrets.resolve(firstRun.talosconfig);
+    // A talosconfig of other secrets (a rebuilt cluster's): its CA is not the stored secrets' OS CA.
+    const otherCa = Buffer.from('-----BEGIN CERTIFICATE-----\nMIIBother\n-----END CERTIFICATE-----\n').toString(
+      'base64',
     );
-    expect((await lab.pveWrites()).slice(writesBefore)).toEqual([]);
-  });
+    await lab.secrets.put(`talos/${cluster}/talosconfig`, good.replace(/(\n\s+ca: )\S+/, `$1${otherCa}`));
+    expect(
+      talosconfigMatches(
+        await lab.secrets.resolve(firstRun.talosconfig),
+        await lab.secrets.resolve({ store: `talos/${cluster}/secrets.yaml` }),
+      ),
+    ).toBe(false);
+    const result = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow.execute('talosBootstrap', {
+        taskQueue,
+        workflowId: `talos-bootstrap/${cluster}`,
+        args: [{ cluster, inventory: lab.inventory, waitSeconds: 60 }],
+      }),
+    );
+    expect(result.changes).toEqual([
+      "generated the cluster's talosconfig (the stored one was not signed by these secrets)",
+    ]);
+    expect(
+      talosconfigMatches(
+        await lab.secrets.resolve(firstRun.talosconfig),
+        await lab.secrets.resolve({ store: `talos/${cluster}/secrets.yaml` }),
+      ),
+    ).toBe(true);
+  }, 120_000);
 
   it('fails at once on a bad PCI address and duplicate VMIDs, naming the fields, and touches nothing', async () => {
     const client = await testClient();
@@ -313,4 +341,119 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     );
     expect(called).toEqual([]);
   });
+
+  // These remove pve2's template: they come last.
+  it("refuses a clone to another PVE node from local storage before any clone, naming the inventory's fields", async () => {
+    const client = await testClient();
+    await lab.fake.api('DELETE', '/nodes/pve2/qemu/9001');
+    // One PVE cluster of two nodes behind the pve1 endpoint: the template on pve1 only, and a new
+    // control plane VMID on pve2, which needs a clone across nodes, from local-lvm.
+    const moved = structuredClone(lab.inventory);
+    moved.proxmox.hosts[0].nodes = ['pve1', 'pve2'];
+    Object.assign(moved.clusters[cluster].controlPlane[1], { host: 'pve1', vmid: 205 });
+    const writesBefore = (await lab.pveWrites()).length;
+    const err = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow
+        .execute('talosBootstrap', {
+          taskQueue,
+          workflowId: `talos-bootstrap/${cluster}`,
+          args: [{ cluster, inventory: moved, waitSeconds: 60 }],
+        })
+        .catch((e: unknown) => e),
+    );
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe('PreconditionFailed');
+    expect(cause.message).toBe(
+      `VM 205 (talos-cp-2) cannot be cloned: template talos-v1-11-5 (clusters.${cluster}.template) is on PVE node pve1, not on pve2 (clusters.${cluster}.controlPlane[1].node), and PVE clones to another node only onto shared storage; local-lvm (clusters.${cluster}.controlPlane[1].storage) is not shared. Make the template on pve2 too, give clusters.${cluster}.controlPlane[1].storage a shared storage, or set clusters.${cluster}.templatePlacement to full-clone-then-migrate`,
+    );
+    expect((await lab.pveWrites()).slice(writesBefore)).toEqual([]);
+  });
+
+  /** The inventory of the refusal above, asking for a full clone on the template's node then a migration. */
+  function cloneThenMigrate(vmid: number): typeof lab.inventory {
+    const moved = structuredClone(lab.inventory);
+    moved.proxmox.hosts[0].nodes = ['pve1', 'pve2'];
+    moved.clusters[cluster].templatePlacement = 'full-clone-then-migrate';
+    // Every VM behind the one endpoint, whose only template is on pve1 (the refusal removed pve2's).
+    for (const n of [...moved.clusters[cluster].controlPlane, ...moved.clusters[cluster].workers] as Draft[]) {
+      if (n.kind === 'vm') n.host = 'pve1';
+    }
+    Object.assign(moved.clusters[cluster].controlPlane[1], { vmid });
+    return moved;
+  }
+
+  async function removeVm(vmid: number, node: string): Promise<void> {
+    await lab.fake.api('POST', `/nodes/${node}/qemu/${vmid}/status/stop`);
+    await lab.fake.api('DELETE', `/nodes/${node}/qemu/${vmid}`);
+  }
+
+  it("makes a full clone on the template's node and migrates it to its own when the inventory asks", async () => {
+    expect(firstRun).toBeDefined();
+    const client = await testClient();
+    const writesBefore = (await lab.pveWrites()).length;
+    const result = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow.execute('talosBootstrap', {
+        taskQueue,
+        workflowId: `talos-bootstrap/${cluster}`,
+        args: [{ cluster, inventory: cloneThenMigrate(205), waitSeconds: 60 }],
+      }),
+    );
+    expect(result.changes).toEqual(
+      expect.arrayContaining(['cloned VM 205 (talos-cp-2) on pve1', 'migrated VM 205 (talos-cp-2) from pve1 to pve2']),
+    );
+    const writes = (await lab.pveWrites()).slice(writesBefore);
+    expect(writes.filter((w) => /\/clone$|\/migrate$/.test(w.path))).toEqual([
+      { method: 'POST', path: '/api2/json/nodes/pve1/qemu/9000/clone' },
+      { method: 'POST', path: '/api2/json/nodes/pve1/qemu/205/migrate' },
+    ]);
+    // On its inventory node, running, its boot disk (grown) on the inventory's storage.
+    const vm = (await lab.fake.vms()).find((v) => v.vmid === 205);
+    expect(vm?.node).toBe('pve2');
+    expect(vm?.status).toBe('running');
+    expect(String(vm?.config.scsi0)).toMatch(/^local-lvm:vm-205-disk-0,(.*,)?size=64G(,|$)/);
+    await removeVm(205, 'pve2');
+  }, 120_000);
+
+  it('after a failure between the clone and the migration, a re-run only migrates the clone it finds', async () => {
+    expect(firstRun).toBeDefined();
+    const client = await testClient();
+    // The migration is refused once (non-retryable), as if the run had died right after the clone.
+    await lab.fake.control({
+      op: 'fail',
+      method: 'POST',
+      suffix: '/qemu/206/migrate',
+      status: 403,
+      message: 'Permission check failed (/vms/206, VM.Migrate)',
+      times: 1,
+    });
+    const failed = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow
+        .execute('talosBootstrap', {
+          taskQueue,
+          workflowId: `talos-bootstrap/${cluster}`,
+          args: [{ cluster, inventory: cloneThenMigrate(206), waitSeconds: 60 }],
+        })
+        .catch((e: unknown) => e),
+    );
+    expect(failed).toBeInstanceOf(WorkflowFailedError);
+    expect((await lab.fake.vms()).find((v) => v.vmid === 206)?.node).toBe('pve1');
+    const writesBefore = (await lab.pveWrites()).length;
+    const result = await withWorker({ activities: lab.activities }, async ({ taskQueue }) =>
+      client.workflow.execute('talosBootstrap', {
+        taskQueue,
+        workflowId: `talos-bootstrap/${cluster}`,
+        args: [{ cluster, inventory: cloneThenMigrate(206), waitSeconds: 60 }],
+      }),
+    );
+    expect(result.changes).toContain('migrated VM 206 (talos-cp-2) from pve1 to pve2');
+    expect(result.changes.filter((c: string) => c.startsWith('cloned'))).toEqual([]);
+    const writes = (await lab.pveWrites()).slice(writesBefore);
+    expect(writes.filter((w) => w.path.endsWith('/clone'))).toEqual([]);
+    expect(writes.filter((w) => w.path.endsWith('/migrate'))).toEqual([
+      { method: 'POST', path: '/api2/json/nodes/pve1/qemu/206/migrate' },
+    ]);
+    expect((await lab.fake.vms()).find((v) => v.vmid === 206)?.node).toBe('pve2');
+    await removeVm(206, 'pve2');
+  }, 180_000);
 });

@@ -5,8 +5,10 @@
  *
  *   1. Validate the inventory and the cluster's part of it.
  *   2. Clone every VM node from the cluster's template and configure it (CPU, memory, NIC with
- *      MAC and VLAN), in parallel; a VM that exists with the same name is kept. Grow its boot
- *      disk to the inventory's diskGiB (never shrunk: PVE refuses).
+ *      MAC and VLAN), in parallel; a VM that exists with the same name is kept. A template on
+ *      another node's local storage: refused, or (templatePlacement) a full clone there and an
+ *      offline migration to the VM's node. Grow its boot disk to the inventory's diskGiB (never
+ *      shrunk: PVE refuses).
  *   3. Start the VMs.
  *   4. Wait for each node's Talos API in maintenance mode (metal nodes, e.g. the Raspberry Pi,
  *      are booted by hand from their image and waited for at their address).
@@ -18,7 +20,8 @@
  *      and record the outcome durably (history and memo), so that a crash between the bootstrap
  *      and its record never bootstraps twice.
  *   9. Wait for Kubernetes: `talosctl health`, then every Node Ready through the API.
- *  10. Store the admin kubeconfig and report the endpoint.
+ *  10. Store the admin kubeconfig (fetched again when the stored one no longer reaches the
+ *      cluster) and report the endpoint.
  *
  * GPU workers are left to `gpu-node-join/<node>` (PCI checks, smoke test, compensation).
  */
@@ -52,6 +55,10 @@ type Kube = ReturnType<typeof createKubernetesActivities>;
 
 const pve = wf.proxyActivities<Pve>(apiCall);
 const pveWait = wf.proxyActivities<Pve>(waitFor);
+const kube = wf.proxyActivities<Kube>(apiCall);
+
+/** Histories recorded before the stored kubeconfig was probed replay without the probe. */
+const KUBECONFIG_PROBE_PATCH = 'kubeconfig-probe';
 
 export const TALOS_BOOTSTRAP_STEPS = [
   'validate inventory',
@@ -268,16 +275,22 @@ export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult
     () => 'healthy',
   );
 
-  // 10. The kubeconfig, and the nodes as the API sees them.
+  // 10. The kubeconfig, and the nodes as the API sees them. A stored kubeconfig that no longer
+  // reaches the cluster (rebuilt: a new CA, another address) is fetched again from Talos after one
+  // probe, instead of being waited on until the deadline.
   const kubeconfig = await progress.run(
     'store kubeconfig',
     async () => {
-      const k = await talos.talosKubeconfig({
-        cluster: plan.name,
-        address: first.ip,
-        talosconfig: secrets.talosconfig,
-      });
+      const from = { cluster: plan.name, address: first.ip, talosconfig: secrets.talosconfig };
+      let k = await talos.talosKubeconfig(from);
       if (k.fetched) changes.push('stored the admin kubeconfig');
+      else if (wf.patched(KUBECONFIG_PROBE_PATCH)) {
+        const probe = await kube.k8sProbe({ kubeconfig: k.kubeconfig });
+        if (!probe.reachable) {
+          k = await talos.talosKubeconfig({ ...from, refresh: true });
+          changes.push(`fetched the admin kubeconfig again: the stored one ${probe.reason}`);
+        }
+      }
       await kubeWait.k8sWaitNodesReady({
         kubeconfig: k.kubeconfig,
         nodes: nodes.map((n) => n.name),
@@ -316,41 +329,46 @@ function describeChanges(changes: string[], what: string, total: number): string
   return mine.length === 0 ? `${total} ${what}s as the inventory says` : `${mine.length} change(s)`;
 }
 
-/** The template VMID each VM clones from: the cluster's template by name, on the VM's own host. */
-async function templatesByHost(
-  plan: ClusterPlan,
-  vms: NodePlan[],
-): Promise<Map<string, { vmid: number; node: string }>> {
-  const out = new Map<string, { vmid: number; node: string }>();
+/**
+ * The template VMID each VM still to be cloned clones from: the cluster's template by name, on the
+ * VM's own host. VMs that exist need none, so a re-run of a built cluster does not depend on the
+ * template (Packer's retention may have retired it); all are checked before the first clone.
+ */
+async function templatesByHost(plan: ClusterPlan, vms: NodePlan[]): Promise<Map<string, CloneSource>> {
+  const out = new Map<string, CloneSource>();
   for (const host of new Set(vms.map((n) => n.vm!.host))) {
-    const list = await pve.pveListTemplates({ host });
-    if (!list.some((t) => t.name === plan.template.name)) {
-      throw nonRetryable(
-        'precondition',
-        `template ${plan.template.name} (clusters.${plan.name}.template) is not on Proxmox host ${host}`,
-      );
-    }
-    // Only VMs still to be cloned need a source; all are checked before the first clone starts.
+    const toClone: NodePlan[] = [];
     for (const n of vms.filter((v) => v.vm!.host === host)) {
       const vm = n.vm!;
-      if ((await pve.pveGetVm({ host, node: vm.node, vmid: vm.vmid })) !== null) continue;
-      out.set(n.name, await cloneSource(plan, n, list));
+      if ((await pve.pveGetVm({ host, node: vm.node, vmid: vm.vmid })) === null) toClone.push(n);
     }
+    if (toClone.length === 0) continue;
+    const list = await pve.pveListTemplates({ host });
+    for (const n of toClone) out.set(n.name, await cloneSource(plan, n, list));
   }
   return out;
+}
+
+/** The template a VM is cloned from, and whether the clone is made on its node then migrated. */
+interface CloneSource {
+  vmid: number;
+  node: string;
+  migrate?: boolean;
 }
 
 /**
  * The template a node's VM is cloned from: the cluster's template on the VM's own PVE node, or
  * one on another node when PVE can clone it across (`target`): only onto shared storage (PVE:
- * `can't clone to non-shared storage`, `can't clone VM to node ... (VM uses local storage)`).
- * Otherwise a PreconditionFailed naming the inventory fields, before anything is cloned.
+ * `can't clone to non-shared storage`, `can't clone VM to node ... (VM uses local storage)`), or
+ * when the inventory asks for a full clone on the template's node then a migration
+ * (`templatePlacement: full-clone-then-migrate`). Otherwise a PreconditionFailed naming the
+ * inventory fields, before anything is cloned.
  */
 export async function cloneSource(
   plan: ClusterPlan,
   n: NodePlan,
   templates: Array<{ name: string; node: string; vmid: number }>,
-): Promise<{ vmid: number; node: string }> {
+): Promise<CloneSource> {
   const vm = n.vm!;
   const field = nodeField(plan, n);
   const t = templateFor(templates, plan.template.name, vm.node);
@@ -363,9 +381,10 @@ export async function cloneSource(
   if (t.node === vm.node) return { vmid: t.vmid, node: t.node };
   const storages = await pve.pveNodeStorages({ host: vm.host, node: t.node });
   if (storages.some((st) => st.storage === vm.storage && st.shared)) return { vmid: t.vmid, node: t.node };
+  if (plan.templatePlacement === 'full-clone-then-migrate') return { vmid: t.vmid, node: t.node, migrate: true };
   throw nonRetryable(
     'precondition',
-    `VM ${vm.vmid} (${n.name}) cannot be cloned: template ${plan.template.name} (clusters.${plan.name}.template) is on PVE node ${t.node}, not on ${vm.node} (${field}.node), and PVE clones to another node only onto shared storage; ${vm.storage} (${field}.storage) is not shared. Make the template on ${vm.node} too, or give ${field}.storage a shared storage`,
+    `VM ${vm.vmid} (${n.name}) cannot be cloned: template ${plan.template.name} (clusters.${plan.name}.template) is on PVE node ${t.node}, not on ${vm.node} (${field}.node), and PVE clones to another node only onto shared storage; ${vm.storage} (${field}.storage) is not shared. Make the template on ${vm.node} too, give ${field}.storage a shared storage, or set clusters.${plan.name}.templatePlacement to full-clone-then-migrate`,
   );
 }
 
@@ -382,7 +401,7 @@ function nodeField(plan: ClusterPlan, n: NodePlan): string {
 export async function ensureVm(
   plan: ClusterPlan,
   n: NodePlan,
-  templates: Map<string, { vmid: number; node: string }>,
+  templates: Map<string, CloneSource>,
   changes: string[],
 ): Promise<VmDetails | null> {
   // Histories recorded before disk sizes were applied replay without the resize.
@@ -396,23 +415,13 @@ export async function ensureVm(
       `VMID ${vm.vmid} already exists on ${vm.host}/${vm.node} as ${current.name}, not ${n.name}`,
     );
   }
+  if (!current && templates.get(n.name)!.migrate) {
+    await cloneThenMigrate(n, templates.get(n.name)!, changes);
+    current = await pve.pveGetVm(ref);
+  }
   if (!current) {
     const t = templates.get(n.name)!;
-    await runPveTask(
-      `clone VM ${vm.vmid} (${n.name})`,
-      () =>
-        pve.pveClone({
-          host: vm.host,
-          node: t.node,
-          vmid: t.vmid,
-          newid: vm.vmid,
-          name: n.name,
-          full: true,
-          storage: vm.storage,
-          ...(t.node !== vm.node ? { target: vm.node } : {}),
-        }),
-      (upid) => pveWait.pveWaitForTask({ host: vm.host, upid }),
-    );
+    await fullClone(n, t, `clone VM ${vm.vmid} (${n.name})`, t.node !== vm.node ? vm.node : undefined);
     changes.push(`cloned VM ${vm.vmid} (${n.name})`);
     current = await pve.pveGetVm(ref);
   }
@@ -424,6 +433,60 @@ export async function ensureVm(
   }
   if (sizeDisks) await growBootDisk(n, current, changes);
   return current;
+}
+
+/** A full clone of template `t` onto the node's storage, on `t`'s node, or with `target` on that one. */
+async function fullClone(n: NodePlan, t: CloneSource, what: string, target?: string): Promise<void> {
+  const vm = n.vm!;
+  await runPveTask(
+    what,
+    () =>
+      pve.pveClone({
+        host: vm.host,
+        node: t.node,
+        vmid: t.vmid,
+        newid: vm.vmid,
+        name: n.name,
+        full: true,
+        storage: vm.storage,
+        ...(target ? { target } : {}),
+      }),
+    (upid) => pveWait.pveWaitForTask({ host: vm.host, upid }),
+  );
+}
+
+/**
+ * A full clone on the template's node, then an offline migration to the VM's node with its disks
+ * onto the inventory's storage. A clone left there by an earlier run (crashed before the
+ * migration) is recognised by VMID and name, and only migrated.
+ */
+async function cloneThenMigrate(n: NodePlan, t: CloneSource, changes: string[]): Promise<void> {
+  const vm = n.vm!;
+  const there = await pve.pveGetVm({ host: vm.host, node: t.node, vmid: vm.vmid });
+  if (there && there.name !== n.name) {
+    throw nonRetryable(
+      'conflict',
+      `VMID ${vm.vmid} already exists on ${vm.host}/${t.node} as ${there.name}, not ${n.name}`,
+    );
+  }
+  if (!there) {
+    await fullClone(n, t, `clone VM ${vm.vmid} (${n.name}) on ${t.node}`);
+    changes.push(`cloned VM ${vm.vmid} (${n.name}) on ${t.node}`);
+  }
+  const migrated = await runPveTask(
+    `migrate VM ${vm.vmid} (${n.name}) to ${vm.node}`,
+    () =>
+      pve.pveMigrateVm({
+        host: vm.host,
+        node: t.node,
+        vmid: vm.vmid,
+        target: vm.node,
+        targetStorage: vm.storage,
+        guard: { name: n.name },
+      }),
+    (upid) => pveWait.pveWaitForTask({ host: vm.host, upid }),
+  );
+  if (migrated.outcome) changes.push(`migrated VM ${vm.vmid} (${n.name}) from ${t.node} to ${vm.node}`);
 }
 
 /**

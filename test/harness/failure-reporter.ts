@@ -15,8 +15,26 @@ export interface FailureReport {
   failures: { name: string; errors: { message: string; stack?: string }[] }[];
 }
 
-type Errors = readonly { message: string; stack?: string }[];
-const plain = (errors: Errors) => errors.map((e) => ({ message: e.message, stack: e.stack }));
+interface ReportedError {
+  message: string;
+  stack?: string;
+  cause?: unknown;
+  /** An assertion's expected/received diff, as vitest prints it. */
+  diff?: string;
+}
+type Errors = readonly ReportedError[];
+
+/** The message with its causes: a workflow's failure says little until its cause's cause does. */
+function withCauses(e: ReportedError): string {
+  const lines = [e.message];
+  for (let c = e.cause as ReportedError | undefined, depth = 0; c && depth < 5; c = c.cause as ReportedError, depth++) {
+    lines.push(`caused by: ${c.message}`);
+  }
+  // Without the terminal's colour codes: CI logs show them as noise.
+  if (e.diff) lines.push(e.diff.replace(/\x1b\[[0-9;]*m/g, ''));
+  return lines.join('\n');
+}
+const plain = (errors: Errors) => errors.map((e) => ({ message: withCauses(e), stack: e.stack }));
 
 export default class FailureReporter implements Reporter {
   onTestRunEnd(modules: readonly TestModule[], unhandled: Errors): void {
