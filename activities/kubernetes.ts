@@ -21,6 +21,14 @@ import {
   type V1Node,
 } from '@kubernetes/client-node';
 import { classifyUnknown, failureForHttpStatus, nonRetryable, retryable } from '../common/errors.js';
+import {
+  FLUX_NAME,
+  FLUX_NAMESPACE,
+  fluxSyncSettled,
+  fluxSyncState,
+  type FluxObjectView,
+  type FluxSyncState,
+} from '../common/flux-bootstrap.js';
 import type { SecretRef } from '../common/secret-ref.js';
 import type { SecretStore } from '../lib/secrets.js';
 // Issue 5: generic objects (server-side apply, condition waits, get/delete), node maintenance, Secrets from references.
@@ -607,6 +615,50 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
           });
         }
         await (ctx ? Promise.race([sleep(pollMs), ctx.cancelled]) : sleep(pollMs));
+      }
+    },
+
+    /**
+     * Waits until Flux's GitRepository and Kustomization `flux-system` are settled (both Ready at
+     * the wanted revision, or one failed terminally), heartbeating, looking every `pollMs`.
+     * Returns their states then, or at `returnAt` unsettled (a bound on one call: the workflow
+     * reports progress and decides about slowness and its deadline).
+     */
+    async k8sWaitFluxReady(args: {
+      kubeconfig: SecretRef;
+      expectedRevision?: string;
+      terminal: { GitRepository: string[]; Kustomization: string[] };
+      returnAt: number;
+      pollMs?: number;
+    }): Promise<FluxSyncState> {
+      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const ctx = activityContext();
+      const read = (apiVersion: string, kind: string) =>
+        readObject(
+          api,
+          { apiVersion, kind, namespace: FLUX_NAMESPACE, name: FLUX_NAME },
+          `wait for ${kind} ${FLUX_NAMESPACE}/${FLUX_NAME}`,
+        );
+      for (;;) {
+        const [repo, ks] = await Promise.all([
+          read('source.toolkit.fluxcd.io/v1', 'GitRepository'),
+          read('kustomize.toolkit.fluxcd.io/v1', 'Kustomization'),
+        ]);
+        const state = fluxSyncState(
+          (repo ?? null) as FluxObjectView | null,
+          (ks ?? null) as FluxObjectView | null,
+          args.expectedRevision,
+          args.terminal,
+        );
+        ctx?.heartbeat({ gitRepository: state.gitRepository.detail, kustomization: state.kustomization.detail });
+        if (fluxSyncSettled(state) || Date.now() >= args.returnAt) return state;
+        // A long poll interval still heartbeats every few seconds.
+        const next = Math.min(args.returnAt, Date.now() + (args.pollMs ?? pollMs));
+        while (Date.now() < next) {
+          const slice = Math.min(next - Date.now(), 5000);
+          await (ctx ? Promise.race([sleep(slice), ctx.cancelled]) : sleep(slice));
+          ctx?.heartbeat({ waiting: 'Flux Ready' });
+        }
       }
     },
 

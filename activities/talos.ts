@@ -27,7 +27,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import { parse as parseYaml } from 'yaml';
-import type { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure } from '@temporalio/common';
 import { nonRetryable, retryable } from '../common/errors.js';
 import type { SecretRef } from '../common/secret-ref.js';
 import { talosStore, type NodePlan } from '../common/talos.js';
@@ -67,6 +67,13 @@ export interface EtcdMember {
   peerUrls: string[];
   clientUrls: string[];
   learner: boolean;
+}
+
+/** `etcd members`: `reachable` false when etcd did not answer (not running yet, or restarting). */
+export interface EtcdMembers {
+  members: EtcdMember[];
+  reachable: boolean;
+  warning?: string;
 }
 
 export type NodeMode = 'maintenance' | 'configured' | 'unreachable';
@@ -240,6 +247,18 @@ export function createTalosActivities(deps: TalosDeps) {
   /** A private 0700 folder for talosctl's files, removed after `body`. */
   function withTemp<T>(body: (dir: string) => Promise<T>): Promise<T> {
     return temp.run('talosctl-', body);
+  }
+
+  /** `etcd members` on a control plane (see talosEtcdMembers). */
+  function etcdMembers(address: string, talosconfig: SecretRef): Promise<EtcdMembers> {
+    return withTemp(async (dir) => {
+      const tc = await materialize(dir, 'talosconfig', talosconfig);
+      const r = await must([...nodeArgs(address, tc), 'etcd', 'members'], `talosctl etcd members on ${address}`);
+      const warning = r.stderr.trim();
+      const members = parseEtcdMembers(r.stdout);
+      const reachable = members.length > 0 || !/code = (Unavailable|DeadlineExceeded)|connection refused/.test(warning);
+      return { members, reachable, ...(warning ? { warning } : {}) };
+    });
   }
 
   async function materialize(dir: string, name: string, ref: SecretRef): Promise<string> {
@@ -545,22 +564,39 @@ export function createTalosActivities(deps: TalosDeps) {
      * warning, `code = Unavailable`, with no members): not running yet, or restarting; an empty
      * list from an etcd that answered has `reachable` true.
      */
-    async talosEtcdMembers(args: {
+    async talosEtcdMembers(args: { address: string; talosconfig: SecretRef }): Promise<EtcdMembers> {
+      return etcdMembers(args.address, args.talosconfig);
+    },
+
+    /**
+     * Waits until etcd on a control plane lists a member (etcd starting from a recovered
+     * snapshot), heartbeating, asking every poll interval. Returns the members once there are
+     * some; at `returnAt` (a bound on one call, so a long wait is a few activities) or at
+     * `deadlineAt` (`timedOut`) with none and talosctl's last warning. A retryable talosctl
+     * failure (the node restarting) counts as no member yet.
+     */
+    async talosWaitEtcdMember(args: {
       address: string;
       talosconfig: SecretRef;
-    }): Promise<{ members: EtcdMember[]; reachable: boolean; warning?: string }> {
-      return withTemp(async (dir) => {
-        const tc = await materialize(dir, 'talosconfig', args.talosconfig);
-        const r = await must(
-          [...nodeArgs(args.address, tc), 'etcd', 'members'],
-          `talosctl etcd members on ${args.address}`,
-        );
-        const warning = r.stderr.trim();
-        const members = parseEtcdMembers(r.stdout);
-        const reachable =
-          members.length > 0 || !/code = (Unavailable|DeadlineExceeded)|connection refused/.test(warning);
-        return { members, reachable, ...(warning ? { warning } : {}) };
-      });
+      deadlineAt: number;
+      returnAt?: number;
+    }): Promise<EtcdMembers & { timedOut: boolean }> {
+      const ctx = inActivity();
+      for (;;) {
+        let last: EtcdMembers;
+        try {
+          last = await etcdMembers(args.address, args.talosconfig);
+        } catch (err) {
+          if (err instanceof ApplicationFailure && err.nonRetryable) throw err;
+          last = { members: [], reachable: false, warning: (err as Error).message };
+        }
+        if (last.members.length > 0) return { ...last, timedOut: false };
+        heartbeat({ address: args.address, waiting: 'etcd member', warning: last.warning });
+        const now = Date.now();
+        if (now >= args.deadlineAt) return { ...last, timedOut: true };
+        if (args.returnAt !== undefined && now >= args.returnAt) return { ...last, timedOut: false };
+        await (ctx ? Promise.race([sleep(pollMs), ctx.cancelled]) : sleep(pollMs));
+      }
     },
 
     /**

@@ -197,8 +197,18 @@ export function fnv1a(text: string): string {
  * The scratch namespace a drill restores a plan's PVCs into: one per run, so that a drill never
  * meets the previous one's namespace still terminating, nor removes another run's objects.
  */
-export function drillNamespace(plan: string, runId: string): string {
-  return dnsLabel(`dr-drill-${plan}-${runId.slice(0, 8)}`);
+export function drillNamespace(plan: string, runId: string, unique = true): string {
+  return dnsLabel(`dr-drill-${plan}-${runTag(runId, unique)}`);
+}
+
+/**
+ * The part of a run's scratch names, Volsync triggers and Job names that tells runs apart: the
+ * random end of its run ID. Run IDs are UUIDv7, whose first 8 hex digits are the start time's
+ * top bits, shared by all runs started within about a minute; runs started before
+ * `run-unique-names` used them (`unique` false) and keep them.
+ */
+export function runTag(runId: string, unique = true): string {
+  return unique ? runId.replace(/-/g, '').slice(-8) : runId.slice(0, 8);
 }
 
 /** The name of a drill VM (PVE name, and the ownership guard when it is deleted). */

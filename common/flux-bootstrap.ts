@@ -233,6 +233,36 @@ export function fluxObjectState(
   return { state: 'progressing', detail: `${what} ${said}`.trim(), ...(revision ? { revision } : {}) };
 }
 
+/** Both sync objects' states; `want`: the revision the Kustomization must be at. */
+export interface FluxSyncState {
+  gitRepository: FluxObjectState;
+  kustomization: FluxObjectState;
+  want?: string;
+}
+
+/**
+ * The GitRepository's and the Kustomization's states. Without an expected revision, the
+ * Kustomization must be at what the source fetched.
+ */
+export function fluxSyncState(
+  repo: FluxObjectView | null,
+  ks: FluxObjectView | null,
+  expectedRevision: string | undefined,
+  terminal: { GitRepository: readonly string[]; Kustomization: readonly string[] },
+): FluxSyncState {
+  const gitRepository = fluxObjectState('GitRepository', repo, expectedRevision, terminal.GitRepository);
+  const want = expectedRevision ?? gitRepository.revision;
+  const kustomization = fluxObjectState('Kustomization', ks, want, terminal.Kustomization);
+  return { gitRepository, kustomization, ...(want !== undefined ? { want } : {}) };
+}
+
+/** Settled: one of them failed, or both are Ready at the wanted revision. */
+export function fluxSyncSettled(s: FluxSyncState): 'failed' | 'ready' | undefined {
+  if (s.gitRepository.state === 'failed' || s.kustomization.state === 'failed') return 'failed';
+  if (s.gitRepository.state === 'ready' && s.kustomization.state === 'ready' && s.want !== undefined) return 'ready';
+  return undefined;
+}
+
 export interface FluxStatus {
   /** waiting: not Ready yet; slow: not Ready after slowAfterSeconds (a warning, not a failure). */
   state: 'applying' | 'waiting' | 'slow' | 'ready' | 'failed';

@@ -5,29 +5,36 @@
  * - the inventory's Flux credentials as secret-store references (placeholder values); the lab
  *   repository checkout is docs/examples/lab-repo (the Flux components manifest);
  * - something to restore: VM 150 `hass` with a vzdump archive an hour old on `unraid-backup`, and
- *   namespace `home-automation` with PVC `zigbee2mqtt` backed up by a Volsync ReplicationSource;
+ *   namespace `home-automation` with PVC `zigbee2mqtt` (a directory with a database and a
+ *   sentinel) backed up by a Volsync ReplicationSource into a local restic repository;
  * - the controllers no simulated cluster runs, played every second in its kube-apiserver: Flux's
- *   Deployments Available, GitRepository and Kustomization `flux-system` Ready at SIM_REVISION,
- *   ReplicationDestinations' manual triggers answered, labwright's verification Jobs completed;
+ *   Deployments Available, GitRepository and Kustomization `flux-system` Ready at SIM_REVISION;
+ *   Volsync's mover and labwright's verification Jobs run for real (lib/volume-lab.ts: restic
+ *   restores the bytes, the Job's checksum runs on them), in `home-automation` and in each
+ *   drill's scratch namespace (labelled `labwright.dev/dr=true`);
  *
- * docs/examples/ holds the inputs that run against it (flux-bootstrap.json, dr-drill.json, dr-restore.json).
+ * docs/examples/ holds the inputs that run against it (flux-bootstrap.json, dr-drill.json, dr-restore.json);
+ * dr-drill.json's sentinel sha256 is that of SIM_SENTINEL.
  */
 import { generateKeyPairSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import {
   AppsV1Api,
-  BatchV1Api,
   CoreV1Api,
   CustomObjectsApi,
   KubeConfig,
   PatchStrategy,
   setHeaderOptions,
 } from '@kubernetes/client-node';
-import { completeJob, completeReplicationDestination, setFluxReady } from '../lib/kube-controllers.js';
+import { setFluxReady } from '../lib/kube-controllers.js';
+import { VolumeLab } from '../lib/volume-lab.js';
 import type { PeerStarter } from './index.js';
 import { pveCaller } from './proxmox.js';
 
 export const SIM_REVISION = 'main@sha1:5e1f0c0ffee5e1f0c0ffee5e1f0c0ffee5e1f0c0';
+/** What the app's sentinel file holds (docs/examples/dr-drill.json carries its sha256). */
+export const SIM_SENTINEL = 'zigbee2mqtt sentinel, labwright simulated lab\n';
 const KUBECONFIG_STORE = 'kubeconfig/home';
 const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 
@@ -35,6 +42,8 @@ type Draft = Record<string, unknown>;
 
 export const fluxDrSimPeer: PeerStarter = async (ctx) => {
   const inv = ctx.inventory as Draft & { proxmox: { hosts: Draft[] }; clusters?: Record<string, Draft> };
+  const dir = path.join(ctx.dir, 'flux-dr');
+  await fs.mkdir(dir, { recursive: true });
   // Flux: credentials as store references.
   const flux = inv.clusters?.home?.flux as Draft | undefined;
   if (flux) {
@@ -94,9 +103,16 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
     namespace: ns,
     body: {
       metadata: { name: 'zigbee2mqtt-restic' },
-      stringData: { RESTIC_REPOSITORY: 's3:http://minio.invalid/z2m', RESTIC_PASSWORD: 'simulated' },
+      stringData: { RESTIC_REPOSITORY: path.join(dir, 'restic', 'zigbee2mqtt'), RESTIC_PASSWORD: 'simulated' },
     },
   });
+  // The app's data (a database over the verification's 1 MiB minimum, and the sentinel whose
+  // checksum the example drill checks), backed up by the real restic mover below.
+  const volumes = new VolumeLab({ kube: kc, root: dir, pollMs: 500 });
+  const data = volumes.volumeDir(ns, 'zigbee2mqtt');
+  await fs.mkdir(data, { recursive: true });
+  await fs.writeFile(path.join(data, 'database.db'), Buffer.alloc(1536 * 1024, 'zigbee2mqtt simulated lab\n'));
+  await fs.writeFile(path.join(data, '.labwright-sentinel'), SIM_SENTINEL);
   const rs = { group: 'volsync.backube', version: 'v1alpha1', plural: 'replicationsources', namespace: ns };
   await custom.createNamespacedCustomObject({
     ...rs,
@@ -111,21 +127,14 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
       },
     },
   });
-  const syncedAt = new Date(Date.now() - 1800_000).toISOString().replace(/\.\d+Z$/, 'Z');
-  await custom.patchNamespacedCustomObjectStatus(
-    {
-      ...rs,
-      name: 'zigbee2mqtt',
-      body: { status: { lastSyncTime: syncedAt, latestMoverStatus: { result: 'Successful' } } },
-    },
-    mergePatch,
-  );
+  await volumes.backup(ns, 'zigbee2mqtt');
+  volumes.watch(ns);
 
   // The controllers.
   let stopped = false;
   const loop = (async () => {
     while (!stopped) {
-      await playControllers(kc).catch(() => undefined);
+      await playControllers(kc, volumes).catch(() => undefined);
       await new Promise((r) => setTimeout(r, 1000));
     }
   })();
@@ -136,12 +145,13 @@ export const fluxDrSimPeer: PeerStarter = async (ctx) => {
     stop: async () => {
       stopped = true;
       await loop;
+      await volumes.stop();
     },
   };
 };
 
 /** One round of the controllers the simulated cluster lacks. */
-async function playControllers(kc: KubeConfig): Promise<void> {
+async function playControllers(kc: KubeConfig, volumes: VolumeLab): Promise<void> {
   const apps = kc.makeApiClient(AppsV1Api);
   const custom = kc.makeApiClient(CustomObjectsApi);
   const t = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
@@ -187,33 +197,10 @@ async function playControllers(kc: KubeConfig): Promise<void> {
       await setFluxReady(kc, { kind, namespace: 'flux-system', name: 'flux-system', revision: SIM_REVISION });
     }
   }
-  const rds = (await custom.listClusterCustomObject({
-    group: 'volsync.backube',
-    version: 'v1alpha1',
-    plural: 'replicationdestinations',
-  })) as {
-    items: Array<{
-      metadata: { name: string; namespace: string };
-      spec?: { trigger?: { manual?: string } };
-      status?: { lastManualSync?: string };
-    }>;
-  };
-  for (const rd of rds.items) {
-    const manual = rd.spec?.trigger?.manual;
-    if (manual && rd.status?.lastManualSync !== manual) {
-      await completeReplicationDestination(kc, {
-        namespace: rd.metadata.namespace,
-        name: rd.metadata.name,
-        manualTrigger: manual,
-        result: 'Successful',
-      });
-    }
-  }
-  const jobs = await kc.makeApiClient(BatchV1Api).listJobForAllNamespaces({ labelSelector: 'labwright.dev/dr=true' });
-  for (const job of jobs.items) {
-    const done = (job.status?.conditions ?? []).some(
-      (c) => (c.type === 'Complete' || c.type === 'Failed') && c.status === 'True',
-    );
-    if (!done) await completeJob(kc, job.metadata!.namespace!, job.metadata!.name!, true);
-  }
+  // A drill's scratch namespaces: the mover restores into them, its Jobs run there.
+  const scratch = await kc
+    .makeApiClient(CoreV1Api)
+    .listNamespace({ labelSelector: 'labwright.dev/dr=true' })
+    .catch(() => ({ items: [] }));
+  for (const n of scratch.items) volumes.watch(n.metadata!.name!);
 }

@@ -10,7 +10,7 @@ import { execFile } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { WorkflowFailedError } from '@temporalio/client';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDrReportActivities } from '../activities/dr-reports.js';
@@ -201,16 +201,22 @@ describe('drRestore of etcd through Talos recovery', () => {
     const hold = lab.standin.holdNextAnswer((c) => c.node === 'drill-scratch' && c.command === 'apply-config');
     const plan = uniqueName('etcd-down');
     const client = await testClient();
+    let history: Awaited<ReturnType<WorkflowHandle['fetchHistory']>> | undefined;
     const err = await withWorker({ activities }, async ({ taskQueue }) => {
-      const done = client.workflow
-        .execute('drRestore', { taskQueue, workflowId: `dr-drill/${plan}`, args: [input(plan, 'drill')] })
-        .catch((e: unknown) => e);
+      const handle = await client.workflow.start('drRestore', {
+        taskQueue,
+        workflowId: `dr-drill/${plan}`,
+        args: [input(plan, 'drill')],
+      });
+      const done = handle.result().catch((e: unknown) => e);
       await hold.reached;
       const rotten = Buffer.from(original);
       rotten[3 * 4096] = 0xff;
       await fs.writeFile(snapshot, rotten);
       hold.release();
-      return done;
+      const failure = await done;
+      history = await handle.fetchHistory();
+      return failure;
     });
     await fs.writeFile(snapshot, original);
 
@@ -234,6 +240,13 @@ describe('drRestore of etcd through Talos recovery', () => {
     expect(report.cleanedUp).toEqual([`VM ${SCRATCH_VMID} (${name})`, `Talos secrets and configs talos/${name}`]);
     expect(await leftovers()).toEqual({ vm: null, scratchSecrets: [] });
     expect(lab.standin.etcdState()?.recoveredFrom).toBeUndefined();
+    // The 5 s wait for a member (25 looks at pollSeconds 0.2) was one heartbeating activity:
+    // no timer and no activity per look in the drill's history.
+    const events = history?.events ?? [];
+    const scheduled = events.map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
+    expect(events.filter((e) => e.timerStartedEventAttributes)).toEqual([]);
+    expect(scheduled.filter((a) => a === 'talosWaitEtcdMember')).toHaveLength(1);
+    expect(scheduled.filter((a) => a === 'talosEtcdMembers')).toEqual([]);
   });
 
   it('a drill cancelled while the scratch control plane boots removes its VM and scratch secrets', async () => {

@@ -4,6 +4,7 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { WorkflowFailedError } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DrReport } from '../common/dr-restore.js';
 import type { FluxBootstrapResult } from '../common/flux-bootstrap.js';
@@ -59,6 +60,23 @@ describe('the simulated lab', () => {
       expect(drill.ok).toBe(true);
       expect(drill.targets.map((t) => t.target)).toEqual(['pvc home-automation/zigbee2mqtt', 'vm hass (150)']);
       expect(drill.cleanedUp.filter((c) => c.startsWith('LEFT'))).toEqual([]);
+      expect(drill.targets[0]!.verification).toMatch(/^sentinel \.labwright-sentinel sha256 ok \(Job /);
+
+      // The example's checksum is that of the bytes restic restored: one digit off, the drill fails.
+      const input = await example('dr-drill.json');
+      const pvc = (input.targets as Array<{ kind: string; sentinel?: { path: string; sha256: string } }>)[0]!;
+      const sha = pvc.sentinel!.sha256;
+      const wrong = `${sha.slice(0, -1)}${sha.endsWith('0') ? '1' : '0'}`;
+      const failed = await client.workflow
+        .execute('drRestore', {
+          taskQueue,
+          workflowId: `dr-drill/home-${uniqueName('sim')}`,
+          args: [{ ...input, targets: [{ ...pvc, sentinel: { ...pvc.sentinel, sha256: wrong } }], pollSeconds: 0.5 }],
+        })
+        .catch((e: unknown) => e);
+      expect(((failed as WorkflowFailedError).cause as Error).message).toMatch(
+        /^drill home FAILED: pvc home-automation\/zigbee2mqtt: verification of home-automation\/zigbee2mqtt failed: Job \S+ failed/,
+      );
     });
   });
 

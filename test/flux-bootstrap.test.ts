@@ -208,6 +208,12 @@ describe('fluxBootstrap', () => {
       });
       await new Promise((r) => setTimeout(r, 600));
       expect((await handle.describe()).status.name).toBe('RUNNING');
+      // A long wait (about 8 s, 40 looks at pollSeconds 0.2) is a few heartbeating activities:
+      // no timer, no look and no search-attribute update per poll in the history.
+      await new Promise((r) => setTimeout(r, 5000));
+      const waiting = (await handle.fetchHistory()).events ?? [];
+      expect(waiting.filter((e) => e.timerStartedEventAttributes)).toEqual([]);
+      expect(waiting.length).toBeLessThan(150);
       await setFluxReady(sharedKube(), {
         kind: 'GitRepository',
         namespace: 'flux-system',
@@ -227,6 +233,7 @@ describe('fluxBootstrap', () => {
       const { activities: scheduled, texts } = await historyTexts(handle as WorkflowHandle);
       expect(scheduled).toContain('k8sApplyFile');
       expect(scheduled).not.toContain('drReadManifest');
+      expect(scheduled.filter((a) => a === 'k8sWaitFluxReady').length).toBeLessThanOrEqual(3);
       expect(scheduled.filter((a) => a === 'k8sApply')).toHaveLength(1); // the sync objects only
       expect(texts.length).toBeGreaterThan(10);
       expect(texts.some((t) => t.includes(MANIFEST))).toBe(true); // the path does

@@ -17,7 +17,7 @@
  *      Secret, from secret references.
  *   6. Apply the GitRepository and the Kustomization `flux-system`; once kustomize-controller
  *      applies them from the repository's gotk-sync.yaml they are Git's, and are left alone.
- *   7. Wait, durably and with progress, until both are Ready at the expected revision
+ *   7. Wait, durably and with progress (in a heartbeating activity), until both are Ready at the expected revision
  *      (GitRepository status.artifact.revision, Kustomization status.lastAttemptedRevision,
  *      observedGeneration current, not suspended). Past `slowAfterSeconds` the run is reported
  *      slow (progress, `fluxStatus` query) and goes on waiting; it fails only on Ready=False with
@@ -38,13 +38,15 @@ import {
   FLUX_SOPS_SECRET,
   fluxBootstrapInputSchema,
   fluxGitSecretData,
-  fluxObjectState,
+  fluxSyncSettled,
+  fluxSyncState,
   gitRepositoryObject,
   kustomizationObject,
   type FluxBootstrapResult,
   type FluxGitSettings,
   type FluxObjectView,
   type FluxStatus,
+  type FluxSyncState,
 } from '../common/flux-bootstrap.js';
 import { formatDuration } from '../common/llm-burst.js';
 import { ProgressTracker } from '../common/progress.js';
@@ -242,7 +244,10 @@ export async function fluxBootstrap(raw: unknown): Promise<FluxBootstrapResult> 
   );
   record(sync);
 
-  // 7. wait for Ready at the expected revision: a durable loop, one look per poll.
+  // 7. wait for Ready at the expected revision, in a heartbeating activity: one call per chunk
+  //    (the progress and the fluxStatus query are updated after each, and on turning slow), at
+  //    most ~30 chunks however long the deadline; runs started before `flux-ready-wait-activity`
+  //    replay the workflow-side poll they recorded.
   const terminal = {
     GitRepository: input.terminalReasons.GitRepository ?? DEFAULT_TERMINAL_REASONS.GitRepository,
     Kustomization: input.terminalReasons.Kustomization ?? DEFAULT_TERMINAL_REASONS.Kustomization,
@@ -250,30 +255,40 @@ export async function fluxBootstrap(raw: unknown): Promise<FluxBootstrapResult> 
   progress.start('wait for Ready', `waiting for ${input.expectedRevision ?? 'the fetched revision'}`);
   status.state = 'waiting';
   const started = Date.now();
+  const waitInActivity = wf.patched('flux-ready-wait-activity');
+  const deadline = started + input.readyTimeoutSeconds * 1000;
+  const slowAt = started + input.slowAfterSeconds * 1000;
+  const chunkMs = Math.min(20 * 60_000, Math.max(60_000, (input.readyTimeoutSeconds * 1000) / 30));
   let revision = '';
   for (;;) {
-    const [repo, ks] = await Promise.all([
-      kube.k8sGetObject({ kubeconfig, ...fluxRef('source.toolkit.fluxcd.io/v1', 'GitRepository') }),
-      kube.k8sGetObject({ kubeconfig, ...fluxRef('kustomize.toolkit.fluxcd.io/v1', 'Kustomization') }),
-    ]);
-    const repoState = fluxObjectState(
-      'GitRepository',
-      (repo.object ?? null) as FluxObjectView | null,
-      input.expectedRevision,
-      terminal.GitRepository,
-    );
-    // Without an expected revision, the Kustomization must be at what the source fetched.
-    const want = input.expectedRevision ?? repoState.revision;
-    const ksState = fluxObjectState(
-      'Kustomization',
-      (ks.object ?? null) as FluxObjectView | null,
-      want,
-      terminal.Kustomization,
-    );
+    let sync: FluxSyncState;
+    if (waitInActivity) {
+      const now = Date.now();
+      sync = await kubeWait.k8sWaitFluxReady({
+        kubeconfig,
+        ...(input.expectedRevision ? { expectedRevision: input.expectedRevision } : {}),
+        terminal,
+        pollMs: input.pollSeconds * 1000,
+        returnAt: Math.min(deadline, now + chunkMs, status.state !== 'slow' && slowAt > now ? slowAt : Infinity),
+      });
+    } else {
+      const [repo, ks] = await Promise.all([
+        kube.k8sGetObject({ kubeconfig, ...fluxRef('source.toolkit.fluxcd.io/v1', 'GitRepository') }),
+        kube.k8sGetObject({ kubeconfig, ...fluxRef('kustomize.toolkit.fluxcd.io/v1', 'Kustomization') }),
+      ]);
+      sync = fluxSyncState(
+        (repo.object ?? null) as FluxObjectView | null,
+        (ks.object ?? null) as FluxObjectView | null,
+        input.expectedRevision,
+        terminal,
+      );
+    }
+    const { gitRepository: repoState, kustomization: ksState, want } = sync;
     const waited = Math.round((Date.now() - started) / 1000);
     Object.assign(status, { gitRepository: repoState, kustomization: ksState, waitedSeconds: waited });
 
-    if (repoState.state === 'failed' || ksState.state === 'failed') {
+    const settled = fluxSyncSettled(sync);
+    if (settled === 'failed') {
       const detail = [repoState, ksState]
         .filter((s) => s.state === 'failed')
         .map((s) => s.detail)
@@ -283,8 +298,8 @@ export async function fluxBootstrap(raw: unknown): Promise<FluxBootstrapResult> 
       progress.finishWith(`Flux on ${input.cluster} failed: ${detail}`);
       throw nonRetryable('precondition', `Flux on ${input.cluster} failed: ${detail}`, { status });
     }
-    if (repoState.state === 'ready' && ksState.state === 'ready' && want !== undefined) {
-      revision = ksState.revision ?? want;
+    if (settled === 'ready') {
+      revision = ksState.revision ?? want!;
       status.state = 'ready';
       break;
     }
@@ -312,7 +327,7 @@ export async function fluxBootstrap(raw: unknown): Promise<FluxBootstrapResult> 
       'wait for Ready',
       `${slow ? 'SLOW ' : ''}${formatDuration(waited * 1000)}: ${repoState.detail}; ${ksState.detail}`,
     );
-    await wf.sleep(input.pollSeconds * 1000);
+    if (!waitInActivity) await wf.sleep(input.pollSeconds * 1000);
   }
   const waitedSeconds = Math.round((Date.now() - started) / 1000);
   const slow = waitedSeconds >= input.slowAfterSeconds;
