@@ -5,7 +5,6 @@
  * alone (Packer, in its own process group, runs on). A new worker takes over; each run ends with
  * one template and no other VM of the build.
  */
-import type { ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { WorkflowHandle } from '@temporalio/client';
@@ -19,16 +18,10 @@ import { projectRoot } from '../lib/paths.js';
 import { cloudImageSeed } from '../sim/proxmox.js';
 import { startFakePveLab, type FakePveLab } from './harness/fakepve.js';
 import { workflowFailure } from './harness/failures.js';
-import { TEST_CODEC_KEY_FILE, spawnTs } from './harness/processes.js';
+import { TEST_CODEC_KEY_FILE, startWorkerProcess, type WorkerProcess } from './harness/processes.js';
 import { temporalAddress, testClient, uniqueName } from './harness/temporal.js';
 
 const EventType = temporal.api.enums.v1.EventType;
-
-interface WorkerProcess {
-  child: ChildProcess;
-  output: () => string;
-  exited: Promise<NodeJS.Signals | number | null>;
-}
 
 let lab: FakePveLab;
 let workerEnv: NodeJS.ProcessEnv;
@@ -84,11 +77,7 @@ async function parentOf(pid: number): Promise<number> {
 }
 
 function startWorker(): WorkerProcess {
-  const { child, output } = spawnTs('workers/main.ts', workerEnv, { group: true });
-  const exited = new Promise<NodeJS.Signals | number | null>((resolve) =>
-    child.once('exit', (code, signal) => resolve(signal ?? code)),
-  );
-  const w = { child, output, exited };
+  const w = startWorkerProcess(workerEnv);
   workers.push(w);
   return w;
 }

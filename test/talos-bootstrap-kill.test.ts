@@ -6,14 +6,13 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { ChildProcess } from 'node:child_process';
 import { CoreV1Api } from '@kubernetes/client-node';
 import type { WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import { kubeConfigFor } from './harness/kube-controllers.js';
-import { spawnTs } from './harness/processes.js';
+import { startWorkerProcess, type WorkerProcess } from './harness/processes.js';
 import { labWorkerEnv, startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
 import { temporalAddress, testClient, uniqueName } from './harness/temporal.js';
 
@@ -22,12 +21,6 @@ const EventType = temporal.api.enums.v1.EventType;
 /** Three control planes, and two workers: a VM on the IoT VLAN and the Raspberry Pi. */
 function threePlusTwo(home: Draft): void {
   home.workers = (home.workers as Draft[]).filter((w) => ['talos-iot-1', 'rpi5'].includes(w.name as string));
-}
-
-interface WorkerProcess {
-  child: ChildProcess;
-  output: () => string;
-  exited: Promise<NodeJS.Signals | number | null>;
 }
 
 /** This file's cluster: talos-bootstrap runs only as talos-bootstrap/<cluster>. */
@@ -61,11 +54,7 @@ describe('talosBootstrap with its worker process killed (SIGKILL) mid-step', () 
   });
 
   function startWorker(): WorkerProcess {
-    const { child, output } = spawnTs('workers/main.ts', workerEnv, { group: true });
-    const exited = new Promise<NodeJS.Signals | number | null>((resolve) =>
-      child.once('exit', (code, signal) => resolve(signal ?? code)),
-    );
-    const w = { child, output, exited };
+    const w = startWorkerProcess(workerEnv);
     workers.push(w);
     return w;
   }

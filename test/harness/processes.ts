@@ -153,3 +153,20 @@ export async function untilWorkerStarted(run: NpmStart, timeoutMs = 240_000): Pr
     await new Promise((r) => setTimeout(r, 250));
   }
 }
+
+/** A worker process (workers/main.ts) leading its own process group, as a deployment runs it. */
+export interface WorkerProcess {
+  child: ChildProcess;
+  output: () => string;
+  /** Resolves with the signal that ended it, or its exit code. */
+  exited: Promise<NodeJS.Signals | number | null>;
+}
+
+/** Starts workers/main.ts with `env` in a process group of its own (kill `-child.pid` to end it all). */
+export function startWorkerProcess(env: NodeJS.ProcessEnv): WorkerProcess {
+  const { child, output } = spawnTs('workers/main.ts', env, { group: true });
+  const exited = new Promise<NodeJS.Signals | number | null>((resolve) =>
+    child.once('exit', (code, signal) => resolve(signal ?? code)),
+  );
+  return { child, output, exited };
+}
