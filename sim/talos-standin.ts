@@ -44,6 +44,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { BatchV1Api } from '@kubernetes/client-node';
+import { SMOKE_NODE_LABEL } from '../common/gpu-node-join.js';
 import { completeJob, kubeConfigFor, markNodeReady } from '../lib/kube-controllers.js';
 import { projectRoot } from '../lib/paths.js';
 
@@ -84,7 +85,7 @@ export interface TalosStandinOptions {
   bootMs?: number;
   /**
    * The simulated lab only: play the NVIDIA device plugin (nvidia.com/gpu: 1 on nodes whose
-   * config loads the nvidia modules) and the Job controller for their `gpu-smoke-<node>` Jobs
+   * config loads the nvidia modules) and the Job controller for their smoke Jobs
    * (completed). Tests leave it off and play both themselves.
    */
   playGpuNodes?: boolean;
@@ -418,7 +419,8 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
       n.gpuReported = true;
     }
     const batch = kubeConfigFor(kubeconfigPath).makeApiClient(BatchV1Api);
-    const jobs = await batch.listJobForAllNamespaces({ fieldSelector: `metadata.name=gpu-smoke-${n.spec.name}` });
+    // gpuNodeJoin names each run's smoke Job apart, and labels it with its node.
+    const jobs = await batch.listJobForAllNamespaces({ labelSelector: `${SMOKE_NODE_LABEL}=${n.spec.name}` });
     for (const job of jobs.items) {
       if ((job.status?.conditions ?? []).some((c) => c.status === 'True')) continue;
       await completeJob(kubeconfigPath, job.metadata!.namespace!, job.metadata!.name!, true);
