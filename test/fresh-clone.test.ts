@@ -1,5 +1,5 @@
 // A fresh clone runs with nothing outside it: the committed HEAD, cloned into a temporary folder
-// that holds nothing else (no ../shared, no ../anything), runs `npm start` until the dev server
+// that holds nothing else (no sibling folder of any kind), runs `npm start` until the dev server
 // answers `temporal workflow list` and the worker polls. Built peers come from the shared cache
 // (LABWRIGHT_CACHE), as on a machine that ran labwright before; node_modules is this checkout's,
 // linked in (npm install in the clone is what the README says to do, and is the same lock file).
