@@ -542,7 +542,8 @@ async function installCrdsWith(
       const created = await until(
         `creating CRD ${name}`,
         () => kubeRequest(creds, 'POST', base, body),
-        (r) => r.status < 300 || r.status === 409,
+        // status 0 is no connection yet, not a create
+        (r) => (r.status >= 200 && r.status < 300) || r.status === 409,
       );
       if (created.status === 409) {
         const cur = await kubeRequest(creds, 'GET', `${base}/${name}`);

@@ -9,7 +9,11 @@ import {
   PatchStrategy,
   setHeaderOptions,
 } from '@kubernetes/client-node';
-import { startKube, type KubeHandle } from './harness/kube.js';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { installCrds, startKube, type KubeHandle } from './harness/kube.js';
 import {
   completeJob,
   completeReplicationDestination,
@@ -247,4 +251,64 @@ describe('test kube-apiserver', () => {
       ),
     ).rejects.toMatchObject({ code: 422 });
   });
+
+  it('installCrds waits for an apiserver that does not accept connections yet', async () => {
+    // What a slow start looks like to the CRD installer: connection refused, then a server.
+    const port = await new Promise<number>((resolve) => {
+      const probe = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = (probe.address() as net.AddressInfo).port;
+        probe.close(() => resolve(p));
+      });
+    });
+    const upstream = new URL(kube.server);
+    const late = net.createServer((client) => {
+      const up = net.connect(Number(upstream.port), upstream.hostname);
+      client.pipe(up).pipe(client);
+      const drop = () => (client.destroy(), up.destroy());
+      client.on('error', drop);
+      up.on('error', drop);
+    });
+    const opened = new Promise<void>((resolve) => setTimeout(() => late.listen(port, '127.0.0.1', resolve), 1_500));
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'late-crds-'));
+    try {
+      const kubeconfig = JSON.parse(fs.readFileSync(kube.kubeconfigPath, 'utf8')) as {
+        clusters: { cluster: { server: string } }[];
+      };
+      kubeconfig.clusters[0]!.cluster.server = `https://127.0.0.1:${port}`;
+      fs.writeFileSync(path.join(dir, 'kubeconfig'), JSON.stringify(kubeconfig), { mode: 0o600 });
+      fs.writeFileSync(
+        path.join(dir, 'widgets.json'),
+        JSON.stringify({
+          apiVersion: 'apiextensions.k8s.io/v1',
+          kind: 'CustomResourceDefinition',
+          metadata: { name: 'widgets.late.labwright.dev' },
+          spec: {
+            group: 'late.labwright.dev',
+            scope: 'Namespaced',
+            names: { plural: 'widgets', singular: 'widget', kind: 'Widget' },
+            versions: [
+              {
+                name: 'v1',
+                served: true,
+                storage: true,
+                schema: { openAPIV3Schema: { type: 'object', 'x-kubernetes-preserve-unknown-fields': true } },
+              },
+            ],
+          },
+        }),
+      );
+      await expect(installCrds(path.join(dir, 'kubeconfig'), dir, 20_000)).resolves.toEqual([
+        'widgets.late.labwright.dev',
+      ]);
+      await opened;
+      const listed = await kc
+        .makeApiClient(CustomObjectsApi)
+        .listClusterCustomObject({ group: 'late.labwright.dev', version: 'v1', plural: 'widgets' });
+      expect(listed.items).toEqual([]);
+    } finally {
+      await opened;
+      await new Promise((resolve) => late.close(resolve));
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
