@@ -30,7 +30,7 @@ import { bundleWorkflowCode } from '@temporalio/worker';
 import { LlmBurstClient } from '../clients/llm-burst-client.js';
 import { shutdownNowSignal, statusQuery, TAG_POOL, type LlmBurstInput } from '../common/llm-burst.js';
 import { AesGcmCodec, keyIdOf, parseKey } from '../lib/codec.js';
-import { startDevServer } from '../lib/dev-server.js';
+import { startDevServer } from '../sim/dev-server.js';
 import { quietLogger } from '../lib/log.js';
 import { cacheDir, projectRoot } from '../lib/paths.js';
 import { stopProcess } from '../lib/processes.js';

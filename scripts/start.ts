@@ -11,7 +11,7 @@
 import path from 'node:path';
 import { codecFromEnv, ensureLocalKey } from '../lib/codec.js';
 import { DEFAULT_CODEC_PORT, startCodecServer } from '../lib/codec-server.js';
-import { startDevServer, type DevServer } from '../lib/dev-server.js';
+import { startDevServer, type DevServer } from '../sim/dev-server.js';
 import { projectRoot, stateDir } from '../lib/paths.js';
 import { spawnGroup, stopProcess } from '../lib/processes.js';
 import { startSimulatedLab, type SimulatedLab } from '../sim/index.js';

@@ -9,7 +9,7 @@
  *   sentinel) backed up by a Volsync ReplicationSource into a local restic repository;
  * - the controllers no simulated cluster runs, played every second in its kube-apiserver: Flux's
  *   Deployments Available, GitRepository and Kustomization `flux-system` Ready at SIM_REVISION;
- *   Volsync's mover and labwright's verification Jobs run for real (lib/volume-lab.ts: restic
+ *   Volsync's mover and labwright's verification Jobs run for real (sim/volume-lab.ts: restic
  *   restores the bytes, the Job's checksum runs on them), in `home-automation` and in each
  *   drill's scratch namespace (labelled `labwright.dev/dr=true`);
  *
@@ -27,8 +27,8 @@ import {
   PatchStrategy,
   setHeaderOptions,
 } from '@kubernetes/client-node';
-import { setFluxReady } from '../lib/kube-controllers.js';
-import { VolumeLab } from '../lib/volume-lab.js';
+import { setFluxReady } from './kube-controllers.js';
+import { VolumeLab } from './volume-lab.js';
 import type { PeerStarter } from './index.js';
 import { pveCaller } from './proxmox.js';
 

@@ -1,13 +1,13 @@
 /**
  * Kubernetes for the simulated lab: the same real kube-apiserver + etcd the tests use
- * (lib/kube-apiserver.ts, built by scripts/ensure-kube.sh), on loopback, with the pinned CRDs
+ * (sim/kube-apiserver.ts, built by scripts/ensure-kube.sh), on loopback, with the pinned CRDs
  * (scripts/ensure-crds.sh). Its admin kubeconfig goes into the lab's secret store as `kubeconfig/home`;
  * activities take it as `{ store: 'kubeconfig/home' }`. No controllers run: objects are stored
  * and validated, nothing reconciles them.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { startKube } from '../lib/kube-apiserver.js';
+import { startKube } from './kube-apiserver.js';
 import type { PeerStarter } from './index.js';
 
 /** Store name of the simulated cluster's admin kubeconfig. */

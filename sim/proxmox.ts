@@ -11,7 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
-import { makeCa, signLeaf } from '../lib/pki.js';
+import { makeCa, signLeaf } from './pki.js';
 import { ensureTool, freePort, spawnLogged, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
 import { projectRoot } from '../lib/paths.js';
 import type { PeerStarter } from './index.js';

@@ -45,7 +45,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { BatchV1Api } from '@kubernetes/client-node';
 import { SMOKE_NODE_LABEL } from '../common/gpu-node-join.js';
-import { completeJob, kubeConfigFor, markNodeReady } from '../lib/kube-controllers.js';
+import { completeJob, kubeConfigFor, markNodeReady } from './kube-controllers.js';
 import { projectRoot } from '../lib/paths.js';
 
 export interface StandinNodeSpec {

@@ -16,7 +16,7 @@ import { passthroughAddress } from '../common/talos.js';
 import type { Gpu } from '../hardware/schema.js';
 import { ensureTool } from '../lib/processes.js';
 import { SecretStore } from '../lib/secrets.js';
-import { startKube } from '../lib/kube-apiserver.js';
+import { startKube } from './kube-apiserver.js';
 import type { PeerStarter } from './index.js';
 import { pveCaller } from './proxmox.js';
 import { loopbackFor, pveVmLister, startTalosStandin, type StandinNodeSpec } from './talos-standin.js';

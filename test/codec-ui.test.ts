@@ -7,7 +7,7 @@ import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { inject, describe, expect, it } from 'vitest';
 import { startCodecServer } from '../lib/codec-server.js';
-import { startDevServer } from '../lib/dev-server.js';
+import { startDevServer } from '../sim/dev-server.js';
 import { cacheDir } from '../lib/paths.js';
 import { freePort } from '../lib/processes.js';
 import { createLabWorker } from '../workers/worker.js';

@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { startDevServer } from '../lib/dev-server.js';
+import { startDevServer } from '../sim/dev-server.js';
 import { projectRoot } from '../lib/paths.js';
 import { temporalAddress } from './harness/temporal.js';
 

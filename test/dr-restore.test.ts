@@ -1,5 +1,5 @@
 // drRestore on the real dev server, fakepve and the run's shared kube-apiserver; VolSync's restic
-// mover and the Job runner work on real bytes (lib/volume-lab.ts): the tests write the data, back
+// mover and the Job runner work on real bytes (sim/volume-lab.ts): the tests write the data, back
 // it up with the real restic, and the verification Jobs run their script on the restored files.
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';

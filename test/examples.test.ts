@@ -16,7 +16,7 @@ import type { GpuNodeJoinResult } from '../common/gpu-node-join.js';
 import { acquireUpdate } from '../common/llm-burst.js';
 import type { PackerImageBuildResult } from '../common/packer-image-build.js';
 import type { TalosBootstrapResult } from '../common/talos.js';
-import { startDevServer, type DevServer } from '../lib/dev-server.js';
+import { startDevServer, type DevServer } from '../sim/dev-server.js';
 import { cacheDir, projectRoot } from '../lib/paths.js';
 import { SecretStore } from '../lib/secrets.js';
 import { SIM_REVISION } from '../sim/flux-dr.js';

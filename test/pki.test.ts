@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { makeCa, signLeaf } from '../lib/pki.js';
+import { makeCa, signLeaf } from '../sim/pki.js';
 
 const run = promisify(execFile);
 

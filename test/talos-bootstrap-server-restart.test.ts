@@ -11,7 +11,7 @@ import { Client, Connection } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TalosBootstrapResult } from '../common/talos.js';
-import { startDevServer, type DevServer } from '../lib/dev-server.js';
+import { startDevServer, type DevServer } from '../sim/dev-server.js';
 import { freePort } from '../lib/processes.js';
 import { spawnTs } from './harness/processes.js';
 import { labWorkerEnv, startTalosLab, type Draft, type TalosLab } from './harness/talos.js';

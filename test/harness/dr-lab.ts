@@ -2,7 +2,7 @@
  * The lab the DR tests run on: fakepve (a VM with backups on `unraid-backup`), the run's shared
  * kube-apiserver with an app namespace whose PVCs Volsync backs up, a secret store, and the
  * activities wired to them. `volumes` is VolSync's restic mover, the CSI snapshotter and the Job
- * runner on real bytes (lib/volume-lab.ts): `appWithData` writes files into the PVCs and backs
+ * runner on real bytes (sim/volume-lab.ts): `appWithData` writes files into the PVCs and backs
  * them up with the real restic; `appWithBackups` only writes the status of backups of a given
  * age, for the checks that never restore.
  */

@@ -7,8 +7,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { bundleWorkflowCode } from '@temporalio/worker';
 import type { TestProject } from 'vitest/node';
-import { startDevServer } from '../../lib/dev-server.js';
-import { startKube } from '../../lib/kube-apiserver.js';
+import { startDevServer } from '../../sim/dev-server.js';
+import { startKube } from '../../sim/kube-apiserver.js';
 import { quietLogger } from '../../lib/log.js';
 import { cacheDir, projectRoot } from '../../lib/paths.js';
 

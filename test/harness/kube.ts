@@ -1,5 +1,5 @@
 /**
- * The real kube-apiserver + etcd the tests talk to. The start code lives in lib/kube-apiserver.ts
+ * The real kube-apiserver + etcd the tests talk to. The start code lives in sim/kube-apiserver.ts
  * (the simulated lab starts the same way, sim/kube.ts); this file re-exports it and adds what
  * test files use:
  *
@@ -15,10 +15,10 @@ import { randomUUID } from 'node:crypto';
 import { CoreV1Api } from '@kubernetes/client-node';
 import { inject } from 'vitest';
 import type { SecretRef } from '../../common/secret-ref.js';
-import { credsFromKubeconfig, type KubeCreds } from '../../lib/kube-apiserver.js';
+import { credsFromKubeconfig, type KubeCreds } from '../../sim/kube-apiserver.js';
 import { kubeConfigFor } from './kube-controllers.js';
 
-export * from '../../lib/kube-apiserver.js';
+export * from '../../sim/kube-apiserver.js';
 export { projectRoot } from '../../lib/paths.js';
 
 declare module 'vitest' {

@@ -6,7 +6,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { SEARCH_ATTRIBUTE_KEYS } from '../common/search-attributes.js';
-import { ensureTool, freePort, portIsFree, spawnLogged, stopProcess, tail, waitUntilReady } from './processes.js';
+import { ensureTool, freePort, portIsFree, spawnLogged, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
 
 export interface DevServerOptions {
   /** SQLite file for persistence; in memory when left out. */

@@ -11,7 +11,7 @@
  * anything but 127.0.0.1.
  *
  * There is no kube-controller-manager, scheduler or kubelet: the tests play
- * the controllers themselves (see lib/kube-controllers.ts). So a Namespace that is
+ * the controllers themselves (see sim/kube-controllers.ts). So a Namespace that is
  * deleted stays Terminating, nothing garbage-collects owned objects, and no
  * "default" ServiceAccount is made in new namespaces.
  */
@@ -23,9 +23,9 @@ import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseAllDocuments } from 'yaml';
-import { projectRoot } from './paths.js';
+import { projectRoot } from '../lib/paths.js';
 import { makeCa, signLeaf } from './pki.js';
-import { ensureTool, freePort, spawnLogged, stopProcess } from './processes.js';
+import { ensureTool, freePort, spawnLogged, stopProcess } from '../lib/processes.js';
 
 export interface KubeHandle {
   /** Admin kubeconfig (client certificate in group system:masters, data embedded). */
