@@ -208,7 +208,8 @@ export class LlmBurstClient {
         }),
       });
       entry.ready = { endpoint: result.endpoint, instanceId: result.instanceId, idleTimeoutMs: result.idleTimeoutMs };
-      entry.lastContactAt = sentAt;
+      // The workflow's idle window opened when it answered: at least heldMs after we sent.
+      entry.lastContactAt = sentAt + result.heldMs;
       entry.failure = undefined;
       entry.unreachable = undefined;
       return { pool, endpoint: result.endpoint, instanceId: result.instanceId, cold: true };

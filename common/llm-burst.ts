@@ -147,6 +147,11 @@ export interface AcquireResult {
   instanceId: string;
   /** The pool's idle timeout: a client that sends no demand for this long loses the instance. */
   idleTimeoutMs: number;
+  /**
+   * How long the workflow held the request before answering, on its own clock. The idle window
+   * starts at the answer, so a caller counts it from when it sent the request plus this.
+   */
+  heldMs: number;
 }
 
 export interface LlmBurstStatus {

@@ -127,10 +127,30 @@ export async function stopProcess(child: ChildProcess, graceMs = 5000): Promise<
     else child.kill(s);
   };
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const grouped = pgid !== undefined && groups.has(pgid);
   signal('SIGTERM');
   const timer = setTimeout(() => signal('SIGKILL'), graceMs);
   await exited;
   clearTimeout(timer);
+  if (grouped) await groupGone(pgid, graceMs);
+}
+
+/**
+ * Waits until no process of the group is left: what the leader started may still be writing
+ * into files the caller removes next (Chromium's helpers into its profile). Bounded, because a
+ * container's PID 1 may never reap a zombie.
+ */
+async function groupGone(pgid: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      process.kill(-pgid, 0);
+    } catch {
+      return;
+    }
+    if (Date.now() > deadline) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 /** Polls `probe` until it resolves true; fails early if `child` exits, with `describe()` in the error. */

@@ -12,7 +12,7 @@ import { LlmBurstClient } from '../clients/llm-burst-client.js';
 import { parseListen, startLlmProxy, type LlmProxy, type LlmProxyOptions } from '../clients/llm-proxy.js';
 import { llmBurstWorkflowId, statusQuery, type LlmBurstInput, type LlmBurstStatus } from '../common/llm-burst.js';
 import { startFakeModelServer, type FakeModelServer } from '../sim/ec2.js';
-import { startEc2Peers, testPool, type Ec2Peers } from './harness/ec2.js';
+import { DEFAULT_VISIBILITY_DELAY_MS, startEc2Peers, testPool, type Ec2Peers } from './harness/ec2.js';
 import { testClient, uniqueName, withWorker } from './harness/temporal.js';
 
 let peers: Ec2Peers;
@@ -160,6 +160,28 @@ describe('the LLM proxy with a burst pool', () => {
         expect((await status(s.handle)).reason).toBe('idle for 5s');
       });
     });
+  });
+
+  it('a cold start that outlasts the idle timeout leaves the endpoint warm: the next request needs no second acquire', async () => {
+    const pool = uniqueName('slow');
+    // The new instance stays invisible to DescribeInstances longer than the pool's idle timeout.
+    peers.faults.setVisibilityDelay(6_000);
+    try {
+      await withWorker({ activities: peers.activities() }, async ({ taskQueue }) => {
+        await withProxy(taskQueue, { pool: testPool(pool), idleTimeout: '5s' }, async (s) => {
+          const sentAt = Date.now();
+          const cold = await s.burst.endpoint(pool);
+          expect(cold.cold).toBe(true);
+          expect(Date.now() - sentAt).toBeGreaterThan(5_000);
+          const warm = await s.burst.endpoint(pool);
+          expect(warm).toMatchObject({ cold: false, instanceId: cold.instanceId });
+          expect(s.burst.stats(pool)).toMatchObject({ acquires: 1, warmHits: 1 });
+          expect((await historyCounts(s.handle)).updates).toBe(1);
+        });
+      });
+    } finally {
+      peers.faults.setVisibilityDelay(DEFAULT_VISIBILITY_DELAY_MS);
+    }
   });
 
   it('a thousand requests in a burst send one acquire and no more than a handful of signals', async () => {

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTalosActivities } from '../activities/talos.js';
-import { PrivateTemp } from '../lib/processes.js';
+import { PrivateTemp, spawnGroup, stopProcess } from '../lib/processes.js';
 import { SecretStore } from '../lib/secrets.js';
 
 let dir: string;
@@ -70,5 +70,19 @@ describe('child processes', () => {
     } finally {
       alive.kill('SIGKILL');
     }
+  });
+
+  it('stopProcess returns once every process of the group is gone, not only its leader', async () => {
+    // A leader that leaves at SIGTERM, and a helper of its that ignores it and keeps writing
+    // into a folder the caller removes next (what Chromium's helpers do with its profile).
+    const out = await fs.mkdtemp(path.join(dir, 'group-'));
+    const leader = spawnGroup('sh', [
+      '-c',
+      `(trap '' TERM; while :; do date > "${out}/helper.$$"; done) & trap 'exit 0' TERM; while :; do sleep 0.05; done`,
+    ]);
+    await expect.poll(async () => (await fs.readdir(out)).length, { timeout: 10_000 }).toBeGreaterThan(0);
+    await stopProcess(leader);
+    expect(() => process.kill(-leader.pid!, 0)).toThrow(expect.objectContaining({ code: 'ESRCH' }));
+    await fs.rm(out, { recursive: true });
   });
 });

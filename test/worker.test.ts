@@ -1,12 +1,12 @@
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, inject, it } from 'vitest';
 import { freePort } from '../lib/processes.js';
 import { projectRoot } from '../lib/paths.js';
 import { loadInventory } from '../hardware/load.js';
 import { SecretStore } from '../lib/secrets.js';
 import { createLabActivities, mergeActivities } from '../workers/activities.js';
 import { createDemoActivities } from './fixtures/demo-activities.js';
-import { TEST_CODEC_KEY_FILE, runTs, spawnTs } from './harness/processes.js';
+import { TEST_CODEC_KEY_FILE, runTs, startWorkerProcess, untilWorkerStarted } from './harness/processes.js';
 import { startTestWorker, temporalAddress, testClient, uniqueName } from './harness/temporal.js';
 
 const inventory = path.join(projectRoot, 'hardware', 'lab.example.yaml');
@@ -29,15 +29,17 @@ describe('the worker process', () => {
 
   it('polls its task queue, serves Prometheus metrics, logs JSON and stops cleanly on SIGTERM', async () => {
     const metricsPort = await freePort();
-    const { child, output } = spawnTs('workers/main.ts', {
+    const worker = startWorkerProcess({
       TEMPORAL_ADDRESS: temporalAddress(),
       LABWRIGHT_INVENTORY: inventory,
       LABWRIGHT_CODEC_KEY_FILE: TEST_CODEC_KEY_FILE,
       LABWRIGHT_TASK_QUEUE: uniqueName('worker-proc'),
       LABWRIGHT_METRICS_ADDRESS: `127.0.0.1:${metricsPort}`,
+      // What the image runs: the workflows bundled once, at build time.
+      LABWRIGHT_WORKFLOW_BUNDLE: inject('workflowBundlePath'),
     });
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    await expect.poll(() => output(), { timeout: 60_000, interval: 250 }).toContain('"msg":"worker started"');
+    const { child, output, exited } = worker;
+    await untilWorkerStarted(worker);
     const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
     expect(metrics).toContain('temporal_');
 

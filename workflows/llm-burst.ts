@@ -270,7 +270,13 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
         );
         if (s.state === 'ready' && s.instanceId && s.privateIp) {
           s.lastDemandAt = Date.now();
-          return { pool: pool.name, endpoint: endpoint()!, instanceId: s.instanceId, idleTimeoutMs: limits.idleMs };
+          return {
+            pool: pool.name,
+            endpoint: endpoint()!,
+            instanceId: s.instanceId,
+            idleTimeoutMs: limits.idleMs,
+            heldMs: s.lastDemandAt - arrived,
+          };
         }
         if (!settled) {
           throw retryable(

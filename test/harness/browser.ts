@@ -3,12 +3,12 @@
  * protocol: open a page, read what it shows. Every connection that is not to loopback is refused
  * (a dead proxy and a resolver that finds no other host), so a page can reach only the local peers.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
-import { ensureTool, stopProcess } from '../../lib/processes.js';
+import { ensureTool, spawnGroup, stopProcess } from '../../lib/processes.js';
 
 export interface Browser {
   /** Opens `url` in a new tab. */
@@ -25,7 +25,9 @@ export interface Page {
 export async function launchChromium(): Promise<Browser> {
   const chromium = ensureTool('ensure-chromium.sh');
   const profile = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-chromium-'));
-  const child = spawn(
+  // A group of its own: its renderer, GPU and crashpad helpers write into the profile too, and
+  // stopProcess() waits for all of them before the profile is removed.
+  const child = spawnGroup(
     chromium,
     [
       '--headless=new',

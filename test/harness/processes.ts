@@ -141,14 +141,20 @@ export function npmStart(cwd: string, env: NodeJS.ProcessEnv): NpmStart {
   return { child, output: () => output, exited };
 }
 
-/** Resolves once the worker polls; rejects with the output if the start failed, npm exited, or after `timeoutMs`. */
-export async function untilWorkerStarted(run: NpmStart, timeoutMs = 240_000): Promise<void> {
+/**
+ * Resolves once the worker (of `npm start`, or a worker process) polls; rejects with the output if
+ * the start failed, the process exited, or after `timeoutMs`.
+ */
+export async function untilWorkerStarted(
+  run: { output: () => string; exited: Promise<unknown> },
+  timeoutMs = 240_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let exited = false;
   void run.exited.then(() => (exited = true));
   while (!run.output().includes('"msg":"worker started"')) {
     if (exited || run.output().includes('labwright start failed') || Date.now() > deadline) {
-      throw new Error(`npm start did not come up:\n${run.output()}`);
+      throw new Error(`the worker did not come up:\n${run.output()}`);
     }
     await new Promise((r) => setTimeout(r, 250));
   }
