@@ -2,13 +2,12 @@
  * The Temporal UI in a real browser: the dev server's UI with labwright's codec server, headless
  * Chromium on a finished workflow's page, reading what an operator would read there.
  */
-import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { inject, describe, expect, it } from 'vitest';
 import { startCodecServer } from '../lib/codec-server.js';
 import { startDevServer } from '../sim/dev-server.js';
-import { cacheDir } from '../lib/paths.js';
+import { testLog } from './harness/logs.js';
 import { freePort } from '../lib/processes.js';
 import { createLabWorker } from '../workers/worker.js';
 import { launchChromium } from './harness/browser.js';
@@ -25,7 +24,7 @@ describe('the Temporal UI with the codec server', () => {
     const server = await startDevServer({
       uiPort,
       codecEndpoint: codecServer.url,
-      logFile: path.join(cacheDir, 'test-logs', `temporal-ui-${process.pid}.log`),
+      logFile: testLog(`temporal-ui-${process.pid}.log`),
     });
     installQuietRuntime();
     const connection = await NativeConnection.connect({ address: server.address });

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { startDevServer } from '../sim/dev-server.js';
 import { projectRoot } from '../lib/paths.js';
+import { testLog } from './harness/logs.js';
 import { temporalAddress } from './harness/temporal.js';
 
 describe('Temporal provisioning', () => {
@@ -18,7 +19,7 @@ describe('Temporal provisioning', () => {
   });
 
   it('fails with the server log when the dev server cannot start', async () => {
-    const logFile = path.join(projectRoot, '.cache', 'test-logs', 'bad-db.log');
+    const logFile = testLog('bad-db.log');
     // A directory where the SQLite file should be: the server itself refuses and exits.
     const err = await startDevServer({ dbFile: projectRoot, logFile, startTimeoutMs: 30_000 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(Error);
@@ -30,7 +31,7 @@ describe('Temporal provisioning', () => {
 
   it('refuses a port another server already holds instead of mistaking that server for its own', async () => {
     const busyPort = Number(temporalAddress().split(':')[1]);
-    const logFile = path.join(projectRoot, '.cache', 'test-logs', 'busy-port.log');
+    const logFile = testLog('busy-port.log');
     const err = await startDevServer({ port: busyPort, logFile }).catch((e: unknown) => e);
     expect((err as Error).message).toBe(`port ${busyPort} on 127.0.0.1 is already in use (another Temporal server?)`);
   });

@@ -17,7 +17,8 @@ import { acquireUpdate } from '../common/llm-burst.js';
 import type { PackerImageBuildResult } from '../common/packer-image-build.js';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import { startDevServer, type DevServer } from '../sim/dev-server.js';
-import { cacheDir, projectRoot } from '../lib/paths.js';
+import { projectRoot } from '../lib/paths.js';
+import { testLog } from './harness/logs.js';
 import { SecretStore } from '../lib/secrets.js';
 import { SIM_REVISION } from '../sim/flux-dr.js';
 import { startSimulatedLab, type SimulatedLab } from '../sim/index.js';
@@ -34,7 +35,7 @@ let activities: Record<string, (...args: never[]) => Promise<unknown>>;
 
 beforeAll(async () => {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-examples-'));
-  server = await startDevServer({ logFile: path.join(cacheDir, 'test-logs', `temporal-examples-${process.pid}.log`) });
+  server = await startDevServer({ logFile: testLog(`temporal-examples-${process.pid}.log`) });
   lab = await startSimulatedLab(path.join(dir, 'sim'), SIMULATED_PEERS);
   const env = {
     ...process.env,

@@ -26,7 +26,7 @@ import {
   type LlmBurstInput,
 } from '../../common/llm-burst.js';
 import type { BurstPool } from '../../hardware/schema.js';
-import { cacheDir } from '../../lib/paths.js';
+import { testLog } from './logs.js';
 import { SecretStore } from '../../lib/secrets.js';
 import {
   ec2Env,
@@ -86,7 +86,7 @@ export const DEFAULT_VISIBILITY_DELAY_MS = 500;
 
 export async function startEc2Peers(): Promise<Ec2Peers> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-ec2-'));
-  const moto = await startMotoServer({ logFile: path.join(cacheDir, 'test-logs', `moto-${process.pid}.log`) });
+  const moto = await startMotoServer({ logFile: testLog(`moto-${process.pid}.log`) });
   const faults = await startFaultProxy(moto.endpoint, { visibilityDelayMs: DEFAULT_VISIBILITY_DELAY_MS });
   const model = await startFakeModelServer({ name: 'burst' });
   await prepareBurstPool(moto.endpoint, testPool('setup'));

@@ -11,6 +11,7 @@ import { startDevServer } from '../../sim/dev-server.js';
 import { startKube } from '../../sim/kube-apiserver.js';
 import { quietLogger } from '../../lib/log.js';
 import { cacheDir, projectRoot } from '../../lib/paths.js';
+import { testLogDir } from './logs.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -22,7 +23,7 @@ declare module 'vitest' {
 export const TEST_WORKFLOWS = path.join(projectRoot, 'test', 'fixtures', 'workflows', 'index.ts');
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
-  const logDir = path.join(cacheDir, 'test-logs');
+  const logDir = testLogDir;
   // The shared kube-apiserver (test/harness/kube.ts sharedKube()) starts alongside Temporal.
   const kubeStart = startKube({ logDir: path.join(logDir, 'kube') });
   kubeStart.catch(() => undefined); // awaited below; no unhandled rejection meanwhile
