@@ -190,22 +190,8 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
     });
     stops.push(() => standin.stop());
 
-    // The workers' deps are built from the validated inventory, as the worker does.
-    const parsed = inventorySchema.parse(inventory);
-    const pveDeps = proxmoxDepsFromInventory(parsed, secrets);
-    stops.push(async () => pveDeps.close());
-    const activities = {
-      ...createProxmoxActivities(pveDeps),
-      ...createTalosActivities({
-        talosctl: standin.talosctl,
-        secrets,
-        addressMap: standin.addressMap,
-        loopbackOnly: true,
-        pollMs: 200,
-        tmpDir: path.join(dir, 'tmp'),
-      }),
-      ...createKubernetesActivities({ secrets, pollMs: 200 }),
-    } as unknown as TalosLab['activities'];
+    const { activities, close } = talosLabActivities({ inventory, standin, dir }, secrets);
+    stops.push(close);
 
     return {
       dir,
@@ -226,6 +212,31 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
     await stop();
     throw err;
   }
+}
+
+/**
+ * The activities of the lab's Proxmox, Talos and Kubernetes on a secret store: the lab's own, or
+ * that of another state directory (a DR test's fresh one). Built from the validated inventory, as
+ * the worker builds them.
+ */
+export function talosLabActivities(
+  lab: Pick<TalosLab, 'inventory' | 'standin' | 'dir'>,
+  secrets: SecretStore,
+): { activities: TalosLab['activities']; close: () => Promise<void> } {
+  const pveDeps = proxmoxDepsFromInventory(inventorySchema.parse(lab.inventory), secrets);
+  const activities = {
+    ...createProxmoxActivities(pveDeps),
+    ...createTalosActivities({
+      talosctl: lab.standin.talosctl,
+      secrets,
+      addressMap: lab.standin.addressMap,
+      loopbackOnly: true,
+      pollMs: 200,
+      tmpDir: path.join(lab.dir, 'tmp'),
+    }),
+    ...createKubernetesActivities({ secrets, pollMs: 200 }),
+  } as unknown as TalosLab['activities'];
+  return { activities, close: async () => pveDeps.close() };
 }
 
 /**
