@@ -11,7 +11,8 @@
 # "${LABWRIGHT_CACHE:-<project root>/.cache}/temporal-server-<version>-<hash>/", where <hash> covers
 # test/temporal-server's go.mod and go.sum. Next to the binaries, schema/ is the server module's
 # SQL schema tree (what temporal-sql-tool's update-schema -d reads; the admin-tools image ships the
-# same tree at /etc/temporal/schema). Builds go to temporary names renamed into place, concurrent
+# same tree at /etc/temporal/schema) and config/docker.yaml its config template, which the
+# temporalio/server image starts with (`--env docker`), filled from the environment. Builds go to temporary names renamed into place, concurrent
 # callers are serialized by flock, logs go to stderr.
 set -euo pipefail
 
@@ -28,7 +29,8 @@ src_hash="$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-12)"
 cache="${LABWRIGHT_CACHE:-$root/.cache}"
 dir="$cache/temporal-server-${server_version}-${src_hash}"
 
-built() { [[ -x "$dir/temporal-server" && -x "$dir/temporal-sql-tool" && -d "$dir/schema/postgresql" ]]; }
+binaries() { [[ -x "$dir/temporal-server" && -x "$dir/temporal-sql-tool" ]]; }
+built() { binaries && [[ -d "$dir/schema/postgresql" && -f "$dir/config/docker.yaml" ]]; }
 if built; then
   printf '%s\n' "$dir"
   exit 0
@@ -44,7 +46,7 @@ if command -v flock >/dev/null 2>&1; then
   flock 9
 fi
 
-if ! built; then
+if ! binaries; then
   export GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=readonly -buildvcs=false"
   export CGO_ENABLED=0
   log "building temporal-server and temporal-sql-tool $server_version into $dir; a cold build takes several minutes ..."
@@ -56,11 +58,15 @@ if ! built; then
       || { rm -f "$tmp"; die "go build of $pkg failed (see above)"; }
     mv -f "$tmp" "$dir/$name"
   done
-  src="$(cd "$mod" && go list -m -f '{{.Dir}}' go.temporal.io/server)"
-  rm -rf "$dir/.schema.tmp" && cp -r "$src/schema" "$dir/.schema.tmp" && chmod -R u+w "$dir/.schema.tmp"
-  rm -rf "$dir/schema" && mv "$dir/.schema.tmp" "$dir/schema"
   log "built the Temporal server in $(( $(date +%s) - start ))s"
 fi
+if ! built; then
+  src="$(cd "$mod" && GOFLAGS=-mod=readonly go list -m -f '{{.Dir}}' go.temporal.io/server)"
+  for tree in schema config; do
+    rm -rf "$dir/.$tree.tmp" && cp -r "$src/$tree" "$dir/.$tree.tmp" && chmod -R u+w "$dir/.$tree.tmp"
+    rm -rf "${dir:?}/$tree" && mv "$dir/.$tree.tmp" "$dir/$tree"
+  done
+fi
 
-built || die "temporal-server, temporal-sql-tool or schema/ missing in $dir after build"
+built || die "temporal-server, temporal-sql-tool, schema/ or config/docker.yaml missing in $dir after build"
 printf '%s\n' "$dir"

@@ -106,10 +106,22 @@ describe('docker-compose.yml and this test run Temporal on the same settings', (
   });
 
   it('mounts every file the example inventory references into the worker', async () => {
-    const inventory = await fs.readFile(path.join(projectRoot, 'hardware', 'lab.example.yaml'), 'utf8');
-    const referenced = [
-      ...new Set([...inventory.matchAll(/(?:caFile:|file:)\s*(\/[^\s,}]+)/g)].map((m) => m[1]!)),
-    ].sort();
+    const inventory = parseYaml(
+      await fs.readFile(path.join(projectRoot, 'hardware', 'lab.example.yaml'), 'utf8'),
+    ) as unknown;
+    // Every `caFile:` and `{ file: … }` anywhere in it.
+    const found = new Set<string>();
+    const walk = (v: unknown): void => {
+      if (Array.isArray(v)) v.forEach(walk);
+      else if (v && typeof v === 'object') {
+        for (const [k, x] of Object.entries(v)) {
+          if ((k === 'caFile' || k === 'file') && typeof x === 'string') found.add(x);
+          else walk(x);
+        }
+      }
+    };
+    walk(inventory);
+    const referenced = [...found].sort();
     expect(referenced.length).toBeGreaterThanOrEqual(4);
     const worker = (await compose()).worker!;
     const mounted = worker.volumes!.map((v) => v.split(':')[1]);
@@ -137,7 +149,7 @@ describe('the production topology: temporal-server on PostgreSQL, the worker fro
     });
     labStart.catch(() => undefined); // awaited below
     const settings = await temporalSettingsFile();
-    pg = await startPostgres(path.join(dir, 'postgres'), settings.POSTGRES_USER!);
+    pg = await startPostgres(settings.POSTGRES_USER!);
     const env = await temporalEnv(pg);
     const schema = await runSetupStep('schema', env);
     schemaOutput = schema.stdout + schema.stderr;

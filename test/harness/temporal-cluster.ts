@@ -10,11 +10,20 @@
 import { execFile, execFileSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Connection } from '@temporalio/client';
 import { projectRoot } from '../../lib/paths.js';
-import { ensureTool, freePort, spawnLogged, stopProcess, tail, waitUntilReady } from '../../lib/processes.js';
+import {
+  ensureTool,
+  freePort,
+  portIsFree,
+  spawnLogged,
+  stopProcess,
+  tail,
+  waitUntilReady,
+} from '../../lib/processes.js';
 
 const run = promisify(execFile);
 export const TEMPORAL_DEPLOY_DIR = path.join(projectRoot, 'deploy', 'temporal');
@@ -51,11 +60,14 @@ function asPostgresUser(): { wrap: (argv: string[]) => string[]; uid?: number; g
   return { wrap: (argv) => ['runuser', '-u', 'postgres', '--', ...argv], uid, gid };
 }
 
-/** initdb + postgres in `dir`, superuser `user` with a random password, scram auth, loopback only. */
-export async function startPostgres(dir: string, user: string): Promise<Postgres> {
+/**
+ * initdb + postgres in a temp dir of their own (removed by stop), superuser `user` with a random
+ * password, scram auth, loopback only.
+ */
+export async function startPostgres(user: string): Promise<Postgres> {
   const bin = ensureTool('ensure-postgresql.sh');
   const as = asPostgresUser();
-  await fs.mkdir(dir, { recursive: true });
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-postgres-'));
   const data = path.join(dir, 'pgdata');
   const socketDir = path.join(dir, 'pgsocket');
   await fs.mkdir(socketDir);
@@ -114,7 +126,11 @@ export async function startPostgres(dir: string, user: string): Promise<Postgres
     );
     return stdout.trim();
   };
-  return { port, password, logFile, query, stop: () => stopProcess(child, 10_000) };
+  const stop = async (): Promise<void> => {
+    await stopProcess(child, 10_000);
+    await fs.rm(dir, { recursive: true, force: true });
+  };
+  return { port, password, logFile, query, stop };
 }
 
 /** The environment of the one-shots and the server: the shared settings and where the database is. */
@@ -125,6 +141,9 @@ export async function temporalEnv(pg: Postgres): Promise<NodeJS.ProcessEnv> {
     ...(await temporalSettingsFile()),
     POSTGRES_SEEDS: '127.0.0.1',
     DB_PORT: String(pg.port),
+    // The server's template takes the visibility store's port from VISIBILITY_DB_PORT or
+    // POSTGRES_PORT, not DB_PORT (compose's 5432 is its default).
+    VISIBILITY_DB_PORT: String(pg.port),
     POSTGRES_PWD: pg.password,
   };
 }
@@ -145,6 +164,17 @@ export async function runSetupStep(
     maxBuffer: 16 << 20,
     timeout: 180_000,
   });
+}
+
+/**
+ * A free loopback port below 32768: the server records its membership ports in a smallint column
+ * (cluster_membership), so the kernel's ephemeral ports (32768 and up) are refused there.
+ */
+async function freeSmallintPort(taken: string[]): Promise<number> {
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    if (!taken.includes(String(port)) && (await portIsFree(port))) return port;
+  }
 }
 
 export interface TemporalServer {
@@ -176,7 +206,7 @@ export async function startTemporalServer(dir: string, env: NodeJS.ProcessEnv): 
     'WORKER_MEMBERSHIP_PORT',
   ];
   const ports: Record<string, string> = {};
-  for (const name of portNames) ports[name] = String(await freePort());
+  for (const name of portNames) ports[name] = String(await freeSmallintPort(Object.values(ports)));
   const serverEnv = {
     ...env,
     ...ports,
