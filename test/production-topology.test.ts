@@ -17,7 +17,7 @@ import type { TalosBootstrapResult } from '../common/talos.js';
 import { projectRoot } from '../lib/paths.js';
 import { ensureTool, freePort, spawnLogged, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
 import { execForm, instructions, readDockerfile } from './harness/dockerfile.js';
-import { labWorkerEnv, startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
+import { bootstrapThroughOutage, labWorkerEnv, startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
 import {
   runSetupStep,
   startPostgres,
@@ -240,21 +240,14 @@ describe('the production topology: temporal-server on PostgreSQL, the worker fro
         namespace: (await temporalSettingsFile()).TEMPORAL_NAMESPACE,
         dataConverter: testDataConverter,
       });
-    const bootstrap = lab.standin.holdNextAnswer((c) => c.command === 'bootstrap' && c.code === 0);
-    const workflowId = `talos-bootstrap/${CLUSTER}`;
-    await (
-      await connect()
-    ).workflow.start('talosBootstrap', {
+    const handle = await bootstrapThroughOutage(lab, {
+      connect,
       taskQueue,
-      workflowId,
-      args: [{ cluster: CLUSTER, inventory: lab.inventory, waitSeconds: 60 }],
+      outage: async () => {
+        await server.kill();
+        await server.start();
+      },
     });
-    await bootstrap.reached;
-    await server.kill();
-    await server.start();
-    bootstrap.release();
-
-    const handle = (await connect()).workflow.getHandle(workflowId);
     const result = (await handle.result()) as TalosBootstrapResult;
     expect(result.etcd).toEqual({ node: 'talos-cp-1', bootstrappedByThisRun: true });
     expect(lab.standin.bootstraps).toEqual([{ node: 'talos-cp-1', outcome: 'bootstrapped' }]);
@@ -263,7 +256,8 @@ describe('the production topology: temporal-server on PostgreSQL, the worker fro
     expect(await health()).toBe(true);
     // The run is in PostgreSQL: its history survived the kill, visibility lists it.
     const listed = [];
-    for await (const w of (await connect()).workflow.list({ query: `WorkflowId = '${workflowId}'` })) listed.push(w);
+    for await (const w of (await connect()).workflow.list({ query: `WorkflowId = '${handle.workflowId}'` }))
+      listed.push(w);
     expect(listed.map((w) => w.status.name)).toEqual(['COMPLETED']);
   }, 240_000);
 });

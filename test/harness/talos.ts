@@ -5,6 +5,7 @@
  * activities of all three wired to them. Every inventory address is mapped to loopback.
  */
 import { inject } from 'vitest';
+import type { Client, WorkflowHandle } from '@temporalio/client';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -265,4 +266,28 @@ export async function labWorkerEnv(
     LABWRIGHT_WORKFLOW_BUNDLE: inject('workflowBundlePath'),
     ...opts.extra,
   };
+}
+
+/**
+ * Starts talosBootstrap of `lab`'s cluster and runs `outage` (Temporal killed and started again)
+ * while the node holds its answer to `talosctl bootstrap`: etcd starts there, and the answer comes
+ * once the outage is over. Returns the run's handle on a connection made after the outage.
+ */
+export async function bootstrapThroughOutage(
+  lab: TalosLab,
+  opts: { connect: () => Promise<Client>; taskQueue: string; outage: () => Promise<void> },
+): Promise<WorkflowHandle> {
+  const bootstrap = lab.standin.holdNextAnswer((c) => c.command === 'bootstrap' && c.code === 0);
+  const workflowId = `talos-bootstrap/${lab.cluster}`;
+  await (
+    await opts.connect()
+  ).workflow.start('talosBootstrap', {
+    taskQueue: opts.taskQueue,
+    workflowId,
+    args: [{ cluster: lab.cluster, inventory: lab.inventory, waitSeconds: 60 }],
+  });
+  await bootstrap.reached;
+  await opts.outage();
+  bootstrap.release();
+  return (await opts.connect()).workflow.getHandle(workflowId);
 }
