@@ -47,6 +47,21 @@ export class SecretStore {
     return { store: name };
   }
 
+  /** Every name in the store (`talos/home/talosconfig`, …), sorted; none while the store does not exist. */
+  async list(): Promise<string[]> {
+    const root = path.resolve(this.dir);
+    const entries = await fs
+      .readdir(root, { recursive: true, withFileTypes: true })
+      .catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return [];
+        throw err;
+      });
+    return entries
+      .filter((e) => e.isFile() && !e.name.endsWith('.tmp'))
+      .map((e) => path.relative(root, path.join(e.parentPath, e.name)).split(path.sep).join('/'))
+      .sort();
+  }
+
   async remove(name: string): Promise<void> {
     await fs.rm(this.pathOf(name), { force: true });
   }

@@ -14,7 +14,9 @@ fi
 scratch=$(mktemp -d); trap 'rm -rf "$scratch"' EXIT
 cp "$root/docker-compose.yml" "$root/Dockerfile" "$scratch/"
 cp -r "$root/deploy" "$scratch/deploy"
-mkdir -p "$scratch/secrets" && touch "$scratch/secrets/codec.key" "$scratch/secrets/pve-token" "$scratch/secrets/proxy-token" "$scratch/lab.yaml"
+mkdir -p "$scratch/secrets" "$scratch/lab"
+touch "$scratch"/secrets/{codec.key,pve1-token,pve2-token,proxy-token} "$scratch/lab.yaml" \
+  "$scratch"/lab/{pve-ca.pem,flux-deploy-key,flux-known-hosts,age.key}
 echo "POSTGRES_PASSWORD=placeholder" > "$scratch/.env"
 (cd "$scratch" && docker-compose config -q)
 echo "docker-compose.yml is valid"

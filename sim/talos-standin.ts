@@ -42,7 +42,7 @@ import { promises as fs } from 'node:fs';
 import https from 'node:https';
 import http from 'node:http';
 import path from 'node:path';
-import { parse as parseYaml } from 'yaml';
+import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { BatchV1Api } from '@kubernetes/client-node';
 import { SMOKE_NODE_LABEL } from '../common/gpu-node-join.js';
 import { completeJob, kubeConfigFor, markNodeReady } from './kube-controllers.js';
@@ -315,6 +315,19 @@ interface Answer {
 }
 
 const fail = (stderr: string): Answer => ({ stderr: `${stderr}\n`, code: 1 });
+/** Whether a talosconfig's current context holds the CA of a node's machine config. */
+function talosconfigTrusts(talosconfig: string | undefined, machineConfig: string): boolean {
+  try {
+    const tc = parseYaml(talosconfig ?? '') as { context?: string; contexts?: Record<string, { ca?: string }> };
+    // A machine config may hold more documents than the v1alpha1 one (multi-doc configs).
+    const docs = parseAllDocuments(machineConfig).map((d) => d.toJS() as { machine?: { ca?: { crt?: string } } });
+    const ca = tc.contexts?.[tc.context ?? '']?.ca;
+    return ca !== undefined && docs.some((d) => d?.machine?.ca?.crt === ca);
+  } catch {
+    return false;
+  }
+}
+
 const refused = (address: string): string =>
   `rpc error: code = Unavailable desc = connection error: desc = "transport: Error while dialing: dial tcp ${address}:50000: connect: connection refused"`;
 const tlsRequired =
@@ -479,10 +492,13 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
     if (!insecure && !(flags.get('talosconfig') && files[flags.get('talosconfig')!])) {
       return { ...withNode, ...fail(`failed to open config file "${flags.get('talosconfig') ?? ''}": no such file`) };
     }
+    // Talos's API is mutual TLS: a configured node answers only a talosconfig signed by its own CA
+    // (machine.ca.crt of its config), so another cluster's or a lost store's talosconfig fails.
+    const trusted = insecure || n.config === undefined || talosconfigTrusts(files[flags.get('talosconfig')!], n.config);
     const reach = (prefix: string): Answer | undefined => {
       if (stage === 'off' || stage === 'installing') return fail(`${prefix}${refused(target)}`);
       if (insecure && stage !== 'maintenance') return fail(`${prefix}${tlsRequired}`);
-      if (!insecure && stage === 'maintenance') return fail(`${prefix}${unknownAuthority}`);
+      if (!insecure && (stage === 'maintenance' || !trusted)) return fail(`${prefix}${unknownAuthority}`);
       return undefined;
     };
 

@@ -18,7 +18,10 @@ import { createTemporalActivities } from '../activities/temporal.js';
 import { approveRestore } from '../clients/approve-restore.js';
 import { drillEtcdName, type DrPlan, type DrReport } from '../common/dr-restore.js';
 import { standinSnapshotStatus, type StandinSnapshotStatus } from '../sim/talos-standin.js';
-import { startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
+import { SecretStore } from '../lib/secrets.js';
+import { newIdentity } from '../lib/state-archive.js';
+import { runTs } from './harness/processes.js';
+import { startTalosLab, talosLabActivities, type Draft, type TalosLab } from './harness/talos.js';
 import { testClient, uniqueName, withWorker } from './harness/temporal.js';
 
 const run = promisify(execFile);
@@ -433,4 +436,117 @@ describe('drRestore of etcd through Talos recovery', () => {
     );
     await fs.rm(path.join(snapshotDir, 'home-2027.snapshot'));
   });
+  it("recovers etcd from a fresh state directory that only `labwright state import` of another's export filled", async () => {
+    // labwright's own state, exported from the lab's state directory with the CLI, as the DR plan
+    // says (docs/dr-restore.md): encrypted to an age recipient whose identity is kept elsewhere.
+    const away = path.join(lab.dir, 'offsite');
+    await fs.mkdir(away);
+    const identity = path.join(away, 'dr-identity.txt');
+    const keygen = await runTs('clients/labwright.ts', ['state', 'keygen', '--out', identity], {});
+    expect(keygen.code, keygen.stderr).toBe(0);
+    const recipient = keygen.stdout.trim();
+    expect(recipient).toMatch(/^age1[0-9a-z]{58}$/);
+    const archive = path.join(away, 'labwright-state.age');
+    const exported = await runTs(
+      'clients/labwright.ts',
+      ['state', 'export', '--recipient', recipient, '--out', archive],
+      { LABWRIGHT_SECRETS_DIR: path.join(lab.dir, 'secrets') },
+    );
+    expect(exported.code, exported.stderr).toBe(0);
+    const names = await lab.secrets.list();
+    expect(names).toEqual(expect.arrayContaining(['talos/home/secrets.yaml', 'talos/home/talosconfig']));
+    expect(exported.stdout).toContain(
+      `exported ${names.length} secret(s) from ${path.join(lab.dir, 'secrets')} to ${archive}, encrypted to 1 recipient(s)`,
+    );
+    // Ciphertext only: no line of the talosconfig is in the archive.
+    const sealed = await fs.readFile(archive, 'utf8');
+    expect(sealed).toMatch(/^-----BEGIN AGE ENCRYPTED FILE-----\n/);
+    const talosconfig = await lab.secrets.resolve({ store: 'talos/home/talosconfig' });
+    for (const line of talosconfig.split('\n').filter((l) => l.trim().length > 12))
+      expect(sealed).not.toContain(line.trim());
+    expect((await fs.stat(archive)).mode & 0o777).toBe(0o600);
+
+    // The disaster: every control plane reset, and labwright's machine lost with its state dir.
+    await talosctl('reset', '--graceful=false', '--reboot', '--system-labels-to-wipe=EPHEMERAL');
+    expect(lab.standin.etcdMembers()).toEqual([]);
+    await expect.poll(() => lab.standin.etcdState(), { timeout: 10_000 }).toBeUndefined();
+
+    const restore = async (store: SecretStore, plan: string) => {
+      const fresh = talosLabActivities(lab, store);
+      const acts = {
+        ...fresh.activities,
+        ...createDrReportActivities({ dir: path.join(away, 'reports') }),
+        ...createTemporalActivities(),
+      };
+      const client = await testClient();
+      try {
+        return await withWorker({ activities: acts }, async ({ taskQueue }) => {
+          const handle = await client.workflow.start('drRestore', {
+            taskQueue,
+            workflowId: `dr-restore/${plan}`,
+            args: [input(plan, 'restore')],
+          });
+          const done = handle.result().catch((e: unknown) => e);
+          const shown = await Promise.race([planOf(handle), done]);
+          if (!shown || !('digest' in (shown as object))) return done;
+          await approveRestore(client, `dr-restore/${plan}`, {
+            digest: (shown as DrPlan).digest,
+            approve: true,
+            reason: 'lost the control planes and labwright',
+          });
+          return done;
+        });
+      } finally {
+        await fresh.close();
+      }
+    };
+
+    // A new, empty state directory cannot: it holds none of the secrets (talosconfig, tokens).
+    const cpRecoveries = () => lab.standin.recoveries.filter((r) => r.node === 'talos-cp-1').length;
+    const cpRecoveriesBefore = cpRecoveries();
+    const empty = await restore(new SecretStore(path.join(away, 'empty-state', 'secrets')), uniqueName('etcd-nostate'));
+    expect(empty).toBeInstanceOf(WorkflowFailedError);
+    const causes: string[] = [];
+    for (let e = (empty as Error).cause as Error | undefined; e; e = e.cause as Error | undefined)
+      causes.push(e.message);
+    expect(causes.join(' <- ')).toMatch(/secret file \S*empty-state\/secrets\/\S+ does not exist/);
+    // It stopped before the approval: no recovery on the cluster's control plane.
+    expect(cpRecoveries()).toBe(cpRecoveriesBefore);
+
+    // The new machine's state directory, filled from the export.
+    const freshSecrets = path.join(away, 'new-machine-state', 'secrets');
+    const imported = await runTs(
+      'clients/labwright.ts',
+      ['state', 'import', '--in', archive, '--identity-file', identity],
+      { LABWRIGHT_SECRETS_DIR: freshSecrets },
+    );
+    expect(imported.code, imported.stderr).toBe(0);
+    expect(imported.stdout).toMatch(new RegExp(`^imported ${names.length} secret\\(s\\) into ${freshSecrets}`));
+    const store = new SecretStore(freshSecrets);
+    expect(await store.list()).toEqual(names);
+    expect((await fs.stat(path.join(freshSecrets, 'talos', 'home', 'talosconfig'))).mode & 0o777).toBe(0o600);
+    // A wrong identity decrypts nothing and writes nothing.
+    const other = path.join(away, 'other-identity.txt');
+    await fs.writeFile(other, (await newIdentity()).file, { mode: 0o600 });
+    const refused = await runTs(
+      'clients/labwright.ts',
+      ['state', 'import', '--in', archive, '--identity-file', other],
+      { LABWRIGHT_SECRETS_DIR: path.join(away, 'wrong-key-state', 'secrets') },
+    );
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/^cannot decrypt the archive with this identity/);
+    await expect(fs.access(path.join(away, 'wrong-key-state'))).rejects.toThrow();
+
+    const plan = uniqueName('etcd-from-export');
+    const recoveriesBefore = lab.standin.recoveries.length;
+    const report = (await restore(store, plan)) as DrReport;
+    expect(report.ok, JSON.stringify(report)).toBe(true);
+    expect(lab.standin.recoveries.slice(recoveriesBefore)).toEqual([
+      { node: 'talos-cp-1', outcome: 'recovered', snapshot: taken, skipHashCheck: false },
+    ]);
+    expect(lab.standin.etcdMembers()).toEqual(['talos-cp-1']);
+    expect(report.targets[0]!.verification).toBe(
+      `etcd recovered from snapshot hash ${taken.hash}, revision ${taken.revision}, ${taken.totalKeys} keys (1 member(s)); the Kubernetes API answers`,
+    );
+  }, 300_000);
 });

@@ -14,7 +14,7 @@ import type { TalosBootstrapResult } from '../common/talos.js';
 import { startDevServer, type DevServer } from '../sim/dev-server.js';
 import { freePort } from '../lib/processes.js';
 import { spawnTs } from './harness/processes.js';
-import { labWorkerEnv, startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
+import { bootstrapThroughOutage, labWorkerEnv, startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
 import { NAMESPACE, testDataConverter } from './harness/temporal.js';
 
 const EventType = temporal.api.enums.v1.EventType;
@@ -58,22 +58,16 @@ describe('talosBootstrap with its Temporal server killed and restarted during th
         dataConverter: testDataConverter,
       });
     // The bootstrap reaches the node (etcd starts there); its answer is held while Temporal is down.
-    const bootstrap = lab.standin.holdNextAnswer((c) => c.command === 'bootstrap' && c.code === 0);
-    const workflowId = `talos-bootstrap/${CLUSTER}`;
-    await (
-      await connect()
-    ).workflow.start('talosBootstrap', {
+    let restartedAt = 0;
+    const handle = await bootstrapThroughOutage(lab, {
+      connect,
       taskQueue,
-      workflowId,
-      args: [{ cluster: CLUSTER, inventory: lab.inventory, waitSeconds: 60 }],
+      outage: async () => {
+        await server.kill();
+        server = await start();
+        restartedAt = Date.now();
+      },
     });
-    await bootstrap.reached;
-    await server.kill();
-    server = await start();
-    const restartedAt = Date.now();
-    bootstrap.release();
-
-    const handle = (await connect()).workflow.getHandle(workflowId);
     const run = (await handle.result()) as TalosBootstrapResult;
     expect(run.etcd).toEqual({ node: 'talos-cp-1', bootstrappedByThisRun: true });
     expect(run.changes).toContain('bootstrapped etcd on talos-cp-1');

@@ -33,35 +33,48 @@ export function registerCodecCommands(program: Command): void {
       'require "Authorization: Bearer <token>", the token from env:NAME, file:/abs/path or store:name',
     )
     .option('--namespace <namespace>', 'the namespace it serves (default TEMPORAL_NAMESPACE or default)')
-    .action(async (opts: { host: string; port: string; uiOrigin: string[]; token?: string; namespace?: string }) => {
-      const token = opts.token === undefined ? undefined : await resolveToken(opts.token);
-      if (!token && !isLoopback(opts.host)) {
-        throw new CliError(
-          `listening on ${opts.host} without --token would hand payloads in clear to the network; give --token`,
+    .option(
+      '--allow-unauthenticated',
+      "listen beyond loopback without --token: only in a container whose port is published on the host's loopback (docker-compose.yml)",
+    )
+    .action(
+      async (opts: {
+        host: string;
+        port: string;
+        uiOrigin: string[];
+        token?: string;
+        namespace?: string;
+        allowUnauthenticated?: boolean;
+      }) => {
+        const token = opts.token === undefined ? undefined : await resolveToken(opts.token);
+        if (!token && !isLoopback(opts.host) && !opts.allowUnauthenticated) {
+          throw new CliError(
+            `listening on ${opts.host} without --token would hand payloads in clear to the network; give --token`,
+          );
+        }
+        const settings = await temporalSettings();
+        const codec = (await codecFromEnv()).codec;
+        if (!codec)
+          throw new CliError('payload encryption is off (LABWRIGHT_CODEC=plaintext): there is nothing to decode');
+        const server = await startCodecServer({
+          codec,
+          namespace: opts.namespace ?? settings.namespace,
+          host: opts.host,
+          port: Number(opts.port),
+          token: token?.trim(),
+          allowedOrigins: opts.uiOrigin,
+        });
+        console.log(`codec server on ${server.url} for namespace ${opts.namespace ?? settings.namespace}`);
+        console.log(`  UI origins: ${opts.uiOrigin.join(', ')}${token ? '; bearer token required' : ''}`);
+        console.log(
+          `  CLI: temporal workflow show --workflow-id <id> --codec-endpoint ${server.url}${token ? " --codec-auth 'Bearer <token>'" : ''}`,
         );
-      }
-      const settings = await temporalSettings();
-      const codec = (await codecFromEnv()).codec;
-      if (!codec)
-        throw new CliError('payload encryption is off (LABWRIGHT_CODEC=plaintext): there is nothing to decode');
-      const server = await startCodecServer({
-        codec,
-        namespace: opts.namespace ?? settings.namespace,
-        host: opts.host,
-        port: Number(opts.port),
-        token: token?.trim(),
-        allowedOrigins: opts.uiOrigin,
-      });
-      console.log(`codec server on ${server.url} for namespace ${opts.namespace ?? settings.namespace}`);
-      console.log(`  UI origins: ${opts.uiOrigin.join(', ')}${token ? '; bearer token required' : ''}`);
-      console.log(
-        `  CLI: temporal workflow show --workflow-id <id> --codec-endpoint ${server.url}${token ? " --codec-auth 'Bearer <token>'" : ''}`,
-      );
-      await new Promise<void>((resolve) => {
-        for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => resolve());
-      });
-      await server.close();
-    });
+        await new Promise<void>((resolve) => {
+          for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => resolve());
+        });
+        await server.close();
+      },
+    );
 
   program
     .command('temporal')

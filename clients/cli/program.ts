@@ -10,6 +10,7 @@ import { registerCodecCommands } from './codec-commands.js';
 import { registerCompletionCommand } from './completion.js';
 import { registerDrCommands } from './dr-commands.js';
 import { registerProxyCommand } from './proxy-commands.js';
+import { registerStateCommands } from './state-commands.js';
 import { CliError } from './io.js';
 import { registerWorkflowCommands } from './workflow-commands.js';
 
@@ -20,6 +21,7 @@ export const COMMAND_GROUPS: Array<(program: Command) => void> = [
   registerBurstCommands,
   registerProxyCommand,
   registerCodecCommands,
+  registerStateCommands,
   registerCompletionCommand,
 ];
 

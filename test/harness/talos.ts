@@ -5,6 +5,7 @@
  * activities of all three wired to them. Every inventory address is mapped to loopback.
  */
 import { inject } from 'vitest';
+import type { Client, WorkflowHandle } from '@temporalio/client';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -190,22 +191,8 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
     });
     stops.push(() => standin.stop());
 
-    // The workers' deps are built from the validated inventory, as the worker does.
-    const parsed = inventorySchema.parse(inventory);
-    const pveDeps = proxmoxDepsFromInventory(parsed, secrets);
-    stops.push(async () => pveDeps.close());
-    const activities = {
-      ...createProxmoxActivities(pveDeps),
-      ...createTalosActivities({
-        talosctl: standin.talosctl,
-        secrets,
-        addressMap: standin.addressMap,
-        loopbackOnly: true,
-        pollMs: 200,
-        tmpDir: path.join(dir, 'tmp'),
-      }),
-      ...createKubernetesActivities({ secrets, pollMs: 200 }),
-    } as unknown as TalosLab['activities'];
+    const { activities, close } = talosLabActivities({ inventory, standin, dir }, secrets);
+    stops.push(close);
 
     return {
       dir,
@@ -226,6 +213,31 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
     await stop();
     throw err;
   }
+}
+
+/**
+ * The activities of the lab's Proxmox, Talos and Kubernetes on a secret store: the lab's own, or
+ * that of another state directory (a DR test's fresh one). Built from the validated inventory, as
+ * the worker builds them.
+ */
+export function talosLabActivities(
+  lab: Pick<TalosLab, 'inventory' | 'standin' | 'dir'>,
+  secrets: SecretStore,
+): { activities: TalosLab['activities']; close: () => Promise<void> } {
+  const pveDeps = proxmoxDepsFromInventory(inventorySchema.parse(lab.inventory), secrets);
+  const activities = {
+    ...createProxmoxActivities(pveDeps),
+    ...createTalosActivities({
+      talosctl: lab.standin.talosctl,
+      secrets,
+      addressMap: lab.standin.addressMap,
+      loopbackOnly: true,
+      pollMs: 200,
+      tmpDir: path.join(lab.dir, 'tmp'),
+    }),
+    ...createKubernetesActivities({ secrets, pollMs: 200 }),
+  } as unknown as TalosLab['activities'];
+  return { activities, close: async () => pveDeps.close() };
 }
 
 /**
@@ -254,4 +266,28 @@ export async function labWorkerEnv(
     LABWRIGHT_WORKFLOW_BUNDLE: inject('workflowBundlePath'),
     ...opts.extra,
   };
+}
+
+/**
+ * Starts talosBootstrap of `lab`'s cluster and runs `outage` (Temporal killed and started again)
+ * while the node holds its answer to `talosctl bootstrap`: etcd starts there, and the answer comes
+ * once the outage is over. Returns the run's handle on a connection made after the outage.
+ */
+export async function bootstrapThroughOutage(
+  lab: TalosLab,
+  opts: { connect: () => Promise<Client>; taskQueue: string; outage: () => Promise<void> },
+): Promise<WorkflowHandle> {
+  const bootstrap = lab.standin.holdNextAnswer((c) => c.command === 'bootstrap' && c.code === 0);
+  const workflowId = `talos-bootstrap/${lab.cluster}`;
+  await (
+    await opts.connect()
+  ).workflow.start('talosBootstrap', {
+    taskQueue: opts.taskQueue,
+    workflowId,
+    args: [{ cluster: lab.cluster, inventory: lab.inventory, waitSeconds: 60 }],
+  });
+  await bootstrap.reached;
+  await opts.outage();
+  bootstrap.release();
+  return (await opts.connect()).workflow.getHandle(workflowId);
 }
