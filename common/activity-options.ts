@@ -2,7 +2,7 @@
  * Default timeouts and retry policies, one per kind of activity. Workflows pick a profile
  * instead of inventing numbers, so every API call backs off the same way.
  */
-import type { ActivityOptions } from '@temporalio/common';
+import type { ActivityOptions, LocalActivityOptions } from '@temporalio/common';
 import { NON_RETRYABLE_ERROR_TYPES } from './errors.js';
 
 /** One short call to an external API (PVE, EC2, Kubernetes). */
@@ -15,6 +15,16 @@ export const apiCall: ActivityOptions = {
     maximumAttempts: 10,
     nonRetryableErrorTypes: NON_RETRYABLE_ERROR_TYPES,
   },
+};
+
+/**
+ * One short, idempotent API call on a latency-critical path, run as a local activity: in the
+ * worker, inside the workflow task, with no round trip through the server (its result is recorded
+ * as a marker). Never for anything that waits or runs long: a local activity cannot heartbeat.
+ */
+export const localApiCall: LocalActivityOptions = {
+  startToCloseTimeout: apiCall.startToCloseTimeout,
+  retry: apiCall.retry,
 };
 
 /** Polls until something external is reached; heartbeats so a dead worker is noticed quickly. */
