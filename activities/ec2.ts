@@ -336,11 +336,15 @@ export function createEc2Activities(deps: Ec2Deps) {
     ];
   }
 
-  async function healthy(pool: BurstPool, privateIp: string): Promise<{ ok: boolean; detail: string }> {
+  async function healthy(
+    pool: BurstPool,
+    privateIp: string,
+    timeoutMs = healthTimeoutMs,
+  ): Promise<{ ok: boolean; detail: string }> {
     const target = resolve(privateIp, pool.modelPort);
     const url = `http://${target.host}:${target.port}${pool.healthPath}`;
     try {
-      const res = await fetch(url, { signal: AbortSignal.timeout(healthTimeoutMs) });
+      const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
       await res.body?.cancel();
       return { ok: res.ok, detail: `HTTP ${res.status}` };
     } catch (err) {
@@ -530,8 +534,12 @@ export function createEc2Activities(deps: Ec2Deps) {
     },
 
     /** One health check of the model server (GET healthPath), through the address resolver. */
-    async ec2CheckModelServer(pool: BurstPool, privateIp: string): Promise<{ ok: boolean; detail: string }> {
-      return healthy(pool, privateIp);
+    async ec2CheckModelServer(
+      pool: BurstPool,
+      privateIp: string,
+      timeoutMs = healthTimeoutMs,
+    ): Promise<{ ok: boolean; detail: string }> {
+      return healthy(pool, privateIp, timeoutMs);
     },
 
     /** Polls the model server until it answers 2xx on healthPath. */

@@ -23,8 +23,8 @@ export interface Row {
   baseline: number[];
   /** What the baseline is, for the table. */
   baselineIs?: string;
-  /** Target on labwright's p99, e.g. `< 100`. */
-  target?: { below: number };
+  /** Target on labwright's p99 (`below`, in `unit`) or on the p99 ratio to the baseline (`ratioBelow`). */
+  target?: { below: number } | { ratioBelow: number };
 }
 
 const fmt = (n: number, unit: string): string =>
@@ -33,7 +33,12 @@ const fmt = (n: number, unit: string): string =>
 function cells(r: Row): string[] {
   const [o50, o99, b50, b99] = [pct(r.ours, 50), pct(r.ours, 99), pct(r.baseline, 50), pct(r.baseline, 99)];
   const ratio = (a: number, b: number) => (b > 0 ? `${(a / b).toFixed(2)}x` : '–');
-  const target = r.target ? `p99 < ${r.target.below} ${r.unit}: ${o99 < r.target.below ? 'met' : 'MISSED'}` : '';
+  const met = (ok: boolean) => (ok ? 'met' : 'MISSED');
+  const target = !r.target
+    ? ''
+    : 'below' in r.target
+      ? `p99 < ${r.target.below} ${r.unit}: ${met(o99 < r.target.below)}`
+      : `ratio ≤ ${r.target.ratioBelow}: ${met(o99 / b99 <= r.target.ratioBelow)}`;
   return [
     r.name,
     r.unit,
@@ -67,7 +72,7 @@ export function machine(): string {
 
 /**
  * Rewrites this bench's section of docs/performance.md (between `<!-- bench:<name> -->` markers;
- * appended when missing), keeping the earlier runs listed in it up to `keep` runs.
+ * appended when missing): the latest run's table, machine, command and date.
  */
 export async function writeSection(
   name: string,

@@ -12,7 +12,7 @@
  * Not a test: numbers depend on the machine; nothing is asserted.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { promises as fs, readdirSync, readFileSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -24,6 +24,7 @@ import { quietLogger } from '../lib/log.js';
 import { cacheDir, projectRoot } from '../lib/paths.js';
 import { stopProcess } from '../lib/processes.js';
 import { startDevServer } from '../sim/dev-server.js';
+import { treeRssMiB } from './proc.js';
 import { commandLine, printTable, writeSection, type Row } from './report.js';
 
 const { values } = parseArgs({ options: { starts: { type: 'string' }, idle: { type: 'string' } } });
@@ -31,40 +32,6 @@ const STARTS = Number(values.starts ?? 5);
 const IDLE_MS = Number(values.idle ?? 5) * 1000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const cleanups: Array<() => Promise<unknown>> = [];
-
-/** Resident memory (MiB) of `pid` and every process below it. */
-export function treeRssMiB(pid: number): number {
-  const parent = new Map<number, number>();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      parent.set(Number(entry), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  const tree = new Set([pid]);
-  for (let grew = true; grew;) {
-    grew = false;
-    for (const [p, pp] of parent) {
-      if (tree.has(pp) && !tree.has(p)) {
-        tree.add(p);
-        grew = true;
-      }
-    }
-  }
-  let kib = 0;
-  for (const p of tree) {
-    try {
-      const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, 'utf8'));
-      kib += Number(m?.[1] ?? 0);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return kib / 1024;
-}
 
 interface Variant {
   name: string;

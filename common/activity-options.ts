@@ -18,13 +18,14 @@ export const apiCall: ActivityOptions = {
 };
 
 /**
- * One short, idempotent API call on a latency-critical path, run as a local activity: in the
+ * One look (a single short request) on a latency-critical path, run as a local activity: in the
  * worker, inside the workflow task, with no round trip through the server (its result is recorded
- * as a marker). Never for anything that waits or runs long: a local activity cannot heartbeat.
+ * as a marker). One attempt and a short timeout, because a local activity holds the workflow's
+ * handlers until it ends; the caller falls back to a regular activity when the look fails.
  */
-export const localApiCall: LocalActivityOptions = {
-  startToCloseTimeout: apiCall.startToCloseTimeout,
-  retry: apiCall.retry,
+export const quickLook: LocalActivityOptions = {
+  startToCloseTimeout: '5 seconds',
+  retry: { maximumAttempts: 1 },
 };
 
 /** Polls until something external is reached; heartbeats so a dead worker is noticed quickly. */

@@ -22,7 +22,7 @@
  */
 import * as wf from '@temporalio/workflow';
 import type { createEc2Activities, InstanceView } from '../activities/ec2.js';
-import { apiCall, localApiCall, waitFor, withHeartbeat } from '../common/activity-options.js';
+import { apiCall, quickLook, waitFor, withHeartbeat } from '../common/activity-options.js';
 import { NON_RETRYABLE, nonRetryable, retryable } from '../common/errors.js';
 import {
   acquireUpdate,
@@ -62,13 +62,16 @@ type Ec2 = ReturnType<typeof createEc2Activities>;
 const ec2 = wf.proxyActivities<Ec2>(apiCall);
 const ec2Wait = wf.proxyActivities<Ec2>(waitFor);
 /**
- * The cold path's short calls (start a known instance, one look at its checks and its model
- * server), in the worker within the workflow task: a start from stopped that finds everything up
- * at the first look costs one workflow task, not one server round trip per call. Whatever is not
- * ready at that look is waited for by the regular, heartbeating activities.
+ * The cold path's two looks right after a start (status checks, model server), in the worker
+ * within the workflow task: a start that finds everything up at the first look costs no further
+ * round trip through the server. A local activity holds the workflow's handlers (queries,
+ * shutdownNow) until it ends, so only these bounded single requests run locally; the start and
+ * every wait stay regular activities (responsive, heartbeating, cancellable).
  */
-const ec2Local = wf.proxyLocalActivities<Ec2>(localApiCall);
-/** Histories recorded before the cold path ran its short calls locally replay without it. */
+const ec2Local = wf.proxyLocalActivities<Ec2>(quickLook);
+/** The local look at the model server gives up after this long (then the regular wait takes over). */
+const QUICK_LOOK_MS = 1000;
+/** Histories recorded before the cold path's shortcuts (start at once, local looks) replay without them. */
 const LOCAL_COLD_PATH_PATCH = 'burst-local-cold-path';
 /** The launch heartbeats and cleans up what it made when cancelled; the workflow waits for that clean-up. */
 const ec2Launch = wf.proxyActivities<Ec2>({
@@ -314,12 +317,12 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
   // ------------------------------------------------------------ the steps
 
   /**
-   * Starts the instance the pool knows straight away (the start itself looks first), locally;
-   * null when it turns out gone, for findOrLaunch to look for another.
+   * Starts the instance the pool knows straight away, one activity (the start itself looks
+   * first); null when it turns out gone, for findOrLaunch to look for another.
    */
   async function startKnown(instanceId: string): Promise<string | null> {
     try {
-      const started = await ec2Local.ec2StartInstance(pool, instanceId);
+      const started = await ec2.ec2StartInstance(pool, instanceId);
       adopt(started);
       startBilling();
       if (started.previous !== 'stopped') {
@@ -332,6 +335,16 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
       if (wf.isCancellation(err) || !(err instanceof wf.ActivityFailure)) throw err;
       if (!(err.cause instanceof wf.ApplicationFailure) || err.cause.type !== NON_RETRYABLE.notFound) throw err;
       await forgetInstance();
+      return null;
+    }
+  }
+
+  /** A quick look's answer; null when it failed (the regular wait that follows looks again). */
+  async function lookOnce<T>(look: () => Promise<T>): Promise<T | null> {
+    try {
+      return await look();
+    } catch (err) {
+      if (wf.isCancellation(err)) throw err;
       return null;
     }
   }
@@ -411,7 +424,7 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
         const running = await p.run(
           'wait for running and status checks',
           async () =>
-            (fast ? await ec2Local.ec2CheckRunning(pool, s.instanceId!) : null) ??
+            (fast ? await lookOnce(() => ec2Local.ec2CheckRunning(pool, s.instanceId!)) : null) ??
             (await ec2Wait.ec2WaitRunning(pool, s.instanceId!)),
         );
         adopt(running);
@@ -419,7 +432,8 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
         modelWaitSince = Date.now();
         wake++;
         await p.run('wait for the model server', async () => {
-          if (fast && (await ec2Local.ec2CheckModelServer(pool, s.privateIp!)).ok) return;
+          if (fast && (await lookOnce(() => ec2Local.ec2CheckModelServer(pool, s.privateIp!, QUICK_LOOK_MS)))?.ok)
+            return;
           await ec2Wait.ec2WaitModelServer(pool, s.privateIp!);
         });
       });
