@@ -20,7 +20,7 @@ import { BurstUnavailableError, LlmBurstClient } from '../clients/llm-burst-clie
 import { demandSignal, LLM_BURST_WORKFLOW, statusQuery, type LlmBurstInput } from '../common/llm-burst.js';
 import { cpuSeconds, treeRssMiB } from './proc.js';
 import { startBurstLab } from './burst-lab.js';
-import { commandLine, printTable, writeSection, type Row } from './report.js';
+import { publish, runBench, type Row } from './report.js';
 
 const { values } = parseArgs({
   options: {
@@ -211,15 +211,7 @@ async function main(): Promise<void> {
     `${signals} demand signals in the storm (${((signals / WINDOW_MS) * 1000).toFixed(0)}/s)`,
     `${POOLS - missing} of ${deadlines.size} pools stopped within 30 s after the last deadline${missing ? `; ${missing} did not` : ''}`,
   ];
-  printTable(title, rows, notes);
-  await writeSection('burst-scale', title, commandLine('burst-scale.ts'), rows, notes);
+  await publish('burst-scale', title, rows, notes);
 }
 
-main()
-  .catch((err: unknown) => {
-    console.error(err);
-    process.exitCode = 1;
-  })
-  .finally(async () => {
-    for (const c of cleanups) await c().catch(() => undefined);
-  });
+runBench(main, cleanups);

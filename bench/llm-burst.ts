@@ -26,7 +26,7 @@ import { shutdownNowSignal, statusQuery, TAG_POOL, type LlmBurstInput } from '..
 import { MOTO_CREDENTIALS } from '../sim/ec2.js';
 import type { FaultProxy } from '../test/harness/fault-proxy.js';
 import { startBurstLab } from './burst-lab.js';
-import { commandLine, printTable, writeSection, type Row } from './report.js';
+import { publish, runBench, type Row } from './report.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
 
@@ -219,16 +219,8 @@ async function main(): Promise<void> {
   const notes = [
     `warm path: ${stats.warmHits} cache hits, ${stats.demandSignals} demand signals, ${stats.acquires} acquires in all`,
   ];
-  printTable(title, rows, notes);
-  await writeSection('llm-burst', title, commandLine('llm-burst.ts'), rows, notes);
+  await publish('llm-burst', title, rows, notes);
   base.ec2.destroy();
 }
 
-main()
-  .catch((err: unknown) => {
-    console.error(err);
-    process.exitCode = 1;
-  })
-  .finally(async () => {
-    for (const c of cleanups) await c().catch(() => undefined);
-  });
+runBench(main, cleanups);

@@ -110,7 +110,25 @@ export async function writeSection(
 }
 
 /** The command line this bench was run with, as a user would type it. */
-export function commandLine(file: string): string {
-  const args = process.argv.slice(2);
-  return ['npx tsx', `bench/${file}`, ...args].join(' ');
+function commandLine(): string {
+  const file = path.relative(projectRoot, process.argv[1] ?? 'bench');
+  return ['npx tsx', file, ...process.argv.slice(2)].join(' ');
+}
+
+/** Prints the bench's table and rewrites its section of docs/performance.md. */
+export async function publish(name: string, title: string, rows: Row[], notes: string[]): Promise<void> {
+  printTable(title, rows, notes);
+  await writeSection(name, title, commandLine(), rows, notes);
+}
+
+/** Runs a bench's main, then its clean-ups (peers, files) whatever happened; a failure exits 1. */
+export function runBench(main: () => Promise<void>, cleanups: Array<() => Promise<unknown>>): void {
+  main()
+    .catch((err: unknown) => {
+      console.error(err);
+      process.exitCode = 1;
+    })
+    .finally(async () => {
+      for (const c of cleanups) await c().catch(() => undefined);
+    });
 }

@@ -23,7 +23,7 @@ import { quietLogger } from '../lib/log.js';
 import { cacheDir, projectRoot } from '../lib/paths.js';
 import { startDevServer } from '../sim/dev-server.js';
 import { startTalosLab, type Draft } from '../test/harness/talos.js';
-import { commandLine, printTable, writeSection, type Row } from './report.js';
+import { publish, runBench, type Row } from './report.js';
 
 const { values } = parseArgs({
   options: { nodes: { type: 'string' }, latency: { type: 'string' }, runs: { type: 'string' } },
@@ -222,15 +222,7 @@ async function main(): Promise<void> {
     });
   }
   const title = `talos-bootstrap fan-out (${LATENCY_MS} ms injected per PVE request and per Talos call, ${RUNS} run(s) per size)`;
-  printTable(title, rows, notes);
-  await writeSection('talos-fanout', title, commandLine('talos-fanout.ts'), rows, notes);
+  await publish('talos-fanout', title, rows, notes);
 }
 
-main()
-  .catch((err: unknown) => {
-    console.error(err);
-    process.exitCode = 1;
-  })
-  .finally(async () => {
-    for (const c of cleanups) await c().catch(() => undefined);
-  });
+runBench(main, cleanups);

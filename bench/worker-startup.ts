@@ -25,7 +25,7 @@ import { cacheDir, projectRoot } from '../lib/paths.js';
 import { stopProcess } from '../lib/processes.js';
 import { startDevServer } from '../sim/dev-server.js';
 import { treeRssMiB } from './proc.js';
-import { commandLine, printTable, writeSection, type Row } from './report.js';
+import { publish, runBench, type Row } from './report.js';
 
 const { values } = parseArgs({ options: { starts: { type: 'string' }, idle: { type: 'string' } } });
 const STARTS = Number(values.starts ?? 5);
@@ -152,15 +152,7 @@ async function main(): Promise<void> {
   const notes = [
     '`labwright worker` is `node --import tsx workers/main.ts`; `tsx CLI` is `node node_modules/tsx/dist/cli.mjs workers/main.ts`, which runs the worker in a second Node process under a parent that relays signals (RSS counts both).',
   ];
-  printTable(title, rows, notes);
-  await writeSection('worker-startup', title, commandLine('worker-startup.ts'), rows, notes);
+  await publish('worker-startup', title, rows, notes);
 }
 
-main()
-  .catch((err: unknown) => {
-    console.error(err);
-    process.exitCode = 1;
-  })
-  .finally(async () => {
-    for (const c of cleanups) await c().catch(() => undefined);
-  });
+runBench(main, cleanups);
