@@ -18,20 +18,8 @@
  */
 import { createHash } from 'node:crypto';
 import { Context } from '@temporalio/activity';
-import {
-  CancelSpotInstanceRequestsCommand,
-  DescribeInstanceStatusCommand,
-  DescribeInstancesCommand,
-  DescribeSpotInstanceRequestsCommand,
-  EC2Client,
-  RunInstancesCommand,
-  StartInstancesCommand,
-  StopInstancesCommand,
-  TerminateInstancesCommand,
-  type Filter,
-  type Instance,
-  type RunInstancesCommandInput,
-} from '@aws-sdk/client-ec2';
+import type * as Ec2Sdk from '@aws-sdk/client-ec2';
+import type { Filter, Instance, RunInstancesCommandInput } from '@aws-sdk/client-ec2';
 import { CancelledFailure, type ApplicationFailure } from '@temporalio/common';
 import { classifyUnknown, failureForHttpStatus, nonRetryable, retryable } from '../common/errors.js';
 import {
@@ -197,6 +185,15 @@ export function clientTokenFor(launchToken: string, instanceType: string, market
   return `lw-${createHash('sha256').update(`${launchToken}|${instanceType}|${market}`).digest('hex').slice(0, 48)}`;
 }
 
+/**
+ * The AWS SDK's EC2 client costs ~90 MiB and half a second of CPU to load: it is loaded by the
+ * first EC2 call, not when the worker starts (most labs' workers never burst).
+ */
+let sdk: Promise<typeof Ec2Sdk> | undefined;
+function loadSdk(): Promise<typeof Ec2Sdk> {
+  return (sdk ??= import('@aws-sdk/client-ec2'));
+}
+
 const STATE_RANK: Record<string, number> = { running: 0, pending: 1, stopping: 2, stopped: 3 };
 
 export function createEc2Activities(deps: Ec2Deps) {
@@ -207,7 +204,7 @@ export function createEc2Activities(deps: Ec2Deps) {
     deps.resolveAddress ??
     (env.LABWRIGHT_EC2_ADDRESS_MAP ? parseAddressMap(env.LABWRIGHT_EC2_ADDRESS_MAP) : identityResolver);
   const endpoint = env.AWS_ENDPOINT_URL_EC2 ?? env.AWS_ENDPOINT_URL;
-  const clients = new Map<string, EC2Client>();
+  const clients = new Map<string, Ec2Sdk.EC2Client>();
 
   async function credentialsFor(pool: BurstPool) {
     if (pool.credentials) {
@@ -226,11 +223,11 @@ export function createEc2Activities(deps: Ec2Deps) {
     return undefined; // the SDK's default chain: profile, SSO, instance role
   }
 
-  async function ec2(pool: BurstPool): Promise<EC2Client> {
+  async function ec2(pool: BurstPool): Promise<Ec2Sdk.EC2Client> {
     const key = `${pool.region}|${JSON.stringify(pool.credentials ?? null)}`;
     let client = clients.get(key);
     if (!client) {
-      client = new EC2Client({
+      client = new (await loadSdk()).EC2Client({
         region: pool.region,
         endpoint,
         credentials: await credentialsFor(pool),
@@ -255,8 +252,14 @@ export function createEc2Activities(deps: Ec2Deps) {
     const out: InstanceView[] = [];
     let token: string | undefined;
     do {
-      const page = await call('DescribeInstances', () =>
-        client.send(new DescribeInstancesCommand({ Filters: filters, InstanceIds: instanceIds, NextToken: token })),
+      const page = await call('DescribeInstances', async () =>
+        client.send(
+          new (await loadSdk()).DescribeInstancesCommand({
+            Filters: filters,
+            InstanceIds: instanceIds,
+            NextToken: token,
+          }),
+        ),
       );
       for (const r of page.Reservations ?? []) for (const i of r.Instances ?? []) out.push(view(i));
       token = page.NextToken;
@@ -287,13 +290,13 @@ export function createEc2Activities(deps: Ec2Deps) {
     const id = instance.spotRequestId;
     if (!id) return undefined;
     const client = await ec2(pool);
-    const found = await call(`DescribeSpotInstanceRequests ${id}`, () =>
-      client.send(new DescribeSpotInstanceRequestsCommand({ SpotInstanceRequestIds: [id] })),
+    const found = await call(`DescribeSpotInstanceRequests ${id}`, async () =>
+      client.send(new (await loadSdk()).DescribeSpotInstanceRequestsCommand({ SpotInstanceRequestIds: [id] })),
     );
     const state = found.SpotInstanceRequests?.[0]?.State;
     if (state === 'cancelled' || state === 'closed') return undefined;
-    await call(`CancelSpotInstanceRequests ${id}`, () =>
-      client.send(new CancelSpotInstanceRequestsCommand({ SpotInstanceRequestIds: [id] })),
+    await call(`CancelSpotInstanceRequests ${id}`, async () =>
+      client.send(new (await loadSdk()).CancelSpotInstanceRequestsCommand({ SpotInstanceRequestIds: [id] })),
     );
     return id;
   }
@@ -302,8 +305,8 @@ export function createEc2Activities(deps: Ec2Deps) {
     await cancelSpotRequest(pool, instance);
     if (instance.state === 'terminated' || instance.state === 'shutting-down') return;
     const client = await ec2(pool);
-    await call(`TerminateInstances ${instance.instanceId}`, () =>
-      client.send(new TerminateInstancesCommand({ InstanceIds: [instance.instanceId] })),
+    await call(`TerminateInstances ${instance.instanceId}`, async () =>
+      client.send(new (await loadSdk()).TerminateInstancesCommand({ InstanceIds: [instance.instanceId] })),
     );
   }
 
@@ -333,16 +336,45 @@ export function createEc2Activities(deps: Ec2Deps) {
     ];
   }
 
-  async function healthy(pool: BurstPool, privateIp: string): Promise<{ ok: boolean; detail: string }> {
+  async function healthy(
+    pool: BurstPool,
+    privateIp: string,
+    timeoutMs = healthTimeoutMs,
+  ): Promise<{ ok: boolean; detail: string }> {
     const target = resolve(privateIp, pool.modelPort);
     const url = `http://${target.host}:${target.port}${pool.healthPath}`;
     try {
-      const res = await fetch(url, { signal: AbortSignal.timeout(healthTimeoutMs) });
+      const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
       await res.body?.cancel();
       return { ok: res.ok, detail: `HTTP ${res.status}` };
     } catch (err) {
       return { ok: false, detail: err instanceof Error ? err.message : String(err) };
     }
+  }
+
+  /** Whether the instance runs with both status checks ok (`ready`), and what it is doing if not. */
+  async function runningCheck(
+    pool: BurstPool,
+    instanceId: string,
+  ): Promise<{ ready: InstanceView | null; detail: string }> {
+    const current = await describeOne(pool, instanceId);
+    if (current && ['stopping', 'stopped', 'shutting-down', 'terminated'].includes(current.state)) {
+      throw nonRetryable(
+        'precondition',
+        `instance ${instanceId} of pool ${pool.name} went ${current.state} while starting${current.stateReason ? ` (${current.stateReason})` : ''}`,
+      );
+    }
+    if (current?.state !== 'running') return { ready: null, detail: `is ${current?.state ?? 'not visible yet'}` };
+    const client = await ec2(pool);
+    const status = await call(`DescribeInstanceStatus ${instanceId}`, async () =>
+      client.send(
+        new (await loadSdk()).DescribeInstanceStatusCommand({ InstanceIds: [instanceId], IncludeAllInstances: true }),
+      ),
+    );
+    const s = status.InstanceStatuses?.[0];
+    const checks = [s?.InstanceStatus?.Status, s?.SystemStatus?.Status];
+    if (checks.every((c) => c === 'ok')) return { ready: current, detail: 'running, status checks ok' };
+    return { ready: null, detail: `running, status checks ${checks.join('/')}` };
   }
 
   return {
@@ -415,7 +447,7 @@ export function createEc2Activities(deps: Ec2Deps) {
           };
           const what = `RunInstances ${instanceType} ${market} for pool ${pool.name}`;
           try {
-            const out = await heartbeatWhile(ctx, what, client.send(new RunInstancesCommand(input)));
+            const out = await heartbeatWhile(ctx, what, client.send(new (await loadSdk()).RunInstancesCommand(input)));
             const instance = out.Instances?.[0];
             if (!instance?.InstanceId) throw retryable('server', 'EC2 RunInstances answered without an instance');
             const launched: LaunchResult = { ...view(instance), market, refused, found: false };
@@ -429,7 +461,7 @@ export function createEc2Activities(deps: Ec2Deps) {
             if (ctx.cancellationSignal?.aborted && !isCapacityError(err)) {
               // The answer was lost while we were being cancelled: ask again with the same token
               // (EC2 answers with the instance if the first request made one) and terminate it.
-              const again = await client.send(new RunInstancesCommand(input)).catch(() => undefined);
+              const again = await client.send(new (await loadSdk()).RunInstancesCommand(input)).catch(() => undefined);
               const made = again?.Instances?.[0];
               if (made?.InstanceId) await terminateLaunched(pool, { ...view(made), market });
               throw new CancelledFailure(
@@ -451,60 +483,63 @@ export function createEc2Activities(deps: Ec2Deps) {
       );
     },
 
-    /** Starts a stopped instance; running or pending is already done. Waits out a `stopping` first. */
-    async ec2StartInstance(pool: BurstPool, instanceId: string): Promise<InstanceView> {
+    /**
+     * Starts a stopped instance; running or pending is already done. Waits out a `stopping` first.
+     * `previous` is the state it was found in (`stopped` when this call started it).
+     */
+    async ec2StartInstance(
+      pool: BurstPool,
+      instanceId: string,
+    ): Promise<InstanceView & { previous: InstanceStateName }> {
       const ctx = context();
       for (;;) {
         const current = await describeOne(pool, instanceId);
         if (!current || current.state === 'terminated' || current.state === 'shutting-down') {
           throw nonRetryable('notFound', `instance ${instanceId} of pool ${pool.name} is gone (terminated)`);
         }
-        if (current.state === 'running' || current.state === 'pending') return current;
+        if (current.state === 'running' || current.state === 'pending') return { ...current, previous: current.state };
         if (current.state === 'stopped') break;
         ctx.heartbeat(`instance ${instanceId} is ${current.state}`);
         await ctx.sleep(pollMs);
       }
       const client = await ec2(pool);
-      const out = await call(`StartInstances ${instanceId}`, () =>
-        client.send(new StartInstancesCommand({ InstanceIds: [instanceId] })),
+      const out = await call(`StartInstances ${instanceId}`, async () =>
+        client.send(new (await loadSdk()).StartInstancesCommand({ InstanceIds: [instanceId] })),
       );
       const state = out.StartingInstances?.[0]?.CurrentState?.Name as InstanceStateName | undefined;
       return {
         ...((await describeOne(pool, instanceId)) ?? { instanceId, market: 'on-demand' }),
         state: state ?? 'pending',
+        previous: 'stopped',
       };
+    },
+
+    /**
+     * One look, no waiting: the instance if it runs and passes both status checks, null while it
+     * is not there yet; fails if it stopped or went away while starting.
+     */
+    async ec2CheckRunning(pool: BurstPool, instanceId: string): Promise<InstanceView | null> {
+      return (await runningCheck(pool, instanceId)).ready;
     },
 
     /** Polls until the instance runs and both status checks pass; fails if it stops or goes away meanwhile. */
     async ec2WaitRunning(pool: BurstPool, instanceId: string): Promise<InstanceView> {
       const ctx = context();
-      const client = await ec2(pool);
       for (;;) {
-        const current = await describeOne(pool, instanceId);
-        if (current && ['stopping', 'stopped', 'shutting-down', 'terminated'].includes(current.state)) {
-          throw nonRetryable(
-            'precondition',
-            `instance ${instanceId} of pool ${pool.name} went ${current.state} while starting${current.stateReason ? ` (${current.stateReason})` : ''}`,
-          );
-        }
-        if (current?.state === 'running') {
-          const status = await call(`DescribeInstanceStatus ${instanceId}`, () =>
-            client.send(new DescribeInstanceStatusCommand({ InstanceIds: [instanceId], IncludeAllInstances: true })),
-          );
-          const s = status.InstanceStatuses?.[0];
-          const checks = [s?.InstanceStatus?.Status, s?.SystemStatus?.Status];
-          if (checks.every((c) => c === 'ok')) return current;
-          ctx.heartbeat(`instance ${instanceId} running, status checks ${checks.join('/')}`);
-        } else {
-          ctx.heartbeat(`instance ${instanceId} is ${current?.state ?? 'not visible yet'}`);
-        }
+        const { ready, detail } = await runningCheck(pool, instanceId);
+        if (ready) return ready;
+        ctx.heartbeat(`instance ${instanceId} ${detail}`);
         await ctx.sleep(pollMs);
       }
     },
 
     /** One health check of the model server (GET healthPath), through the address resolver. */
-    async ec2CheckModelServer(pool: BurstPool, privateIp: string): Promise<{ ok: boolean; detail: string }> {
-      return healthy(pool, privateIp);
+    async ec2CheckModelServer(
+      pool: BurstPool,
+      privateIp: string,
+      timeoutMs = healthTimeoutMs,
+    ): Promise<{ ok: boolean; detail: string }> {
+      return healthy(pool, privateIp, timeoutMs);
     },
 
     /** Polls the model server until it answers 2xx on healthPath. */
@@ -523,8 +558,8 @@ export function createEc2Activities(deps: Ec2Deps) {
       const current = await describeKnown(pool, instanceId);
       if (['stopping', 'stopped', 'shutting-down', 'terminated'].includes(current.state)) return current;
       const client = await ec2(pool);
-      await call(`StopInstances ${instanceId}`, () =>
-        client.send(new StopInstancesCommand({ InstanceIds: [instanceId] })),
+      await call(`StopInstances ${instanceId}`, async () =>
+        client.send(new (await loadSdk()).StopInstancesCommand({ InstanceIds: [instanceId] })),
       );
       return describeOne(pool, instanceId);
     },

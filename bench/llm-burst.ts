@@ -11,10 +11,6 @@
  * Run: npx tsx bench/llm-burst.ts [--cold 20] [--warm 20000]
  * Not a test: numbers depend on the machine; nothing is asserted.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { promises as fs } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import {
@@ -25,17 +21,12 @@ import {
   StopInstancesCommand,
   RunInstancesCommand,
 } from '@aws-sdk/client-ec2';
-import { Client, Connection } from '@temporalio/client';
-import { bundleWorkflowCode } from '@temporalio/worker';
 import { LlmBurstClient } from '../clients/llm-burst-client.js';
 import { shutdownNowSignal, statusQuery, TAG_POOL, type LlmBurstInput } from '../common/llm-burst.js';
-import { AesGcmCodec, keyIdOf, parseKey } from '../lib/codec.js';
-import { startDevServer } from '../sim/dev-server.js';
-import { quietLogger } from '../lib/log.js';
-import { cacheDir, projectRoot } from '../lib/paths.js';
-import { stopProcess } from '../lib/processes.js';
-import { ec2Env, MOTO_CREDENTIALS, prepareBurstPool, startFakeModelServer, startMotoServer } from '../sim/ec2.js';
-import { startFaultProxy, type FaultProxy } from '../test/harness/fault-proxy.js';
+import { MOTO_CREDENTIALS } from '../sim/ec2.js';
+import type { FaultProxy } from '../test/harness/fault-proxy.js';
+import { startBurstLab } from './burst-lab.js';
+import { publish, runBench, type Row } from './report.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
 
@@ -47,11 +38,6 @@ const REGION = 'us-east-1';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function pct(samples: number[], p: number): number {
-  const sorted = [...samples].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] ?? NaN;
-}
 
 /** EC2's own time between two instants: the recording proxy's time for each call that began in it. */
 function ec2Time(faults: FaultProxy, from: number, to: number): number {
@@ -142,57 +128,10 @@ function baselineProxy(endpoint: string, pool: string, modelUrl: string) {
 }
 
 async function main(): Promise<void> {
-  const work = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-bench-'));
-  cleanups.push(() => fs.rm(work, { recursive: true, force: true }));
-  console.log('starting peers: Temporal dev server, moto, fake model server, worker…');
-  const server = await startDevServer({ logFile: path.join(cacheDir, 'bench-logs', 'temporal.log') });
-  cleanups.push(() => server.stop());
-  const moto = await startMotoServer({ logFile: path.join(cacheDir, 'bench-logs', 'moto.log') });
-  cleanups.push(() => moto.stop());
-  const faults = await startFaultProxy(moto.endpoint);
-  cleanups.push(() => faults.stop());
-  const model = await startFakeModelServer({ name: 'bench' });
-  cleanups.push(() => model.stop());
-  await prepareBurstPool(moto.endpoint, {
+  const { client, faults, model } = await startBurstLab(cleanups, {
+    taskQueue: TASK_QUEUE,
     region: REGION,
-    instanceTypes: ['g5.xlarge'],
-    launchTemplate: { name: 'llm-gpu-worker' },
-  });
-
-  const bundle = await bundleWorkflowCode({
-    workflowsPath: path.join(projectRoot, 'workflows', 'index.ts'),
-    logger: quietLogger(['error']),
-  });
-  const bundlePath = path.join(work, 'workflows.js');
-  await fs.writeFile(bundlePath, bundle.code);
-  const worker: ChildProcess = spawn(
-    process.execPath,
-    ['--import', 'tsx', path.join(projectRoot, 'test', 'harness', 'ec2-worker.ts')],
-    {
-      cwd: projectRoot,
-      env: {
-        ...process.env,
-        ...ec2Env(faults.url, model.port),
-        TEMPORAL_ADDRESS: server.address,
-        LABWRIGHT_TASK_QUEUE: TASK_QUEUE,
-        LABWRIGHT_WORKFLOW_BUNDLE: bundlePath,
-        LABWRIGHT_EC2_POLL_MS: '100',
-      },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
-  );
-  cleanups.unshift(() => stopProcess(worker, 3000));
-  await new Promise<void>((resolve, reject) => {
-    worker.stdout!.on('data', (d: Buffer) => d.toString().includes('worker ready') && resolve());
-    worker.once('exit', (code) => reject(new Error(`worker exited (${code})`)));
-  });
-
-  const key = parseKey(await fs.readFile(path.join(projectRoot, 'test', 'fixtures', 'codec-test.key'), 'utf8'), 'key');
-  const connection = await Connection.connect({ address: server.address });
-  cleanups.unshift(() => connection.close());
-  const client = new Client({
-    connection,
-    dataConverter: { payloadCodecs: [new AesGcmCodec(new Map([[keyIdOf(key), key]]))] },
+    pollMs: 100,
   });
 
   const poolName = 'g5-llm';
@@ -256,37 +195,32 @@ async function main(): Promise<void> {
   }
   const stats = burst.stats(poolName);
 
-  const row = (name: string, unit: string, ours: number[], theirs: number[]): string => {
-    const [o50, o99, b50, b99] = [pct(ours, 50), pct(ours, 99), pct(theirs, 50), pct(theirs, 99)];
-    const f = (n: number) => n.toFixed(unit === 'ms' ? 1 : 2).padStart(9);
-    return `${name.padEnd(26)} ${f(o50)} ${f(o99)}   ${f(b50)} ${f(b99)}   ${(o50 / b50).toFixed(1).padStart(6)}x ${(o99 / b99).toFixed(1).padStart(6)}x  ${unit}`;
-  };
-  console.log(`
-llm-burst bench (${COLD_RUNS} cold starts from stopped, ${WARM_CALLS} warm calls; moto's own time subtracted)
-${''.padEnd(26)} ${'labwright'.padStart(19)}   ${'baseline'.padStart(19)}   ${'ratio'.padStart(14)}
-${'path'.padEnd(26)} ${'p50'.padStart(9)} ${'p99'.padStart(9)}   ${'p50'.padStart(9)} ${'p99'.padStart(9)}   ${'p50'.padStart(7)} ${'p99'.padStart(7)}
-${row(
-  'cold → StartInstances',
-  'ms',
-  cold.map((c) => c.toStart),
-  baseCold.map((c) => c.toStart),
-)}
-${row(
-  'cold → ready',
-  'ms',
-  cold.map((c) => c.toReady),
-  baseCold.map((c) => c.toReady),
-)}
-${row('warm, per request', 'µs', warm, baseWarm)}
-warm path: ${stats.warmHits} cache hits, ${stats.demandSignals} demand signals, ${stats.acquires} acquires in all`);
+  const baselineIs = 'a proxy that calls EC2 itself and keeps its idle timer in memory (same moto, same proxy)';
+  const rows: Row[] = [
+    {
+      name: 'cold → StartInstances',
+      unit: 'ms',
+      ours: cold.map((c) => c.toStart),
+      baseline: baseCold.map((c) => c.toStart),
+      baselineIs,
+      target: { below: 100 },
+    },
+    {
+      name: 'cold → ready',
+      unit: 'ms',
+      ours: cold.map((c) => c.toReady),
+      baseline: baseCold.map((c) => c.toReady),
+      baselineIs,
+      target: { below: 150 },
+    },
+    { name: 'warm, per request', unit: 'µs', ours: warm, baseline: baseWarm, baselineIs },
+  ];
+  const title = `llm-burst (${COLD_RUNS} cold starts from stopped, ${WARM_CALLS} warm calls; moto's own time subtracted)`;
+  const notes = [
+    `warm path: ${stats.warmHits} cache hits, ${stats.demandSignals} demand signals, ${stats.acquires} acquires in all`,
+  ];
+  await publish('llm-burst', title, rows, notes);
   base.ec2.destroy();
 }
 
-main()
-  .catch((err: unknown) => {
-    console.error(err);
-    process.exitCode = 1;
-  })
-  .finally(async () => {
-    for (const c of cleanups) await c().catch(() => undefined);
-  });
+runBench(main, cleanups);

@@ -2,7 +2,7 @@
  * Default timeouts and retry policies, one per kind of activity. Workflows pick a profile
  * instead of inventing numbers, so every API call backs off the same way.
  */
-import type { ActivityOptions } from '@temporalio/common';
+import type { ActivityOptions, LocalActivityOptions } from '@temporalio/common';
 import { NON_RETRYABLE_ERROR_TYPES } from './errors.js';
 
 /** One short call to an external API (PVE, EC2, Kubernetes). */
@@ -15,6 +15,17 @@ export const apiCall: ActivityOptions = {
     maximumAttempts: 10,
     nonRetryableErrorTypes: NON_RETRYABLE_ERROR_TYPES,
   },
+};
+
+/**
+ * One look (a single short request) on a latency-critical path, run as a local activity: in the
+ * worker, inside the workflow task, with no round trip through the server (its result is recorded
+ * as a marker). One attempt and a short timeout, because a local activity holds the workflow's
+ * handlers until it ends; the caller falls back to a regular activity when the look fails.
+ */
+export const quickLook: LocalActivityOptions = {
+  startToCloseTimeout: '5 seconds',
+  retry: { maximumAttempts: 1 },
 };
 
 /** Polls until something external is reached; heartbeats so a dead worker is noticed quickly. */

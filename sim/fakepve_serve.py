@@ -43,6 +43,17 @@ class DefaultedVm(FakeVm):
             setattr(self, key, value)
 
 
+# (labwright issue 17) Added to every API request's answer (the `latency` control operation).
+LATENCY = {'ms': 0.0}
+
+
+@web.middleware
+async def injected_latency(request, handler):
+    if LATENCY['ms'] > 0 and request.path.startswith('/api2/'):
+        await asyncio.sleep(LATENCY['ms'] / 1000)
+    return await handler(request)
+
+
 # fakepve's clone and create build their VMs with qemu.FakeVm.
 qemu.FakeVm = DefaultedVm
 
@@ -85,6 +96,11 @@ async def control(pve, body):
         VM_DEFAULTS.clear()
         VM_DEFAULTS.update((k, v) for k, v in body.get('defaults', {}).items() if k in VM_ATTRS)
         return dict(VM_DEFAULTS)
+    if op == 'latency':
+        # (labwright issue 17) Every API request answers this many ms later, as a PVE host across a
+        # real network and its pveproxy do (benchmarks inject it; 0 switches it off).
+        LATENCY['ms'] = float(body['ms'])
+        return None
     if op == 'time_scale':
         pve.time_scale = float(body['value'])
         return None
@@ -413,6 +429,7 @@ class ControlledPve(FakePve):
 
     def _build_app(self):
         app = super()._build_app()
+        app.middlewares.insert(0, injected_latency)
         # Routes registered after the catch-all still match: it only covers /api2/...
         app.router.add_post('/_labwright/control', self._control)
         return app

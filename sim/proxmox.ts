@@ -81,6 +81,8 @@ export type FakePveControl =
   | ({ op: 'vm'; vmid: number } & Partial<Record<VmFaultKey, unknown>>)
   | { op: 'vm_defaults'; defaults: Partial<Record<VmFaultKey, unknown>> }
   | { op: 'time_scale'; value: number }
+  // (issue 17) ms added to every API request's answer
+  | { op: 'latency'; ms: number }
   | { op: 'store_backup'; storage: string; name: string; size?: number; /** (issue 7) epoch seconds */ ctime?: number }
   | { op: 'vms' }
   | { op: 'requests' }

@@ -83,6 +83,8 @@ export interface TalosStandinOptions {
   kubeconfigPath?: string;
   /** Install + reboot after a config is applied in maintenance mode (default 300 ms). */
   bootMs?: number;
+  /** (issue 17) Added to every node-facing answer, as a node's Talos API over a real network takes (default 0). */
+  callLatencyMs?: number;
   /**
    * The simulated lab only: play the NVIDIA device plugin (nvidia.com/gpu: 1 on nodes whose
    * config loads the nvidia modules) and the Job controller for their smoke Jobs
@@ -811,8 +813,10 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
         files: Record<string, string>;
         uploads?: Record<string, string>;
       };
+      const latency = opts.callLatencyMs ? new Promise((r) => setTimeout(r, opts.callLatencyMs)) : undefined;
       answer(argv, files, uploads)
         .catch((err: unknown) => fail(`talos stand-in: ${(err as Error).message}`))
+        .then(async (a) => (await latency, a))
         .then(async (a) => {
           const { words } = parseArgs(argv);
           const call = { argv, command: words.join(' '), node: a.node, code: a.code ?? 0, stderr: a.stderr ?? '' };

@@ -22,8 +22,8 @@
  */
 import * as wf from '@temporalio/workflow';
 import type { createEc2Activities, InstanceView } from '../activities/ec2.js';
-import { apiCall, waitFor, withHeartbeat } from '../common/activity-options.js';
-import { nonRetryable, retryable } from '../common/errors.js';
+import { apiCall, quickLook, waitFor, withHeartbeat } from '../common/activity-options.js';
+import { NON_RETRYABLE, nonRetryable, retryable } from '../common/errors.js';
 import {
   acquireUpdate,
   demandSignal,
@@ -61,6 +61,18 @@ import { parseInput } from '../common/validation.js';
 type Ec2 = ReturnType<typeof createEc2Activities>;
 const ec2 = wf.proxyActivities<Ec2>(apiCall);
 const ec2Wait = wf.proxyActivities<Ec2>(waitFor);
+/**
+ * The cold path's two looks right after a start (status checks, model server), in the worker
+ * within the workflow task: a start that finds everything up at the first look costs no further
+ * round trip through the server. A local activity holds the workflow's handlers (queries,
+ * shutdownNow) until it ends, so only these bounded single requests run locally; the start and
+ * every wait stay regular activities (responsive, heartbeating, cancellable).
+ */
+const ec2Local = wf.proxyLocalActivities<Ec2>(quickLook);
+/** The local look at the model server gives up after this long (then the regular wait takes over). */
+const QUICK_LOOK_MS = 1000;
+/** Histories recorded before the cold path's shortcuts (start at once, local looks) replay without them. */
+const LOCAL_COLD_PATH_PATCH = 'burst-local-cold-path';
 /** The launch heartbeats and cleans up what it made when cancelled; the workflow waits for that clean-up. */
 const ec2Launch = wf.proxyActivities<Ec2>({
   ...withHeartbeat(apiCall, 5),
@@ -310,7 +322,44 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
 
   // ------------------------------------------------------------ the steps
 
-  async function findOrLaunch(): Promise<string> {
+  /**
+   * Starts the instance the pool knows straight away, one activity (the start itself looks
+   * first); null when it turns out gone, for findOrLaunch to look for another.
+   */
+  async function startKnown(instanceId: string): Promise<string | null> {
+    try {
+      const started = await ec2.ec2StartInstance(pool, instanceId);
+      adopt(started);
+      startBilling();
+      if (started.previous !== 'stopped') {
+        event(`found ${started.instanceId} already ${started.previous}`);
+        return `found ${started.instanceId} ${started.previous}`;
+      }
+      event(`started ${started.instanceId}`);
+      return `started ${started.instanceId} (was stopped)`;
+    } catch (err) {
+      if (wf.isCancellation(err) || !(err instanceof wf.ActivityFailure)) throw err;
+      if (!(err.cause instanceof wf.ApplicationFailure) || err.cause.type !== NON_RETRYABLE.notFound) throw err;
+      await forgetInstance();
+      return null;
+    }
+  }
+
+  /** A quick look's answer; null when it failed (the regular wait that follows looks again). */
+  async function lookOnce<T>(look: () => Promise<T>): Promise<T | null> {
+    try {
+      return await look();
+    } catch (err) {
+      if (wf.isCancellation(err)) throw err;
+      return null;
+    }
+  }
+
+  async function findOrLaunch(fast: boolean): Promise<string> {
+    if (fast && s.instanceId) {
+      const started = await startKnown(s.instanceId);
+      if (started) return started;
+    }
     let found: InstanceView | null = s.instanceId ? await ec2.ec2DescribeInstance(pool, s.instanceId) : null;
     if (!found || found.state === 'terminated' || found.state === 'shutting-down') {
       if (s.instanceId) await forgetInstance();
@@ -370,17 +419,29 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
     stopAfterStart = undefined;
     let finished = false;
     const watcher = watchStart(scope, () => finished).catch(() => undefined);
+    const fast = wf.patched(LOCAL_COLD_PATH_PATCH);
     try {
       await scope.run(async () => {
-        await p.run('find or launch instance', findOrLaunch, (detail) => detail);
-        const running = await p.run('wait for running and status checks', () =>
-          ec2Wait.ec2WaitRunning(pool, s.instanceId!),
+        await p.run(
+          'find or launch instance',
+          () => findOrLaunch(fast),
+          (detail) => detail,
+        );
+        const running = await p.run(
+          'wait for running and status checks',
+          async () =>
+            (fast ? await lookOnce(() => ec2Local.ec2CheckRunning(pool, s.instanceId!)) : null) ??
+            (await ec2Wait.ec2WaitRunning(pool, s.instanceId!)),
         );
         adopt(running);
         if (!s.privateIp) throw nonRetryable('precondition', `instance ${s.instanceId} has no private address`);
         modelWaitSince = Date.now();
         wake++;
-        await p.run('wait for the model server', () => ec2Wait.ec2WaitModelServer(pool, s.privateIp!));
+        await p.run('wait for the model server', async () => {
+          if (fast && (await lookOnce(() => ec2Local.ec2CheckModelServer(pool, s.privateIp!, QUICK_LOOK_MS)))?.ok)
+            return;
+          await ec2Wait.ec2WaitModelServer(pool, s.privateIp!);
+        });
       });
       const now = Date.now();
       if (demandCounts(s)) s.lastDemandAt = now; // the idle window starts once it can serve

@@ -57,6 +57,11 @@ const pve = wf.proxyActivities<Pve>(apiCall);
 const pveWait = wf.proxyActivities<Pve>(waitFor);
 const kube = wf.proxyActivities<Kube>(apiCall);
 
+/**
+ * Histories recorded while the VM lookups before cloning and the etcd membership looks went one
+ * node after another replay that way; since, they go to every node at once.
+ */
+const PARALLEL_LOOKS_PATCH = 'parallel-looks';
 /** Histories recorded before the stored kubeconfig was probed replay without the probe. */
 const KUBECONFIG_PROBE_PATCH = 'kubeconfig-probe';
 
@@ -225,10 +230,15 @@ export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult
       // etcd that does not answer is not an empty etcd: on a control plane configured before this
       // run (not in maintenance mode at step 4) it may be restarting. Look again for a while
       // before concluding that no control plane has an etcd member.
+      const parallelLooks = wf.patched(PARALLEL_LOOKS_PATCH);
       for (let look = 1; ; look++) {
         let unreachable = 0;
-        for (const cp of cps) {
-          const m = await talos.talosEtcdMembers({ address: cp.ip, talosconfig: secrets.talosconfig });
+        const ask = (cp: NodePlan) => talos.talosEtcdMembers({ address: cp.ip, talosconfig: secrets.talosconfig });
+        // All control planes at once (each answer is looked at in order, as before).
+        const asked = parallelLooks ? cps.map(ask) : undefined;
+        for (const p of asked ?? []) void p.catch(() => undefined); // a failure is thrown where it is looked at
+        for (const [i, cp] of cps.entries()) {
+          const m = await (asked ? asked[i]! : ask(cp));
           if (m.members.length > 0) {
             wf.upsertMemo({ etcdBootstrapped: true, etcdNode: cp.name });
             return {
@@ -336,17 +346,35 @@ function describeChanges(changes: string[], what: string, total: number): string
  */
 async function templatesByHost(plan: ClusterPlan, vms: NodePlan[]): Promise<Map<string, CloneSource>> {
   const out = new Map<string, CloneSource>();
-  for (const host of new Set(vms.map((n) => n.vm!.host))) {
-    const toClone: NodePlan[] = [];
-    for (const n of vms.filter((v) => v.vm!.host === host)) {
-      const vm = n.vm!;
-      if ((await pve.pveGetVm({ host, node: vm.node, vmid: vm.vmid })) === null) toClone.push(n);
-    }
-    if (toClone.length === 0) continue;
-    const list = await pve.pveListTemplates({ host });
-    for (const n of toClone) out.set(n.name, await cloneSource(plan, n, list));
+  const hosts = [...new Set(vms.map((n) => n.vm!.host))];
+  if (!wf.patched(PARALLEL_LOOKS_PATCH)) {
+    for (const host of hosts) await templatesOnHost(plan, vms, host, out, false);
+    return out;
   }
+  await Promise.all(hosts.map((host) => templatesOnHost(plan, vms, host, out, true)));
   return out;
+}
+
+/** templatesByHost for one PVE host: which of its VMs still need a clone, and from which template. */
+async function templatesOnHost(
+  plan: ClusterPlan,
+  vms: NodePlan[],
+  host: string,
+  out: Map<string, CloneSource>,
+  parallel: boolean,
+): Promise<void> {
+  const mine = vms.filter((v) => v.vm!.host === host);
+  const lookUp = (n: NodePlan) => pve.pveGetVm({ host, node: n.vm!.node, vmid: n.vm!.vmid });
+  const existing: Array<VmDetails | null> = [];
+  if (parallel) existing.push(...(await Promise.all(mine.map(lookUp))));
+  else for (const n of mine) existing.push(await lookUp(n));
+  const toClone = mine.filter((_, i) => existing[i] === null);
+  if (toClone.length === 0) return;
+  const list = await pve.pveListTemplates({ host });
+  if (parallel) {
+    const sources = await Promise.all(toClone.map((n) => cloneSource(plan, n, list)));
+    toClone.forEach((n, i) => out.set(n.name, sources[i]!));
+  } else for (const n of toClone) out.set(n.name, await cloneSource(plan, n, list));
 }
 
 /** The template a VM is cloned from, and whether the clone is made on its node then migrated. */

@@ -60,6 +60,8 @@ export interface TalosLabOptions {
    * of its own on the stand-in, behind a PVE VM; their addresses are mapped to loopback too.
    */
   scratchNodes?: Array<{ name: string; ip: string; node: string; vmid: number }>;
+  /** (issue 17) Latency injected into every PVE API request and every node-facing Talos call (benchmarks). */
+  latency?: { pveMs?: number; talosMs?: number };
 }
 
 /** PCI devices as a PVE host lists them, for the example lab's GPUs (and an audio function). */
@@ -188,8 +190,10 @@ export async function startTalosLab(opts: TalosLabOptions = {}): Promise<TalosLa
       realTalosctl,
       listVms: pveVmLister({ url: fake.url, token: fake.token, ca: await fs.readFile(fake.caFile) }),
       kubeconfigPath: kube.kubeconfigPath,
+      callLatencyMs: opts.latency?.talosMs,
     });
     stops.push(() => standin.stop());
+    if (opts.latency?.pveMs) await fake.control({ op: 'latency', ms: opts.latency.pveMs });
 
     const { activities, close } = talosLabActivities({ inventory, standin, dir }, secrets);
     stops.push(close);

@@ -1,0 +1,84 @@
+/**
+ * The peers of the burst benches: a Temporal dev server, moto behind the recording fault proxy, a
+ * fake model server, the pool's launch template, and a worker in a child process (the EC2
+ * activities, the prebuilt workflow bundle) on `taskQueue`. Everything is stopped by `cleanups`.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { bundleWorkflowCode } from '@temporalio/worker';
+import { AesGcmCodec, keyIdOf, parseKey } from '../lib/codec.js';
+import { quietLogger } from '../lib/log.js';
+import { cacheDir, projectRoot } from '../lib/paths.js';
+import { stopProcess } from '../lib/processes.js';
+import { startDevServer } from '../sim/dev-server.js';
+import { ec2Env, prepareBurstPool, startFakeModelServer, startMotoServer, type FakeModelServer } from '../sim/ec2.js';
+import { startFaultProxy, type FaultProxy } from '../test/harness/fault-proxy.js';
+
+export interface BurstLab {
+  client: Client;
+  faults: FaultProxy;
+  model: FakeModelServer;
+  worker: ChildProcess;
+}
+
+export async function startBurstLab(
+  cleanups: Array<() => Promise<unknown>>,
+  opts: { taskQueue: string; region: string; pollMs: number },
+): Promise<BurstLab> {
+  const work = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-bench-'));
+  cleanups.push(() => fs.rm(work, { recursive: true, force: true }));
+  console.log('starting peers: Temporal dev server, moto, fake model server, worker…');
+  const server = await startDevServer({ logFile: path.join(cacheDir, 'bench-logs', 'temporal.log') });
+  cleanups.push(() => server.stop());
+  const moto = await startMotoServer({ logFile: path.join(cacheDir, 'bench-logs', 'moto.log') });
+  cleanups.push(() => moto.stop());
+  const faults = await startFaultProxy(moto.endpoint);
+  cleanups.push(() => faults.stop());
+  const model = await startFakeModelServer({ name: 'bench' });
+  cleanups.push(() => model.stop());
+  await prepareBurstPool(moto.endpoint, {
+    region: opts.region,
+    instanceTypes: ['g5.xlarge'],
+    launchTemplate: { name: 'llm-gpu-worker' },
+  });
+
+  const bundle = await bundleWorkflowCode({
+    workflowsPath: path.join(projectRoot, 'workflows', 'index.ts'),
+    logger: quietLogger(['error']),
+  });
+  const bundlePath = path.join(work, 'workflows.js');
+  await fs.writeFile(bundlePath, bundle.code);
+  const worker: ChildProcess = spawn(
+    process.execPath,
+    ['--import', 'tsx', path.join(projectRoot, 'test', 'harness', 'ec2-worker.ts')],
+    {
+      cwd: projectRoot,
+      env: {
+        ...process.env,
+        ...ec2Env(faults.url, model.port),
+        TEMPORAL_ADDRESS: server.address,
+        LABWRIGHT_TASK_QUEUE: opts.taskQueue,
+        LABWRIGHT_WORKFLOW_BUNDLE: bundlePath,
+        LABWRIGHT_EC2_POLL_MS: String(opts.pollMs),
+      },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  cleanups.unshift(() => stopProcess(worker, 3000));
+  await new Promise<void>((resolve, reject) => {
+    worker.stdout!.on('data', (d: Buffer) => d.toString().includes('worker ready') && resolve());
+    worker.once('exit', (code) => reject(new Error(`worker exited (${code})`)));
+  });
+
+  const key = parseKey(await fs.readFile(path.join(projectRoot, 'test', 'fixtures', 'codec-test.key'), 'utf8'), 'key');
+  const connection = await Connection.connect({ address: server.address });
+  cleanups.unshift(() => connection.close());
+  const client = new Client({
+    connection,
+    dataConverter: { payloadCodecs: [new AesGcmCodec(new Map([[keyIdOf(key), key]]))] },
+  });
+  return { client, faults, model, worker };
+}
