@@ -14,6 +14,7 @@
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { Runtime } from '@temporalio/worker';
+import { HISTOGRAM_BUCKETS } from '../common/metrics.js';
 import { SEARCH_ATTRIBUTE_KEYS } from '../common/search-attributes.js';
 import { loadInventory } from '../hardware/load.js';
 import { jsonLogger } from '../lib/log.js';
@@ -29,7 +30,10 @@ const metricsAddress = env.LABWRIGHT_METRICS_ADDRESS ?? '127.0.0.1:9464';
 Runtime.install({
   logger,
   shutdownSignals: ['SIGINT', 'SIGTERM'],
-  telemetryOptions: metricsAddress === 'off' ? {} : { metrics: { prometheus: { bindAddress: metricsAddress } } },
+  telemetryOptions:
+    metricsAddress === 'off'
+      ? {}
+      : { metrics: { prometheus: { bindAddress: metricsAddress, histogramBucketOverrides: HISTOGRAM_BUCKETS } } },
 });
 
 try {

@@ -2,6 +2,7 @@
 import type { DataConverter } from '@temporalio/common';
 import { Worker, type NativeConnection, type WorkerOptions } from '@temporalio/worker';
 import { projectRoot } from '../lib/paths.js';
+import { activityFailureMetrics } from './activity-metrics.js';
 import path from 'node:path';
 
 export const WORKFLOWS_PATH = path.join(projectRoot, 'workflows', 'index.ts');
@@ -25,6 +26,7 @@ export async function createLabWorker(opts: LabWorkerOptions): Promise<Worker> {
     taskQueue: opts.taskQueue,
     dataConverter: opts.dataConverter,
     activities: opts.activities,
+    interceptors: { activity: [activityFailureMetrics] },
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
     shutdownGraceTime: opts.shutdownGraceTime ?? '30 seconds',
     // Heartbeats carry cancellation back to an activity: without a cap the SDK sends them only every
