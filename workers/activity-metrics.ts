@@ -2,7 +2,7 @@
  * Failed activity attempts by error class (`labwright_activity_failures_total`): the retries an
  * operator sees as slow steps, by what went wrong (common/errors.ts types: ServerError,
  * ThrottledError, ConnectionError, … and whether Temporal will try again). The activity's meter
- * adds `activity_type`, `namespace` and `task_queue`.
+ * adds `activityType`, `namespace` and `taskQueue`.
  */
 import type { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
@@ -33,7 +33,7 @@ function countFailures(ctx: Context) {
         // A cancelled attempt (the workflow's decision, a worker shutting down) is no failure.
         if (!ctx.cancellationSignal.aborted) {
           const { errorType, retryable } = errorClass(err);
-          failures.add(1, { error_type: errorType, retryable: String(retryable) });
+          failures.add(1, { errorType, retryable: String(retryable) });
         }
         throw err;
       }

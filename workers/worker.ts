@@ -17,6 +17,8 @@ export interface LabWorkerOptions {
   workflowBundle?: WorkerOptions['workflowBundle'];
   /** How long in-flight activities may run on after SIGINT/SIGTERM before they are cancelled. */
   shutdownGraceTime?: WorkerOptions['shutdownGraceTime'];
+  /** Worker plugins: the OpenTelemetry tracing of lib/tracing.ts when it is on. */
+  plugins?: WorkerOptions['plugins'];
 }
 
 export async function createLabWorker(opts: LabWorkerOptions): Promise<Worker> {
@@ -29,6 +31,7 @@ export async function createLabWorker(opts: LabWorkerOptions): Promise<Worker> {
     interceptors: { activity: [activityFailureMetrics] },
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
     shutdownGraceTime: opts.shutdownGraceTime ?? '30 seconds',
+    plugins: opts.plugins,
     // Heartbeats carry cancellation back to an activity: without a cap the SDK sends them only every
     // 0.8 × heartbeatTimeout, so cancelling a long Packer build would take most of a minute to arrive.
     maxHeartbeatThrottleInterval: '5 seconds',
