@@ -2,7 +2,8 @@
  * Metrics of the lab's own outcomes, through the SDK's metric meter (the workflow's `metricMeter`
  * records nothing while replaying, so a replayed history never counts twice). The worker's
  * Prometheus endpoint exports them beside the Temporal runtime's own metrics; the workflow
- * meter adds `namespace`, `task_queue` and `workflow_type` to every series.
+ * meter adds `namespace`, `taskQueue` and `workflowType` to every series (the SDK's names; the
+ * runtime's own `temporal_*` metrics say `task_queue` and `workflow_type`).
  *
  * The names are the contract of the Grafana dashboard (deploy/monitoring/grafana/dashboards/),
  * checked against a real scrape by test/examples.test.ts.

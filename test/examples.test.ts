@@ -10,6 +10,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { NativeConnection } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { workflowIdFor } from '../clients/start.js';
 import type { DrReport, DrStatus } from '../common/dr-restore.js';
@@ -30,7 +31,7 @@ import { SIM_REVISION } from '../sim/flux-dr.js';
 import { startSimulatedLab, type SimulatedLab } from '../sim/index.js';
 import { SIMULATED_PEERS } from '../sim/peers.js';
 import { createLabActivities } from '../workers/activities.js';
-import { dashboardExprs, metricNamesOf, readDashboard, sampledNames, samples } from './harness/metrics.js';
+import { dashboardExprs, labelsOf, metricNamesOf, readDashboard, sampledNames, samples } from './harness/metrics.js';
 import { installMetricsRuntime, testClient, withWorker } from './harness/temporal.js';
 
 const EXAMPLES = path.join(projectRoot, 'docs', 'examples');
@@ -40,6 +41,8 @@ let server: DevServer;
 let lab: SimulatedLab;
 let activities: Record<string, (...args: never[]) => Promise<unknown>>;
 let metricsUrl: string;
+/** Keeps the runtime (and so its metrics) alive between the tests' workers. */
+let runtimeHold: NativeConnection | undefined;
 
 beforeAll(async () => {
   const metricsAddress = `127.0.0.1:${await freePort()}`;
@@ -47,6 +50,7 @@ beforeAll(async () => {
   metricsUrl = `http://${metricsAddress}/metrics`;
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-examples-'));
   server = await startDevServer({ logFile: path.join(cacheDir, 'test-logs', `temporal-examples-${process.pid}.log`) });
+  runtimeHold = await NativeConnection.connect({ address: server.address });
   lab = await startSimulatedLab(path.join(dir, 'sim'), SIMULATED_PEERS);
   const env = {
     ...process.env,
@@ -61,6 +65,7 @@ beforeAll(async () => {
   });
 }, 300_000);
 afterAll(async () => {
+  await runtimeHold?.close();
   await lab?.stop();
   await server?.stop();
   await fs.rm(dir, { recursive: true, force: true });
@@ -184,8 +189,8 @@ describe('the Grafana dashboard (deploy/monitoring/grafana/dashboards/labwright.
         args: [{ ...((await example('flux-bootstrap.json')) as object), labRepoDir: path.join(dir, 'no-such-repo') }],
       });
       await expect(flux.result()).rejects.toBeInstanceOf(WorkflowFailedError);
-      // The runtime's endpoint lives as long as a worker does: scrape it while this one runs.
       exported = await (await fetch(metricsUrl)).text();
+      await fs.writeFile(path.join(cacheDir, 'test-logs', 'worker-metrics.txt'), exported);
     });
 
     const names = new Set([...sampledNames(exported), ...declaredNames(proxyMetrics)]);
@@ -194,6 +199,14 @@ describe('the Grafana dashboard (deploy/monitoring/grafana/dashboards/labwright.
     const queried = [...new Set(exprs.flatMap((e) => metricNamesOf(e.expr)))].sort();
     expect(queried.length).toBeGreaterThan(20);
     expect(queried.filter((n) => !names.has(n))).toEqual([]);
+    // ... and every label a panel selects or groups by is on the series it reads.
+    const exposition = `${exported}\n${proxyMetrics}`;
+    const missingLabels = exprs.flatMap(({ panel, expr }) =>
+      labelsOf(expr)
+        .filter(({ metrics, label }) => !metrics.some((m) => samples(exposition, m).some((s) => label in s.labels)))
+        .map(({ label }) => `${panel}: ${label}`),
+    );
+    expect(missingLabels).toEqual([]);
     // Every lab metric the worker defines is on the dashboard.
     const onDashboard = new Set(queried.map((n) => n.replace(/_(bucket|sum|count)$/, '')));
     expect(Object.values(METRICS).filter((n) => !onDashboard.has(n))).toEqual([]);
@@ -219,13 +232,13 @@ describe('the Grafana dashboard (deploy/monitoring/grafana/dashboards/labwright.
       'llmBurst',
     ]) {
       expect(
-        steps.some((s) => s.labels.workflow_type === type && s.labels.outcome === 'done'),
+        steps.some((s) => s.labels.workflowType === type && s.labels.outcome === 'done'),
         type,
       ).toBe(true);
     }
     expect(steps).toContainEqual(
       expect.objectContaining({
-        labels: expect.objectContaining({ workflow_type: 'fluxBootstrap', step: 'validate', outcome: 'failed' }),
+        labels: expect.objectContaining({ workflowType: 'fluxBootstrap', step: 'validate', outcome: 'failed' }),
       }),
     );
     expect(samples(exported, METRICS.activityFailures)).toContainEqual(

@@ -50,6 +50,7 @@ const PROMQL_WORDS = new Set(
  */
 export function metricNamesOf(expr: string): string[] {
   const bare = expr
+    .replace(/\blabel_values\(([^,()]+),\s*\w+\)/g, '$1')
     .replace(/"(?:[^"\\]|\\.)*"/g, '""')
     .replace(/\{[^}]*\}/g, '')
     .replace(/\[[^\]]*\]/g, '')
@@ -61,6 +62,22 @@ export function metricNamesOf(expr: string): string[] {
     names.add(m[1]!);
   }
   return [...names];
+}
+
+/**
+ * The labels an expression selects on (`name{label=...}`: that metric) or groups by (`by (...)`:
+ * any metric of the expression), with the metrics that must carry them.
+ */
+export function labelsOf(expr: string): Array<{ label: string; metrics: string[] }> {
+  const out: Array<{ label: string; metrics: string[] }> = [];
+  const all = metricNamesOf(expr);
+  for (const m of expr.matchAll(/([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}/g)) {
+    for (const l of m[2]!.matchAll(/(\w+)\s*(?:=~|!~|!=|=)/g)) out.push({ label: l[1]!, metrics: [m[1]!] });
+  }
+  for (const m of expr.matchAll(/\bby\s*\(([^)]*)\)/g)) {
+    for (const label of m[1]!.split(',').map((l) => l.trim())) out.push({ label, metrics: all });
+  }
+  return out;
 }
 
 /** Sample names of a Prometheus text exposition that have at least one sample. */
