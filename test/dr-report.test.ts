@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatDuration, type DrReport } from '../common/dr-restore.js';
 import { cacheDir, projectRoot } from '../lib/paths.js';
 import { launchChromium } from './harness/browser.js';
-import { startDrLab, storeVmBackup, type DrLab } from './harness/dr-lab.js';
+import { hassDrill, startDrLab, storeVmBackup, type DrLab } from './harness/dr-lab.js';
 import { runTs } from './harness/processes.js';
 import { testClient, uniqueName, withWorker } from './harness/temporal.js';
 
@@ -19,8 +19,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await lab?.stop();
 });
-
-const hass = { kind: 'vm', name: 'hass', host: 'pve1', node: 'pve1', vmid: 120, backupStorage: 'unraid-backup' };
 
 describe('labwright dr report', () => {
   it('shows the last three drills of a plan as a table and as a page with the RTO/RPO trend', async () => {
@@ -34,17 +32,7 @@ describe('labwright dr report', () => {
           (await client.workflow.execute('drRestore', {
             taskQueue,
             workflowId: `dr-drill/${plan}-${reports.length}`,
-            args: [
-              {
-                plan,
-                mode: 'drill',
-                inventory: lab.inventory,
-                targets: [hass],
-                maxBackupAge: '1d',
-                pollSeconds: 0.2,
-                agentTimeoutSeconds: 30,
-              },
-            ],
+            args: [hassDrill(lab, plan)],
           })) as DrReport,
         );
       }

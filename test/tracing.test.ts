@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DrReport } from '../common/dr-restore.js';
 import { startTracing, tracingConfig } from '../lib/tracing.js';
 import { createLabWorker } from '../workers/worker.js';
-import { startDrLab, storeVmBackup, type DrLab } from './harness/dr-lab.js';
+import { hassDrill, startDrLab, storeVmBackup, type DrLab } from './harness/dr-lab.js';
 import {
   NAMESPACE,
   installQuietRuntime,
@@ -116,8 +116,6 @@ afterAll(async () => {
   await lab?.stop();
 });
 
-const hass = { kind: 'vm', name: 'hass', host: 'pve1', node: 'pve1', vmid: 120, backupStorage: 'unraid-backup' };
-
 describe('tracing', () => {
   it('is off unless the OTEL variables ask for it', () => {
     expect(tracingConfig({})).toBeUndefined();
@@ -169,17 +167,7 @@ describe('tracing', () => {
         const handle = await client.workflow.start('drRestore', {
           taskQueue,
           workflowId: `dr-drill/${plan}`,
-          args: [
-            {
-              plan,
-              mode: 'drill',
-              inventory: lab.inventory,
-              targets: [hass],
-              maxBackupAge: '1d',
-              pollSeconds: 0.2,
-              agentTimeoutSeconds: 30,
-            },
-          ],
+          args: [hassDrill(lab, plan)],
         });
         expect(((await handle.result()) as DrReport).ok).toBe(true);
         runs.push(handle.firstExecutionRunId);
