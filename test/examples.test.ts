@@ -244,8 +244,8 @@ describe('the Grafana dashboard (deploy/monitoring/grafana/dashboards/labwright.
     expect(samples(exported, METRICS.activityFailures)).toContainEqual(
       expect.objectContaining({
         labels: expect.objectContaining({
-          activity_type: 'drFileFacts',
-          error_type: 'NotFoundError',
+          activityType: 'drFileFacts',
+          errorType: 'NotFoundError',
           retryable: 'false',
         }),
       }),
