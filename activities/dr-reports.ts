@@ -2,7 +2,8 @@
  * The worker's local files the DR restore and the Flux bootstrap read and write, one operation
  * each:
  * - DR reports: each run's report is kept as JSON under `<dir>/<plan>/<mode>/`, so the next run
- *   (a weekly drill) reads the last one and reports the RTO trend;
+ *   (a weekly drill) reads the last one and reports the RTO trend; beside each, an HTML page of
+ *   the plan's last runs with the RTO/RPO trend (lib/dr-report-page.ts);
  * - etcd snapshots (`talosctl etcd snapshot` files) in a folder: the newest, its time and size;
  * - a manifest file's facts (exists, size, sha256), so a workflow fails before it touches anything
  *   when the Flux components manifest is missing.
@@ -12,6 +13,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { nonRetryable } from '../common/errors.js';
 import type { DrMode, DrReport } from '../common/dr-restore.js';
+import { REPORT_RUNS, reportPage } from '../lib/dr-report-page.js';
 import { stateDir } from '../lib/paths.js';
 
 export interface DrReportDeps {
@@ -27,38 +29,66 @@ export interface SnapshotFile {
   size: number;
 }
 
+function reportFolder(dir: string, plan: string, mode: DrMode): string {
+  if (!SAFE.test(plan) || !SAFE.test(mode)) throw nonRetryable('validation', `bad plan or mode: ${plan}/${mode}`);
+  return path.join(dir, plan, mode);
+}
+
+/** The reports of a plan and mode, oldest first (the last `limit`); torn or foreign files are skipped. */
+export async function readDrReports(
+  dir: string,
+  plan: string,
+  mode: DrMode,
+  limit = Infinity,
+): Promise<Array<DrReport & { file: string }>> {
+  const folder = reportFolder(dir, plan, mode);
+  const files = (await fs.readdir(folder).catch(() => [] as string[])).filter((f) => f.endsWith('.json')).sort();
+  const reports: Array<DrReport & { file: string }> = [];
+  for (const f of files.reverse()) {
+    if (reports.length >= limit) break;
+    const file = path.join(folder, f);
+    try {
+      reports.push({ ...(JSON.parse(await fs.readFile(file, 'utf8')) as DrReport), file });
+    } catch {
+      // a torn or foreign file is skipped
+    }
+  }
+  return reports.reverse();
+}
+
+/** Writes a file whole or not at all (a reader never sees half of it). */
+async function writeAtomically(file: string, text: string): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  await fs.writeFile(tmp, text, { mode: 0o600 });
+  await fs.rename(tmp, file);
+}
+
 export function createDrReportActivities(deps: DrReportDeps) {
-  const folder = (plan: string, mode: DrMode): string => {
-    if (!SAFE.test(plan) || !SAFE.test(mode)) throw nonRetryable('validation', `bad plan or mode: ${plan}/${mode}`);
-    return path.join(deps.dir, plan, mode);
-  };
+  const folder = (plan: string, mode: DrMode): string => reportFolder(deps.dir, plan, mode);
 
   return {
-    /** Saves a run's report (one file per run, named by its finish time and run ID). */
+    /**
+     * Saves a run's report (one file per run, named by its finish time and run ID) and beside it
+     * the HTML page of the plan's last runs, this one included.
+     */
     async drSaveReport(args: { report: DrReport }): Promise<{ file: string }> {
       const r = args.report;
       const dir = folder(r.plan, r.mode);
       await fs.mkdir(dir, { recursive: true, mode: 0o700 });
       const file = path.join(dir, `${r.finishedAt.replace(/[:.]/g, '-')}-${r.runId.slice(0, 8)}.json`);
-      const tmp = `${file}.${process.pid}.tmp`;
-      await fs.writeFile(tmp, `${JSON.stringify(r, null, 2)}\n`, { mode: 0o600 });
-      await fs.rename(tmp, file);
+      await writeAtomically(file, `${JSON.stringify(r, null, 2)}\n`);
+      const runs = await readDrReports(deps.dir, r.plan, r.mode, REPORT_RUNS);
+      await writeAtomically(file.replace(/\.json$/, '.html'), reportPage(r.plan, r.mode, runs));
       return { file };
     },
 
     /** The newest report of a plan and mode other than `exceptRunId`'s; null when there is none. */
     async drLastReport(args: { plan: string; mode: DrMode; exceptRunId?: string }): Promise<DrReport | null> {
-      const dir = folder(args.plan, args.mode);
-      const files = (await fs.readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith('.json')).sort();
-      for (const f of files.reverse()) {
-        try {
-          const report = JSON.parse(await fs.readFile(path.join(dir, f), 'utf8')) as DrReport;
-          if (report.runId !== args.exceptRunId) return report;
-        } catch {
-          // a torn or foreign file is skipped
-        }
-      }
-      return null;
+      const reports = await readDrReports(deps.dir, args.plan, args.mode, 2);
+      const report = reports.reverse().find((r) => r.runId !== args.exceptRunId);
+      if (!report) return null;
+      const { file: _file, ...rest } = report;
+      return rest;
     },
 
     /** The newest etcd snapshot file (`*.snapshot`, `*.db`) in a folder; null when there is none. */

@@ -3,6 +3,7 @@
  * current step in the Temporal UI's "current details", and the step as a search attribute.
  */
 import * as wf from '@temporalio/workflow';
+import { recordStep } from './metrics.js';
 import { STEP_KEY } from './search-attributes.js';
 
 export type StepStatus = 'pending' | 'running' | 'done' | 'skipped' | 'failed';
@@ -96,11 +97,14 @@ export class ProgressTracker {
     return step;
   }
 
-  private finish(name: string, status: StepStatus, detail?: string): void {
+  private finish(name: string, status: 'done' | 'skipped' | 'failed', detail?: string): void {
     const step = this.step(name);
     step.status = status;
     if (detail !== undefined) step.detail = detail;
     step.endedAt = new Date().toISOString();
+    // Only a step that was started has a duration (`labwright_step_duration_seconds`).
+    if (step.startedAt && status !== 'skipped')
+      recordStep(name, status, Date.parse(step.endedAt) - Date.parse(step.startedAt));
     if (this.state.current === name) this.state.current = undefined;
     this.publish();
   }

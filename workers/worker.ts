@@ -2,6 +2,7 @@
 import type { DataConverter } from '@temporalio/common';
 import { Worker, type NativeConnection, type WorkerOptions } from '@temporalio/worker';
 import { projectRoot } from '../lib/paths.js';
+import { activityFailureMetrics } from './activity-metrics.js';
 import path from 'node:path';
 
 export const WORKFLOWS_PATH = path.join(projectRoot, 'workflows', 'index.ts');
@@ -16,6 +17,8 @@ export interface LabWorkerOptions {
   workflowBundle?: WorkerOptions['workflowBundle'];
   /** How long in-flight activities may run on after SIGINT/SIGTERM before they are cancelled. */
   shutdownGraceTime?: WorkerOptions['shutdownGraceTime'];
+  /** Worker plugins: the OpenTelemetry tracing of lib/tracing.ts when it is on. */
+  plugins?: WorkerOptions['plugins'];
 }
 
 export async function createLabWorker(opts: LabWorkerOptions): Promise<Worker> {
@@ -25,8 +28,10 @@ export async function createLabWorker(opts: LabWorkerOptions): Promise<Worker> {
     taskQueue: opts.taskQueue,
     dataConverter: opts.dataConverter,
     activities: opts.activities,
+    interceptors: { activity: [activityFailureMetrics] },
     ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
     shutdownGraceTime: opts.shutdownGraceTime ?? '30 seconds',
+    plugins: opts.plugins,
     // Heartbeats carry cancellation back to an activity: without a cap the SDK sends them only every
     // 0.8 × heartbeatTimeout, so cancelling a long Packer build would take most of a minute to arrive.
     maxHeartbeatThrottleInterval: '5 seconds',

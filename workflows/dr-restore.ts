@@ -52,6 +52,7 @@ import {
   type TargetReport,
 } from '../common/dr-restore.js';
 import { nonRetryable } from '../common/errors.js';
+import { recordDrOutcome } from '../common/metrics.js';
 import { ProgressTracker } from '../common/progress.js';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
 import type { SecretRef } from '../common/secret-ref.js';
@@ -130,6 +131,7 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
       (cs) => cs.map((c) => `${targetLabel(c.target)} ${formatDuration(c.backup.ageMs)} old`).join(', '),
     )
     .catch((err: unknown) => {
+      recordDrOutcome({ plan: input.plan, mode: input.mode }, { verdict: 'refused' });
       status.phase = 'failed';
       status.detail = (err as Error).message;
       progress.finishWith((err as Error).message);
@@ -208,6 +210,7 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     (r) => r.file,
   );
   progress.finishWith(report.summary);
+  recordDrOutcome({ plan: input.plan, mode: input.mode }, { verdict: report.ok ? 'ok' : 'failed', ...report });
   status.phase = report.ok ? 'done' : 'failed';
   status.detail = report.summary;
   if (!report.ok) throw nonRetryable('precondition', report.summary, { report });

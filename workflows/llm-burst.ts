@@ -54,6 +54,13 @@ import {
   type PoolLimits,
   type PoolMoment,
 } from '../common/llm-burst-pool.js';
+import {
+  recordBurstColdStart,
+  recordBurstLedger,
+  recordBurstRefusal,
+  recordBurstState,
+  type RefusalReason,
+} from '../common/metrics.js';
 import { ProgressTracker } from '../common/progress.js';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
 import { parseInput } from '../common/validation.js';
@@ -144,11 +151,14 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
   const refusal = (now: number): string | undefined => poolRefusal(limits, s, now);
   const billing = (): boolean => s.runStartedAt !== undefined;
   const accrueNow = (): void => void Object.assign(s, ledgerAt(limits, s, Date.now()));
+  const countRefusal = (reason: RefusalReason): void => recordBurstRefusal(pool.name, reason);
 
   function setState(state: BurstState, reason?: string): void {
     s.state = state;
     s.since = Date.now();
     if (reason !== undefined) s.reason = reason;
+    recordBurstState(pool.name, state);
+    recordBurstLedger(pool.name, s);
     wf.log.info('llm burst pool state', { pool: pool.name, state, reason, instanceId: s.instanceId });
   }
 
@@ -291,14 +301,19 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
           };
         }
         if (!settled) {
+          countRefusal('deadline');
           throw retryable(
             'timeout',
             `pool ${pool.name} was not ready within ${formatDuration(deadlineMs)} (state ${s.state})`,
           );
         }
-        if (shutdownEpoch !== myShutdown) throw nonRetryable('precondition', `pool ${pool.name}: ${shutdownReason}`);
-        const refused = refusal(Date.now());
-        if (refused) throw nonRetryable('precondition', `pool ${pool.name} refuses to start: ${refused}`);
+        if (shutdownEpoch !== myShutdown) {
+          countRefusal('shutdown');
+          throw nonRetryable('precondition', `pool ${pool.name}: ${shutdownReason}`);
+        }
+        const overBudget = refusal(Date.now());
+        countRefusal(overBudget ? 'budget' : 'start-failed');
+        if (overBudget) throw nonRetryable('precondition', `pool ${pool.name} refuses to start: ${overBudget}`);
         throw nonRetryable('precondition', `pool ${pool.name} could not start: ${s.reason ?? 'unknown failure'}`);
       } finally {
         acquires.delete(id);
@@ -314,8 +329,11 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
         if (req?.unreachable !== undefined && typeof req.unreachable !== 'string') {
           throw nonRetryable('validation', 'acquire unreachable: expected the endpoint URL the caller could not reach');
         }
-        const refused = s.state === 'ready' ? undefined : refusal(Date.now());
-        if (refused) throw nonRetryable('precondition', `pool ${pool.name} refuses to start: ${refused}`);
+        const overBudget = s.state === 'ready' ? undefined : refusal(Date.now());
+        if (overBudget) {
+          countRefusal('budget');
+          throw nonRetryable('precondition', `pool ${pool.name} refuses to start: ${overBudget}`);
+        }
       },
     },
   );
@@ -412,6 +430,7 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
 
   async function bringUp(): Promise<void> {
     setState('starting');
+    const startingAt = Date.now();
     progress = new ProgressTracker(RUN_STEPS);
     const p = progress;
     const scope = new wf.CancellationScope();
@@ -447,10 +466,12 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
       if (demandCounts(s)) s.lastDemandAt = now; // the idle window starts once it can serve
       s.reason = undefined;
       setState('ready');
+      recordBurstColdStart(pool.name, 'ready', now - startingAt);
       nextReconcileAt = now + input.reconcileEvery;
       event(`ready: ${s.instanceId} at ${endpoint()}`);
       p.start('serve', `${s.instanceId} at ${endpoint()}`);
     } catch (err) {
+      recordBurstColdStart(pool.name, wf.isCancellation(err) ? 'cancelled' : 'failed', Date.now() - startingAt);
       if (wf.isCancellation(err)) {
         if (wf.CancellationScope.current().consideredCancelled) throw err; // the workflow itself is cancelled
         // A shutdownNow that arrived meanwhile wins over a limit: the loop stops with its reason.
@@ -637,6 +658,7 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
     for (;;) {
       const now = Date.now();
       accrueNow();
+      recordBurstLedger(pool.name, s);
 
       if (handledShutdown !== shutdownEpoch) {
         handledShutdown = shutdownEpoch;

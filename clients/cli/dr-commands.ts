@@ -1,21 +1,28 @@
 /**
- * `labwright plan | approve | reject` for DR restores, and `schedule-drill` for weekly drills. A
- * restore shows its plan (the `plan` query) and touches nothing until it is approved with the
- * digest of the plan the operator read.
+ * `labwright plan | approve | reject` for DR restores, `schedule-drill` for weekly drills, and
+ * `dr report` for a plan's last runs. A restore shows its plan (the `plan` query) and touches
+ * nothing until it is approved with the digest of the plan the operator read.
  */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import { WorkflowUpdateFailedError } from '@temporalio/client';
 import type { Command } from 'commander';
+import { drReportDepsFromEnv, readDrReports } from '../../activities/dr-reports.js';
 import {
+  DR_MODES,
   drRestoreWorkflowId,
   formatBytes,
   formatDuration,
   planQuery,
   type ApproveRequest,
   type ApproveResult,
+  type DrMode,
   type DrPlan,
 } from '../../common/dr-restore.js';
+import { REPORT_RUNS, reportPage, reportRows, reportTable } from '../../lib/dr-report-page.js';
 import { approveRestore } from '../approve-restore.js';
 import { ensureDrillSchedule } from '../schedules.js';
+import { Option } from 'commander';
 import { CliError, emit, readJsonFile, withClient, withOutput, type Format } from './io.js';
 
 const ID_HELP = 'the workflow ID (dr-restore/<plan>), or just the plan name';
@@ -89,6 +96,37 @@ export function registerDrCommands(program: Command): void {
         `${r.outcome} schedule ${r.scheduleId}`,
         `see it with: labwright temporal schedule describe --schedule-id ${r.scheduleId}`,
       ].join('\n'),
+    );
+  });
+
+  const dr = program.command('dr').description('DR reports');
+  withOutput(
+    dr
+      .command('report')
+      .description("a plan's last drills (or restores) as a table, and an HTML page with the RTO/RPO trend")
+      .argument('<plan>', 'the plan name')
+      .addOption(new Option('--mode <mode>', 'drills or restores').choices([...DR_MODES]).default('drill'))
+      .option('--runs <n>', 'how many of the last runs', String(REPORT_RUNS))
+      .option('--html <file>', 'where to write the page', 'dr-report-<plan>.html')
+      .option(
+        '--dir <dir>',
+        "the worker's DR reports folder (default LABWRIGHT_DR_REPORTS_DIR or <state dir>/dr-reports)",
+      ),
+  ).action(async (plan: string, opts: { mode: DrMode; runs: string; html: string; dir?: string; output: Format }) => {
+    const runs = Number(opts.runs);
+    if (!Number.isInteger(runs) || runs < 1)
+      throw new CliError(`--runs: expected a positive whole number, got ${opts.runs}`);
+    const dir = opts.dir ?? drReportDepsFromEnv(process.env).dir;
+    const reports = await readDrReports(dir, plan, opts.mode, runs).catch((err: Error) => {
+      throw new CliError(`plan ${plan}: ${err.message}`);
+    });
+    if (reports.length === 0) throw new CliError(`no ${opts.mode} reports of plan ${plan} in ${dir}`);
+    const html = path.resolve(opts.html.replace('<plan>', plan));
+    await fs.writeFile(html, reportPage(plan, opts.mode, reports));
+    emit(
+      opts.output,
+      { plan, mode: opts.mode, html, runs: reportRows(reports), reports: reports.map((r) => r.file) },
+      () => `${reportTable(plan, opts.mode, reports)}\nthe page with the RTO/RPO trend: ${html}`,
     );
   });
 }

@@ -20,6 +20,8 @@ export interface Page {
   evaluate<T>(expression: string): Promise<T>;
   /** The page's visible text. */
   text(): Promise<string>;
+  /** A PNG of the whole page, laid out `width` CSS pixels wide. */
+  screenshot(width: number): Promise<Buffer>;
 }
 
 export async function launchChromium(): Promise<Browser> {
@@ -67,7 +69,17 @@ export async function launchChromium(): Promise<Browser> {
           if (r.exceptionDetails) throw new Error(`page: ${r.exceptionDetails.text}`);
           return r.result.value;
         };
-        return { evaluate, text: () => evaluate<string>('document.body ? document.body.innerText : ""') };
+        const screenshot = async (width: number): Promise<Buffer> => {
+          const height = await evaluate<number>('document.documentElement.scrollHeight');
+          await cdp.send(
+            'Emulation.setDeviceMetricsOverride',
+            { width, height, deviceScaleFactor: 1, mobile: false },
+            sessionId,
+          );
+          const { data } = await cdp.send<{ data: string }>('Page.captureScreenshot', { format: 'png' }, sessionId);
+          return Buffer.from(data, 'base64');
+        };
+        return { evaluate, text: () => evaluate<string>('document.body ? document.body.innerText : ""'), screenshot };
       },
       close: async () => {
         cdp.close();

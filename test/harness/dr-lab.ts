@@ -72,6 +72,19 @@ export async function startDrLab(): Promise<DrLab> {
   };
 }
 
+/** The input of a drill of VM 120 `hass` alone (its newest backup, no older than a day). */
+export function hassDrill(lab: DrLab, plan: string): Record<string, unknown> {
+  return {
+    plan,
+    mode: 'drill',
+    inventory: lab.inventory,
+    targets: [{ kind: 'vm', name: 'hass', host: 'pve1', node: 'pve1', vmid: 120, backupStorage: 'unraid-backup' }],
+    maxBackupAge: '1d',
+    pollSeconds: 0.2,
+    agentTimeoutSeconds: 30,
+  };
+}
+
 /** A vzdump archive of `vmid` taken `ageSeconds` ago. */
 export async function storeVmBackup(
   lab: DrLab,

@@ -6,6 +6,7 @@ import { Client, Connection } from '@temporalio/client';
 import type { DataConverter } from '@temporalio/common';
 import { NativeConnection, Runtime, type Worker, type WorkerOptions } from '@temporalio/worker';
 import { inject } from 'vitest';
+import { HISTOGRAM_BUCKETS } from '../../common/metrics.js';
 import { AesGcmCodec, keyIdOf, parseKey } from '../../lib/codec.js';
 import { quietLogger } from '../../lib/log.js';
 import { projectRoot } from '../../lib/paths.js';
@@ -29,6 +30,18 @@ export function installQuietRuntime(): void {
   if (quietRuntime || process.env.LABWRIGHT_TEST_LOGS === '1') return;
   quietRuntime = true;
   Runtime.install({ logger: quietLogger() });
+}
+
+/**
+ * Installs the runtime as workers/main.ts does, with the Prometheus endpoint at `bindAddress`
+ * (quiet unless LABWRIGHT_TEST_LOGS=1). Call it before any worker starts in the test file.
+ */
+export function installMetricsRuntime(bindAddress: string): void {
+  quietRuntime = true;
+  Runtime.install({
+    ...(process.env.LABWRIGHT_TEST_LOGS === '1' ? {} : { logger: quietLogger() }),
+    telemetryOptions: { metrics: { prometheus: { bindAddress, histogramBucketOverrides: HISTOGRAM_BUCKETS } } },
+  });
 }
 
 export function temporalAddress(): string {

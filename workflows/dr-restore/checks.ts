@@ -15,6 +15,7 @@ import {
   type PlanItem,
 } from '../../common/dr-restore.js';
 import { nonRetryable } from '../../common/errors.js';
+import { recordBackupAge } from '../../common/metrics.js';
 import { planCluster } from '../../common/talos.js';
 import { describeUsers, type Checked, type CheckedPvc, type CheckedVm, type DrContext } from './context.js';
 
@@ -86,10 +87,12 @@ async function checkBackup(ctx: DrContext, t: DrTarget): Promise<Checked | { pro
   const { kube, pve, talos, files } = ctx.act;
   const now = ctx.clock.now();
   const label = targetLabel(t);
-  const tooOld = (takenAt: number): string | undefined =>
-    now - takenAt > input.maxBackupAge
+  const tooOld = (takenAt: number): string | undefined => {
+    recordBackupAge({ plan: input.plan, mode: input.mode }, label, t.kind, now - takenAt);
+    return now - takenAt > input.maxBackupAge
       ? `${label}: the newest backup is ${formatDuration(now - takenAt)} old, older than maxBackupAge ${formatDuration(input.maxBackupAge)}`
       : undefined;
+  };
   if (t.kind === 'pvc') {
     const rsName = t.replicationSource ?? t.pvc;
     const rs = await kube.k8sGetObject({
