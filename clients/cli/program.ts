@@ -6,6 +6,7 @@ import { Command, CommanderError } from 'commander';
 import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
 import { InputError, UnknownWorkflowError } from '../start.js';
 import { registerBurstCommands } from './burst-commands.js';
+import { registerCheckCommand } from './check-commands.js';
 import { registerCodecCommands } from './codec-commands.js';
 import { registerCompletionCommand } from './completion.js';
 import { registerDrCommands } from './dr-commands.js';
@@ -20,6 +21,7 @@ export const COMMAND_GROUPS: Array<(program: Command) => void> = [
   registerBurstCommands,
   registerProxyCommand,
   registerCodecCommands,
+  registerCheckCommand,
   registerCompletionCommand,
 ];
 
