@@ -211,7 +211,13 @@ async function checkProxmox(inv: Inventory, deps: LiveDeps): Promise<CheckItem[]
           pve.pvePciDevices({ host: host.name, node: gpu.node }),
           pve.pvePciMappings({ host: host.name }),
         ]);
-        const problems = gpuProblems({ gpu, gpuIndex, devices, mappings, vms: [], ownVmid: -1 });
+        // A GPU no node is given needs no mapping yet: only its address and IOMMU group are checked.
+        const assigned = Object.values(inv.clusters).some((c) =>
+          [...c.controlPlane, ...c.workers].some((n) => n.gpu === gpu.name),
+        );
+        const problems = gpuProblems({ gpu, gpuIndex, devices, mappings, vms: [], ownVmid: -1 }).filter(
+          (p) => assigned || !p.startsWith(`gpus[${gpuIndex}].mappingId`),
+        );
         add(
           `GPU ${gpu.name}`,
           problems.length === 0 ? 'ok' : 'problem',
