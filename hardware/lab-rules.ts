@@ -450,7 +450,11 @@ export function checkLabRules(inv: Inventory, ctx: z.RefinementCtx): void {
 }
 
 function hostnameOf(url: string): string {
-  return new URL(url).hostname;
+  try {
+    return new URL(url).hostname;
+  } catch {
+    return url; // the URL's own check reports it
+  }
 }
 
 function bridgeNames(inv: Inventory): string {

@@ -377,8 +377,15 @@ function checkReferences(inv: z.output<typeof inventoryObject>, ctx: z.Refinemen
 
 /** The endpoint must be served: by the declared VIP or load balancer, or by the one control plane. */
 function checkEndpoint(cluster: Cluster, base: PropertyKey[], ctx: z.RefinementCtx): void {
-  const host = new URL(cluster.endpoint).hostname;
   const path = [...base, 'endpoint'];
+  let host: string;
+  try {
+    host = new URL(cluster.endpoint).hostname;
+  } catch {
+    // zod's URL check is looser than the WHATWG parser (found by test/properties.test.ts).
+    ctx.addIssue({ code: 'custom', path, message: 'expected an https URL like https://192.168.1.100:6443' });
+    return;
+  }
   const nodes = [...cluster.controlPlane, ...cluster.workers];
   const via = cluster.apiEndpoint;
   if (via?.kind === 'vip') {
