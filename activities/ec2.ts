@@ -196,21 +196,21 @@ function loadSdk(): Promise<typeof Ec2Sdk> {
 
 const STATE_RANK: Record<string, number> = { running: 0, pending: 1, stopping: 2, stopped: 3 };
 
-export function createEc2Activities(deps: Ec2Deps) {
-  const env = deps.env ?? process.env;
-  const pollMs = deps.pollIntervalMs ?? (Number(env.LABWRIGHT_EC2_POLL_MS) || 5000);
-  const healthTimeoutMs = deps.healthTimeoutMs ?? 5000;
-  const resolve =
-    deps.resolveAddress ??
-    (env.LABWRIGHT_EC2_ADDRESS_MAP ? parseAddressMap(env.LABWRIGHT_EC2_ADDRESS_MAP) : identityResolver);
+/**
+ * EC2 clients per pool region and credentials: the pool's own credentials, the environment's, or
+ * the SDK's default chain; AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL aims them at moto.
+ */
+export function ec2ClientsFor(
+  secrets: Pick<SecretStore, 'resolve'>,
+  env: NodeJS.ProcessEnv,
+): (pool: BurstPool) => Promise<Ec2Sdk.EC2Client> {
   const endpoint = env.AWS_ENDPOINT_URL_EC2 ?? env.AWS_ENDPOINT_URL;
   const clients = new Map<string, Ec2Sdk.EC2Client>();
-
   async function credentialsFor(pool: BurstPool) {
     if (pool.credentials) {
       return {
-        accessKeyId: (await deps.secrets.resolve(pool.credentials.accessKeyId)).trim(),
-        secretAccessKey: (await deps.secrets.resolve(pool.credentials.secretAccessKey)).trim(),
+        accessKeyId: (await secrets.resolve(pool.credentials.accessKeyId)).trim(),
+        secretAccessKey: (await secrets.resolve(pool.credentials.secretAccessKey)).trim(),
       };
     }
     if (env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY) {
@@ -238,6 +238,19 @@ export function createEc2Activities(deps: Ec2Deps) {
     }
     return client;
   }
+
+  return ec2;
+}
+
+export function createEc2Activities(deps: Ec2Deps) {
+  const env = deps.env ?? process.env;
+  const pollMs = deps.pollIntervalMs ?? (Number(env.LABWRIGHT_EC2_POLL_MS) || 5000);
+  const healthTimeoutMs = deps.healthTimeoutMs ?? 5000;
+  const resolve =
+    deps.resolveAddress ??
+    (env.LABWRIGHT_EC2_ADDRESS_MAP ? parseAddressMap(env.LABWRIGHT_EC2_ADDRESS_MAP) : identityResolver);
+
+  const ec2 = ec2ClientsFor(deps.secrets, env);
 
   async function call<T>(what: string, run: () => Promise<T>): Promise<T> {
     try {

@@ -14,8 +14,12 @@ import {
   type Gpu,
   type Inventory,
 } from '../hardware/schema.js';
+import { networkOf, normalizePci, pciSlot } from '../hardware/addresses.js';
+import { labInventorySchema } from '../hardware/lab-rules.js';
 import { nonRetryable } from './errors.js';
 import { parseInput } from './validation.js';
+
+export { networkOf, normalizePci, pciSlot };
 
 // ------------------------------------------------------------------ inputs
 
@@ -109,31 +113,17 @@ export interface ClusterPlan {
   patches: string[];
 }
 
-/** Validates a raw inventory in full; a failure names every offending field. */
-export function parseInventory(raw: unknown): Inventory {
-  return parseInput(inventorySchema, raw, 'inventory');
+/**
+ * Validates a raw inventory in full; a failure names every offending field. `labRules`: also the
+ * rules of the lab (hardware/lab-rules.ts); workflows pass `wf.patched(LAB_RULES_PATCH)`, so that
+ * runs recorded before those rules replay as they ran.
+ */
+export function parseInventory(raw: unknown, labRules: boolean): Inventory {
+  return parseInput(labRules ? labInventorySchema : inventorySchema, raw, 'inventory');
 }
 
-function ipToInt(ip: string): number {
-  return ip.split('.').reduce((acc, octet) => acc * 256 + Number(octet), 0);
-}
-
-function intToIp(n: number): string {
-  return [24, 16, 8, 0].map((shift) => Math.floor(n / 2 ** shift) % 256).join('.');
-}
-
-/** The network of `ip`: a VLAN's CIDR that holds it, or its /24; the gateway is the first host. */
-export function networkOf(ip: string, vlans: Inventory['proxmox']['vlans']): { prefix: number; gateway: string } {
-  const addr = ipToInt(ip);
-  for (const vlan of vlans) {
-    const [base, bits] = vlan.cidr.split('/');
-    const prefix = Number(bits);
-    const size = 2 ** (32 - prefix);
-    const start = ipToInt(base!) - (ipToInt(base!) % size);
-    if (addr >= start && addr < start + size) return { prefix, gateway: intToIp(start + 1) };
-  }
-  return { prefix: 24, gateway: intToIp(addr - (addr % 256) + 1) };
-}
+/** The patch that turned on the lab's rules (hardware/lab-rules.ts) for an inventory a workflow reads. */
+export const LAB_RULES_PATCH = 'inventory-lab-rules';
 
 function planNode(node: ClusterNode, role: TalosRole, inv: Inventory): NodePlan {
   const net = networkOf(node.ip, inv.proxmox.vlans);
@@ -201,17 +191,6 @@ export function planCluster(inv: Inventory, clusterName: string): ClusterPlan {
 /** Tags every VM labwright made for a Talos cluster carries (PVE tags). */
 export function vmTags(cluster: string, role: TalosRole): string[] {
   return ['labwright', 'talos', `cluster-${cluster}`, role];
-}
-
-/** `0000:01:00.0` and `01:00.0` name the same function; `01:00` names all functions of a device. */
-export function normalizePci(address: string): string {
-  const a = address.toLowerCase();
-  return a.length <= 7 ? `0000:${a}` : a;
-}
-
-/** The device (`0000:01:00`) of a PCI address, without its function. */
-export function pciSlot(address: string): string {
-  return normalizePci(address).replace(/\.\d$/, '');
 }
 
 /** What is passed through: the whole device (all functions) unless the inventory names one. */

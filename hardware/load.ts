@@ -2,7 +2,8 @@
 import { promises as fs } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { describeIssues } from '../common/validation.js';
-import { inventorySchema, type Inventory } from './schema.js';
+import { labInventorySchema } from './lab-rules.js';
+import type { Inventory } from './schema.js';
 
 export class InventoryError extends Error {
   constructor(
@@ -21,7 +22,7 @@ export function parseInventory(text: string, file: string): Inventory {
   } catch (err) {
     throw new InventoryError(file, [(err as Error).message]);
   }
-  const result = inventorySchema.safeParse(data);
+  const result = labInventorySchema.safeParse(data);
   if (!result.success) throw new InventoryError(file, describeIssues(result.error));
   return result.data;
 }

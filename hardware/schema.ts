@@ -182,6 +182,11 @@ export const clusterSchema = z.strictObject({
    */
   templatePlacement: z.enum(['same-node', 'full-clone-then-migrate']).default('same-node'),
   controlPlane: z.array(clusterNodeSchema).min(1),
+  /**
+   * Fewer than three control planes: etcd loses quorum when one goes down. Refused unless this
+   * says the operator accepts it (a test or a single-host lab).
+   */
+  allowNoQuorumTolerance: z.boolean().optional(),
   workers: z.array(clusterNodeSchema).default([]),
   /** Extra Talos machine-config patches (YAML), applied to every node. */
   patches: z.array(z.string()).default([]),
@@ -223,13 +228,31 @@ export const burstPoolSchema = z
       .array(z.string().regex(/^[a-z0-9]+\.[a-z0-9]+$/, 'expected an instance type like g5.xlarge'))
       .min(1),
     market: z.enum(['spot', 'on-demand', 'spot-then-on-demand']).default('spot-then-on-demand'),
-    launchTemplate: z.strictObject({ name: z.string().min(1), version: z.string().default('$Latest') }).optional(),
+    launchTemplate: z
+      .strictObject({
+        name: z
+          .string()
+          .regex(
+            /^[a-zA-Z0-9()./_-]{3,128}$/,
+            'expected a launch template name: 3-128 of letters, digits, ( ) . / _ -',
+          ),
+        version: z
+          .string()
+          .regex(/^(\$Latest|\$Default|[1-9]\d*)$/, 'expected $Latest, $Default or a version number')
+          .default('$Latest'),
+      })
+      .optional(),
     ami: z
       .string()
       .regex(/^ami-[0-9a-f]+$/, 'expected an AMI id like ami-0abc1234')
       .optional(),
-    subnetId: z.string().optional(),
-    securityGroupIds: z.array(z.string()).default([]),
+    subnetId: z
+      .string()
+      .regex(/^subnet-[0-9a-f]{8}([0-9a-f]{9})?$/, 'expected a subnet id like subnet-0abc1234')
+      .optional(),
+    securityGroupIds: z
+      .array(z.string().regex(/^sg-[0-9a-f]{8}([0-9a-f]{9})?$/, 'expected a security group id like sg-0abc1234'))
+      .default([]),
     /** Port and path of the model server's health check (Ollama answers /api/tags). */
     modelPort: z.int().min(1).max(65535).default(11434),
     healthPath: z.string().startsWith('/').default('/api/tags'),
@@ -354,8 +377,15 @@ function checkReferences(inv: z.output<typeof inventoryObject>, ctx: z.Refinemen
 
 /** The endpoint must be served: by the declared VIP or load balancer, or by the one control plane. */
 function checkEndpoint(cluster: Cluster, base: PropertyKey[], ctx: z.RefinementCtx): void {
-  const host = new URL(cluster.endpoint).hostname;
   const path = [...base, 'endpoint'];
+  let host: string;
+  try {
+    host = new URL(cluster.endpoint).hostname;
+  } catch {
+    // zod's URL check is looser than the WHATWG parser (found by test/properties.test.ts).
+    ctx.addIssue({ code: 'custom', path, message: 'expected an https URL like https://192.168.1.100:6443' });
+    return;
+  }
   const nodes = [...cluster.controlPlane, ...cluster.workers];
   const via = cluster.apiEndpoint;
   if (via?.kind === 'vip') {

@@ -132,6 +132,16 @@ async def control(pve, body):
         # (labwright issue 6) The PCI resource mappings GET /cluster/mapping/pci lists.
         PCI_MAPPINGS[:] = list(body['mappings'])
         return None
+    if op == 'api_token':
+        # (labwright issue 16) Another API token (`user@realm!id`, secret), as `pveum user token add` makes one.
+        pve.apitokens[body['tokenid']] = body['secret']
+        return None
+    if op == 'grant':
+        # (labwright issue 16) An ACL entry, as `pveum acl modify <path> --tokens <id> --roles ...` sets it:
+        # privileges on a path for a user or token. The first grant ends fakepve's allow-all; root@pam
+        # keeps every privilege, as in PVE.
+        pve.grant(body['userid'], body['path'], *body['privs'])
+        return None
     raise web.HTTPBadRequest(text='unknown op {0!r}'.format(op))
 
 

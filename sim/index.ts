@@ -7,7 +7,8 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml, stringify } from 'yaml';
-import { inventorySchema, type Inventory } from '../hardware/schema.js';
+import { labInventorySchema } from '../hardware/lab-rules.js';
+import type { Inventory } from '../hardware/schema.js';
 import { projectRoot } from '../lib/paths.js';
 import { SecretStore } from '../lib/secrets.js';
 
@@ -58,7 +59,7 @@ export async function startSimulatedLab(dir: string, starters: PeerStarter[]): P
   };
   try {
     for (const start of starters) peers.push(await start(ctx));
-    const parsed = inventorySchema.parse(inventory);
+    const parsed = labInventorySchema.parse(inventory);
     const inventoryFile = path.join(dir, 'inventory.yaml');
     await fs.writeFile(inventoryFile, stringify(inventory));
     const env = Object.assign(

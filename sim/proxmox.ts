@@ -89,7 +89,10 @@ export type FakePveControl =
   | { op: 'settle' }
   // (issue 6) PCI hardware data fakepve lacks: devices per node, and PCI resource mappings.
   | { op: 'pci_devices'; node: string; devices: Array<Record<string, string | number>> }
-  | { op: 'pci_mappings'; mappings: Array<{ id: string; description?: string; map: string[] }> };
+  | { op: 'pci_mappings'; mappings: Array<{ id: string; description?: string; map: string[] }> }
+  // (issue 16) Another API token, and ACL entries: privileges on a path for a user or token.
+  | { op: 'api_token'; tokenid: string; secret: string }
+  | { op: 'grant'; userid: string; path: string; privs: string[] };
 
 type VmFaultKey = 'start_secs' | 'stop_secs' | 'shutdown_secs' | 'start_error' | 'agent' | 'agent_hangs' | 'acpi';
 

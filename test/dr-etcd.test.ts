@@ -39,6 +39,7 @@ let taken: StandinSnapshotStatus;
 /** One control plane, no workers. */
 function oneControlPlane(home: Draft): void {
   home.controlPlane = [(home.controlPlane as Draft[])[0]];
+  home.allowNoQuorumTolerance = true;
   home.workers = [];
 }
 

@@ -11,6 +11,7 @@ import { testClient, uniqueName, withWorker } from './harness/temporal.js';
 /** One control plane and the two GPU workers of the example lab. */
 function oneCpTwoGpus(home: Draft): void {
   home.controlPlane = (home.controlPlane as Draft[]).slice(0, 1);
+  home.allowNoQuorumTolerance = true;
   home.workers = (home.workers as Draft[]).filter((w) => w.gpu !== undefined);
 }
 

@@ -23,6 +23,7 @@ const CLUSTER = 'outage-lab';
 /** One control plane and no workers: the step under test is the bootstrap. */
 function oneControlPlane(home: Draft): void {
   home.controlPlane = [(home.controlPlane as Draft[])[0]];
+  home.allowNoQuorumTolerance = true;
   home.workers = [];
 }
 

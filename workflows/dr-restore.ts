@@ -56,7 +56,7 @@ import { recordDrOutcome } from '../common/metrics.js';
 import { ProgressTracker } from '../common/progress.js';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
 import type { SecretRef } from '../common/secret-ref.js';
-import { parseInventory, talosStore } from '../common/talos.js';
+import { LAB_RULES_PATCH, parseInventory, talosStore } from '../common/talos.js';
 import { parseInput } from '../common/validation.js';
 import { acceptApproval, awaitApproval } from './dr-restore/approval.js';
 import { checkBackups, computePlan } from './dr-restore/checks.js';
@@ -97,7 +97,9 @@ export async function drRestore(raw: unknown): Promise<DrReport> {
     'validate',
     async () => {
       const needs = input.targets.some((t) => t.kind !== 'pvc');
-      return needs ? parseInventory(input.inventory ?? (await act.talos.talosLabInventory())) : undefined;
+      return needs
+        ? parseInventory(input.inventory ?? (await act.talos.talosLabInventory()), wf.patched(LAB_RULES_PATCH))
+        : undefined;
     },
     () => `${input.mode} of ${input.targets.length} target(s): ${input.targets.map(targetLabel).join(', ')}`,
   );

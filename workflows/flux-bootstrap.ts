@@ -51,7 +51,7 @@ import {
 import { formatDuration } from '../common/llm-burst.js';
 import { ProgressTracker } from '../common/progress.js';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
-import { parseInventory, talosStore } from '../common/talos.js';
+import { LAB_RULES_PATCH, parseInventory, talosStore } from '../common/talos.js';
 import { fluxCredentialsProblem } from '../hardware/schema.js';
 import { parseInput } from '../common/validation.js';
 
@@ -94,7 +94,10 @@ export async function fluxBootstrap(raw: unknown): Promise<FluxBootstrapResult> 
   const settings = await progress.run(
     'validate',
     async () => {
-      const inventory = parseInventory(input.inventory ?? (await talos.talosLabInventory()));
+      const inventory = parseInventory(
+        input.inventory ?? (await talos.talosLabInventory()),
+        wf.patched(LAB_RULES_PATCH),
+      );
       const cluster = inventory.clusters[input.cluster];
       if (!cluster) {
         throw nonRetryable(

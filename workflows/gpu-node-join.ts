@@ -38,6 +38,7 @@ import { runPveTask } from '../common/pve-tasks.js';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
 import {
   nodeConfigRequest,
+  LAB_RULES_PATCH,
   parseInventory,
   passthroughAddress,
   planCluster,
@@ -78,7 +79,7 @@ export async function gpuNodeJoin(raw: unknown): Promise<GpuNodeJoinResult> {
   const changes: string[] = [];
 
   const { plan, node, gpuIndex } = await progress.run('validate inventory', async () => {
-    const inventory = parseInventory(input.inventory ?? (await talos.talosLabInventory()));
+    const inventory = parseInventory(input.inventory ?? (await talos.talosLabInventory()), wf.patched(LAB_RULES_PATCH));
     const plan = planCluster(inventory, input.cluster);
     const node = plan.workers.find((n) => n.name === input.node);
     if (!node || node.kind !== 'vm' || !node.gpu) {

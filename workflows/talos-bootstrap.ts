@@ -37,6 +37,7 @@ import { runPveTask } from '../common/pve-tasks.js';
 import { RESOURCE_KEY } from '../common/search-attributes.js';
 import {
   nodeConfigRequest,
+  LAB_RULES_PATCH,
   parseInventory,
   planCluster,
   talosBootstrapInputSchema,
@@ -108,7 +109,10 @@ export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult
   const plan = await progress.run(
     'validate inventory',
     async () => {
-      const inventory = parseInventory(input.inventory ?? (await talos.talosLabInventory()));
+      const inventory = parseInventory(
+        input.inventory ?? (await talos.talosLabInventory()),
+        wf.patched(LAB_RULES_PATCH),
+      );
       return planCluster(inventory, input.cluster);
     },
     (p) => `${p.controlPlane.length} control planes, ${p.workers.length} workers`,

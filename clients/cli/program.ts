@@ -6,6 +6,7 @@ import { Command, CommanderError } from 'commander';
 import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError } from '@temporalio/client';
 import { InputError, UnknownWorkflowError } from '../start.js';
 import { registerBurstCommands } from './burst-commands.js';
+import { registerCheckCommand } from './check-commands.js';
 import { registerCodecCommands } from './codec-commands.js';
 import { registerCompletionCommand } from './completion.js';
 import { registerDrCommands } from './dr-commands.js';
@@ -22,6 +23,7 @@ export const COMMAND_GROUPS: Array<(program: Command) => void> = [
   registerProxyCommand,
   registerCodecCommands,
   registerStateCommands,
+  registerCheckCommand,
   registerCompletionCommand,
 ];
 

@@ -1,0 +1,166 @@
+import { execFile } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { PVE_VM_PRIVILEGES, renderCheck, type CheckReport } from '../clients/check.js';
+import { runLabwright } from '../clients/cli/program.js';
+import { projectRoot } from '../lib/paths.js';
+import { ec2SimPeer } from '../sim/ec2.js';
+import { startSimulatedLab, type SimulatedLab } from '../sim/index.js';
+import { pveCaller, proxmoxPeer } from '../sim/proxmox.js';
+import { SecretStore } from '../lib/secrets.js';
+import { LAB_PCI_DEVICES } from './harness/talos.js';
+
+const example = path.join(projectRoot, 'hardware', 'lab.example.yaml');
+
+/** `labwright check ...` as an operator runs it, in its own process: its exit code and output. */
+async function labwrightCheck(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const tsx = path.join(projectRoot, 'node_modules', 'tsx', 'dist', 'cli.mjs');
+  try {
+    const { stdout, stderr } = await promisify(execFile)(
+      process.execPath,
+      [tsx, 'clients/labwright.ts', 'check', ...args],
+      { cwd: projectRoot, env: { ...process.env, ...env } },
+    );
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout: string; stderr: string };
+    return { code: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+/** The same command line run in this process (the offline checks need no environment): faster. */
+async function labwrightCheckHere(args: string[]): Promise<{ code: number; stdout: string }> {
+  const lines: string[] = [];
+  const log = vi.spyOn(console, 'log').mockImplementation((line: unknown) => void lines.push(String(line)));
+  try {
+    const code = await runLabwright(['check', ...args]);
+    return { code, stdout: `${lines.join('\n')}\n` };
+  } finally {
+    log.mockRestore();
+    process.exitCode = undefined;
+  }
+}
+
+describe('labwright check, offline', () => {
+  it('passes the example inventory with exit code 0', async () => {
+    const r = await labwrightCheckHere([example]);
+    console.log(r.stdout);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^\[ok\] inventory: .*every rule holds$/m);
+  });
+
+  it('lists every problem of a broken copy, path by path, and exits 1', async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-check-'));
+    const broken = path.join(dir, 'lab.yaml');
+    const text = (await fs.readFile(example, 'utf8'))
+      .replace('gpu: rtx-a2000', 'gpu: rtx-a5000') // the same GPU to two VMs, on another node than the GPU
+      .replace('vlan: 80,', 'vlan: 82,') // a VLAN nobody declared
+      .replace("mac: 'bc:24:11:00:02:03'", "mac: 'bd:24:11:00:02:03'") // a multicast MAC
+      .replace('drills: { from: 8900, to: 8999 }', 'drills: { from: 9050, to: 9150 }') // overlaps the templates
+      .replace(
+        'storage: local-lvm,\n          bridge: vmbr0,\n        }\n      - {\n          kind: vm,\n          name: talos-cp-3',
+        'storage: local,\n          bridge: vmbr0,\n        }\n      - {\n          kind: vm,\n          name: talos-cp-3',
+      );
+    await fs.writeFile(broken, text);
+    const r = await labwrightCheckHere([broken]);
+    console.log(r.stdout);
+    expect(r.code).toBe(1);
+    expect(r.stdout.split('\n').filter((l) => l.startsWith('[!!]'))).toEqual([
+      '[!!] inventory: proxmox.vmidRanges.drills: drills (9050-9150) overlaps templates (9000-9099): the VMID ranges must be disjoint',
+      '[!!] inventory: clusters.home.controlPlane[1].storage: storage local on pve2 does not hold images (content: iso, vztmpl, snippets): use one of local-lvm',
+      "[!!] inventory: clusters.home.controlPlane[2].mac: bd:24:11:00:02:03 is a multicast address, which PVE refuses: the first octet must be even (bc:24:11:... is PVE's own prefix)",
+      '[!!] inventory: clusters.home.workers[1].gpu: GPU rtx-a5000 is already given to clusters.home.workers[0]: a GPU passes through to one VM',
+      '[!!] inventory: clusters.home.workers[1].gpu: GPU rtx-a5000 is in PVE node pve1, not in pve2 where this VM runs: put the VM on pve1 or give it a GPU of pve2',
+      '[!!] inventory: clusters.home.workers[2].vlan: VLAN 82 is not declared in proxmox.vlans: use one of 80, 81',
+    ]);
+    const json = await labwrightCheckHere([broken, '-o', 'json']);
+    expect(json.code).toBe(1);
+    expect((JSON.parse(json.stdout) as CheckReport).problems).toBe(6);
+  });
+});
+
+describe('labwright check --live on the simulated lab', () => {
+  let lab: SimulatedLab;
+  let dir: string;
+
+  beforeAll(async () => {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-check-live-'));
+    lab = await startSimulatedLab(dir, [proxmoxPeer, ec2SimPeer]);
+    const secrets = new SecretStore(lab.env.LABWRIGHT_SECRETS_DIR!);
+    const pve1 = lab.inventory.proxmox.hosts[0]!;
+    const pve = pveCaller(pve1.apiUrl, await secrets.resolve(pve1.token), await fs.readFile(pve1.caFile!));
+    const control = (body: unknown) => pve('POST', '/_labwright/control', body as Record<string, unknown>, true);
+    // The hardware as the inventory says it, but for the deliberate mismatch: the A2000 on pve2
+    // sits in IOMMU group 13 (a BIOS update regrouped it), the inventory says 12.
+    await control({ op: 'pci_devices', node: 'pve1', devices: LAB_PCI_DEVICES.pve1 });
+    await control({
+      op: 'pci_devices',
+      node: 'pve2',
+      devices: LAB_PCI_DEVICES.pve2.map((d) => ({ ...d, iommugroup: d.iommugroup === 12 ? 13 : d.iommugroup })),
+    });
+    await control({
+      op: 'pci_mappings',
+      mappings: [
+        { id: 'a5000', map: ['node=pve1,path=0000:01:00,id=10de:2231,iommugroup=14'] },
+        { id: 'a2000', map: ['node=pve2,path=0000:01:00,id=10de:2531,iommugroup=12'] },
+      ],
+    });
+    // pve2's token: a user's own token whose role was made without VM.Clone.
+    const secret = 'b0c3a3c6-2f5e-4f0e-9c59-000000000016';
+    await control({ op: 'api_token', tokenid: 'labwright@pve!ops', secret });
+    const privs = [
+      ...PVE_VM_PRIVILEGES.filter((p) => p !== 'VM.Clone'),
+      'Datastore.AllocateSpace',
+      'Datastore.Audit',
+      'Sys.Audit',
+      'SDN.Use',
+      'Mapping.Use',
+    ];
+    await control({ op: 'grant', userid: 'labwright@pve!ops', path: '/', privs });
+    await secrets.put('proxmox/pve2-token', `labwright@pve!ops=${secret}`);
+  }, 240_000);
+
+  afterAll(async () => {
+    await lab?.stop();
+    if (dir) await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it('finds the GPU whose IOMMU group differs and the token without VM.Clone, and passes the rest of Proxmox and EC2', async () => {
+    const r = await labwrightCheck([lab.inventoryFile, '--live', '-o', 'json'], lab.env);
+    expect(r.code).toBe(1);
+    const report = JSON.parse(r.stdout) as CheckReport;
+    console.log(renderCheck(report));
+    const item = (subject: string) => report.items.find((i) => i.subject === subject);
+    expect(item('GPU rtx-a2000')).toEqual({
+      area: 'proxmox',
+      subject: 'GPU rtx-a2000',
+      status: 'problem',
+      detail: 'gpus[1].iommuGroup: GPU rtx-a2000: 0000:01:00.0 is in IOMMU group 13 on pve2, the inventory says 12',
+    });
+    expect(item('pve2 privileges')).toMatchObject({
+      status: 'problem',
+      detail: 'proxmox.hosts[1].token lacks VM.Clone on /vms',
+    });
+    expect(item('pve2 token')).toMatchObject({ status: 'ok' });
+    expect(item('pve1 privileges')).toMatchObject({ status: 'ok' });
+    expect(item('GPU rtx-a5000')).toMatchObject({ status: 'ok' });
+    // Everything else Proxmox and EC2 answer for holds: only the two deliberate mismatches are problems.
+    const problems = report.items.filter((i) => (i.area === 'proxmox' || i.area === 'ec2') && i.status === 'problem');
+    expect(problems.map((i) => i.subject)).toEqual(['pve2 privileges', 'GPU rtx-a2000']);
+    expect(report.items.filter((i) => i.area === 'ec2').map((i) => [i.subject, i.status])).toEqual([
+      ['g5-llm DescribeInstances', 'ok'],
+      ['g5-llm RunInstances', 'ok'],
+    ]);
+    expect(
+      report.items
+        .filter((i) => i.area === 'proxmox' && /storage|bridge/.test(i.subject))
+        .every((i) => i.status === 'ok'),
+    ).toBe(true);
+  }, 120_000);
+});
