@@ -1,0 +1,44 @@
+/**
+ * Which cells the matrix runs for a workflow, from the activities a clean run scheduled: the full
+ * matrix kills the worker at every boundary (while each activity runs, and right after it
+ * completed), the server at a few points, runs every peer fault and the duplicates; the CI slice
+ * picks a few of those by a seed.
+ */
+import type { Fault, ScheduledActivity } from './matrix.js';
+import type { PeerFault } from './peer-faults.js';
+
+/** Activities whose step must happen once (a server kill lands on each of them). */
+const ONE_SHOT = new Set(['talosBootstrap', 'talosRecoverEtcd', 'pveRestore', 'packerBuild']);
+
+export function fullPlan(activities: ScheduledActivity[], peers: PeerFault[]): Fault[] {
+  const faults: Fault[] = [];
+  activities.forEach((_, at) => {
+    faults.push({ kind: 'worker-kill', at, when: 'during' }, { kind: 'worker-kill', at, when: 'after' });
+  });
+  const serverAt = new Set([0.25, 0.5, 0.75].map((q) => Math.floor(q * activities.length)));
+  activities.forEach((a, at) => ONE_SHOT.has(a.type) && serverAt.add(at));
+  for (const at of [...serverAt].sort((x, y) => x - y)) faults.push({ kind: 'server-kill', at });
+  for (const fault of peers) faults.push({ kind: 'peer', fault });
+  faults.push({ kind: 'duplicate' });
+  return faults;
+}
+
+/** mulberry32: a small seeded generator, so a seed reproduces the slice. */
+export function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** `count` faults of the full plan, picked by `random` (the CI slice). */
+export function slicePlan(all: Fault[], count: number, random: () => number): Fault[] {
+  const pool = [...all];
+  const picked: Fault[] = [];
+  while (picked.length < count && pool.length > 0) picked.push(pool.splice(Math.floor(random() * pool.length), 1)[0]!);
+  return picked;
+}
