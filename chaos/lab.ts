@@ -128,10 +128,11 @@ export async function startChaosLab(opts: { workflowBundlePath: string; dir?: st
       await Promise.all(connections.map((c) => c.close().catch(() => undefined)));
     });
 
+    const peerPids = new Set(processesNaming(dir));
     return {
       dir,
       sim,
-      peerPids: new Set(processesNaming(dir)),
+      peerPids,
       pve: peerHandle<FakePve>(sim, 'proxmox'),
       standin: peerHandle<TalosStandin>(sim, 'talos'),
       kube,
@@ -151,6 +152,7 @@ export async function startChaosLab(opts: { workflowBundlePath: string; dir?: st
         await closeClient();
         await server.kill();
         server = await startDevServer({ dbFile, port, logFile: path.join(logDir, 'temporal.log') });
+        for (const pid of processesNaming(dbFile)) peerPids.add(pid);
       },
       async worker() {
         if (isLive(live)) return live;

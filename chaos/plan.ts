@@ -35,10 +35,10 @@ export function seeded(seed: number): () => number {
   };
 }
 
-/** `count` faults of the full plan, picked by `random` (the CI slice). */
-export function slicePlan(all: Fault[], count: number, random: () => number): Fault[] {
+/** `count` of `all` (faults of the full plan, workflows), picked by `random` (the CI slice). */
+export function slicePlan<T>(all: T[], count: number, random: () => number): T[] {
   const pool = [...all];
-  const picked: Fault[] = [];
+  const picked: T[] = [];
   while (picked.length < count && pool.length > 0) picked.push(pool.splice(Math.floor(random() * pool.length), 1)[0]!);
   return picked;
 }

@@ -16,12 +16,17 @@ export interface ScenarioOptions {
   /** Cells per workflow picked by `seed` (the CI slice); the full plan when left out. */
   slice?: number;
   seed: number;
+  /**
+   * Clean runs first (default 2): the last one's effect is what every faulted run must match;
+   * a first run may set up what later runs find (secrets, a namespace).
+   */
+  cleanRuns?: number;
   log(line: string): void;
 }
 
 let runCounter = 0;
 
-/** Two clean runs (the second's effect is what every faulted run must match), then the planned cells. */
+/** Clean runs, then the planned cells. */
 export async function runScenario(lab: ChaosLab, scenario: Scenario, opts: ScenarioOptions): Promise<RunOutcome[]> {
   const outcomes: RunOutcome[] = [];
   const cell = async (fault: Fault, clean: Effect | undefined) => {
@@ -30,9 +35,9 @@ export async function runScenario(lab: ChaosLab, scenario: Scenario, opts: Scena
     opts.log(describe(outcome));
     return effect;
   };
-  await cell({ kind: 'none' }, undefined);
+  let clean = await cell({ kind: 'none' }, undefined);
+  for (let i = 1; i < (opts.cleanRuns ?? 2); i++) clean = await cell({ kind: 'none' }, undefined);
   const cleanRun = outcomes[0]!;
-  const clean = await cell({ kind: 'none' }, undefined);
   const all = fullPlan(cleanRun.activities, await peerFaults(lab));
   const random = seeded(opts.seed + [...scenario.name].reduce((h, c) => h * 31 + c.charCodeAt(0), 0));
   const plan = opts.slice === undefined ? all : slicePlan(all, opts.slice, random);
