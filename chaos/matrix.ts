@@ -25,7 +25,9 @@ export type Fault =
   | { kind: 'worker-kill'; at: number; when: 'during' | 'after' }
   | { kind: 'server-kill'; at: number }
   | { kind: 'peer'; fault: PeerFault }
-  | { kind: 'duplicate' };
+  | { kind: 'duplicate' }
+  /** Started again the moment a run ends (a drill re-run): both runs correct. */
+  | { kind: 'rerun' };
 
 export function faultLabel(f: Fault): string {
   switch (f.kind) {
@@ -39,6 +41,8 @@ export function faultLabel(f: Fault): string {
       return f.fault.name;
     case 'duplicate':
       return 'duplicate start/signal';
+    case 'rerun':
+      return 're-run at once';
   }
 }
 
@@ -188,7 +192,14 @@ export async function runCell(
           })
         : fault.kind === 'duplicate' && scenario.name === 'drRestore (restore)'
           ? approveOnce(lab, workflowId, 2).then(() => retrying(lab, (c) => c.workflow.getHandle(workflowId).result()))
-          : scenario.drive(lab, workflowId);
+          : fault.kind === 'rerun'
+            ? scenario.drive(lab, workflowId).then(async (first) => {
+                const wrong = scenario.wrong(first);
+                if (wrong) problem = `first run: ${wrong}`;
+                await client.workflow.start(scenario.workflow, { taskQueue: lab.taskQueue, workflowId, args: [input] });
+                return scenario.drive(lab, workflowId);
+              })
+            : scenario.drive(lab, workflowId);
     try {
       result = await driven;
     } catch (err) {
@@ -209,7 +220,8 @@ export async function runCell(
       n++;
     return n;
   });
-  if (runs !== 1) problem = `${runs} runs of ${workflowId}`;
+  const expectedRuns = fault.kind === 'rerun' ? 2 : 1;
+  if (runs !== expectedRuns) problem = `${runs} runs of ${workflowId}, not ${expectedRuns}`;
   const activities = await scheduledActivities(lab, workflowId);
   const effect = effectOf(before, await labState(lab));
   const verdict = clean ? compareEffects(effect, clean) : { leaked: [], duplicated: [] };

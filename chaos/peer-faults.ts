@@ -9,8 +9,12 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { ChaosLab } from './lab.js';
 
+export type LabSystem = 'pve' | 'ec2' | 'kube' | 'talos';
+
 export interface PeerFault {
   name: string;
+  /** The system that misbehaves: a workflow is run under the faults of the systems it uses. */
+  system: LabSystem;
   /** Environment of the run's worker (a talosctl of the fault's own). */
   workerEnv?: NodeJS.ProcessEnv;
   inject(lab: ChaosLab): Promise<void>;
@@ -26,6 +30,7 @@ export async function peerFaults(lab: ChaosLab): Promise<PeerFault[]> {
   return [
     {
       name: 'PVE 5xx',
+      system: 'pve',
       inject: async (l) => {
         for (const suffix of ['/nodes/{node}/qemu/{vmid}/clone', '/nodes/{node}/qemu/{vmid}/status/start']) {
           await l.pve.control({
@@ -42,6 +47,7 @@ export async function peerFaults(lab: ChaosLab): Promise<PeerFault[]> {
     },
     {
       name: 'PVE lock timeout',
+      system: 'pve',
       inject: async (l) => {
         for (const suffix of ['/nodes/{node}/qemu/{vmid}/status/start', '/nodes/{node}/qemu/{vmid}/config']) {
           await l.pve.control({ op: 'fail', method: 'POST', suffix, error: 'config_lock_timeout', times: 2 });
@@ -51,11 +57,13 @@ export async function peerFaults(lab: ChaosLab): Promise<PeerFault[]> {
     },
     {
       name: 'EC2 throttling',
+      system: 'ec2',
       inject: async (l) => l.ec2.add({ fault: { kind: 'throttle' }, times: 4 }),
       clear: clearEc2,
     },
     {
       name: 'EC2 5xx',
+      system: 'ec2',
       inject: async (l) =>
         l.ec2.add({
           fault: { kind: 'error', status: 500, code: 'InternalError', message: 'An internal error has occurred' },
@@ -65,21 +73,25 @@ export async function peerFaults(lab: ChaosLab): Promise<PeerFault[]> {
     },
     {
       name: 'EC2 response dropped after apply',
+      system: 'ec2',
       inject: async (l) => l.ec2.add({ action: 'RunInstances', fault: { kind: 'drop-after-apply' } }),
       clear: clearEc2,
     },
     {
       name: 'kube 429',
+      system: 'kube',
       inject: async (l) => l.kubeFaults.add({ fault: { kind: 'status', status: 429 }, times: 4 }),
       clear: clearKube,
     },
     {
       name: 'kube 5xx',
+      system: 'kube',
       inject: async (l) => l.kubeFaults.add({ fault: { kind: 'status', status: 503 }, times: 3 }),
       clear: clearKube,
     },
     {
       name: 'kube response dropped after apply',
+      system: 'kube',
       inject: async (l) => l.kubeFaults.add({ method: 'POST', fault: { kind: 'drop-after-apply' } }),
       clear: clearKube,
     },
@@ -109,6 +121,7 @@ async function hangingTalosctl(lab: ChaosLab): Promise<PeerFault> {
   );
   return {
     name: 'talosctl hangs',
+    system: 'talos',
     workerEnv: { LABWRIGHT_TALOSCTL: script },
     inject: async () => fs.rm(marker, { recursive: true, force: true }),
     clear: async () => fs.rm(marker, { recursive: true, force: true }),

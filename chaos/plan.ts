@@ -10,9 +10,23 @@ import type { PeerFault } from './peer-faults.js';
 /** Activities whose step must happen once (a server kill lands on each of them). */
 const ONE_SHOT = new Set(['talosBootstrap', 'talosRecoverEtcd', 'pveRestore', 'packerBuild']);
 
-export function fullPlan(activities: ScheduledActivity[], peers: PeerFault[]): Fault[] {
+/** `boundaries`: that many activity boundaries, evenly spread, instead of every one (a shorter matrix). */
+export function fullPlan(
+  activities: ScheduledActivity[],
+  peers: PeerFault[],
+  boundaries?: number,
+  rerun = false,
+): Fault[] {
   const faults: Fault[] = [];
+  const picked = new Set(
+    boundaries === undefined
+      ? activities.map((_, at) => at)
+      : Array.from({ length: boundaries }, (_, i) => Math.floor(((i + 0.5) * activities.length) / boundaries)),
+  );
+  // The one-shot steps' boundaries always: they are where a kill costs the most.
+  activities.forEach((a, at) => ONE_SHOT.has(a.type) && picked.add(at));
   activities.forEach((_, at) => {
+    if (!picked.has(at)) return;
     faults.push({ kind: 'worker-kill', at, when: 'during' }, { kind: 'worker-kill', at, when: 'after' });
   });
   const serverAt = new Set([0.25, 0.5, 0.75].map((q) => Math.floor(q * activities.length)));
@@ -20,6 +34,7 @@ export function fullPlan(activities: ScheduledActivity[], peers: PeerFault[]): F
   for (const at of [...serverAt].sort((x, y) => x - y)) faults.push({ kind: 'server-kill', at });
   for (const fault of peers) faults.push({ kind: 'peer', fault });
   faults.push({ kind: 'duplicate' });
+  if (rerun) faults.push({ kind: 'rerun' });
   return faults;
 }
 

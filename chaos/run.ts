@@ -5,6 +5,7 @@
  *   npm run chaos                                  the full matrix
  *   npm run chaos -- --workflow packerImageBuild   one workflow's rows (repeatable; a row's name or its workflow)
  *   npm run chaos -- --slice 2                     2 cells per workflow, picked by LABWRIGHT_CHAOS_SEED (printed)
+ *   npm run chaos -- --boundaries 3                kills at 3 boundaries per workflow, evenly spread
  *   npm run chaos -- --json out.json               every run's outcome, for a closer look
  *
  * Exits 1 when a cell is not all correct, or leaked or duplicated something.
@@ -23,6 +24,7 @@ const { values } = parseArgs({
   options: {
     workflow: { type: 'string', multiple: true },
     slice: { type: 'string' },
+    boundaries: { type: 'string' },
     json: { type: 'string' },
   },
 });
@@ -53,6 +55,7 @@ try {
     outcomes.push(
       ...(await runScenario(lab, scenario, {
         slice: values.slice ? Number(values.slice) : undefined,
+        boundaries: values.boundaries ? Number(values.boundaries) : undefined,
         seed,
         log: (line) => console.log(line),
       })),

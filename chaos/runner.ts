@@ -21,6 +21,8 @@ export interface ScenarioOptions {
    * a first run may set up what later runs find (secrets, a namespace).
    */
   cleanRuns?: number;
+  /** Kills at this many activity boundaries, evenly spread (default: at every one). */
+  boundaries?: number;
   log(line: string): void;
 }
 
@@ -38,7 +40,8 @@ export async function runScenario(lab: ChaosLab, scenario: Scenario, opts: Scena
   let clean = await cell({ kind: 'none' }, undefined);
   for (let i = 1; i < (opts.cleanRuns ?? 2); i++) clean = await cell({ kind: 'none' }, undefined);
   const cleanRun = outcomes[0]!;
-  const all = fullPlan(cleanRun.activities, await peerFaults(lab));
+  const peers = (await peerFaults(lab)).filter((p) => scenario.systems.includes(p.system));
+  const all = fullPlan(cleanRun.activities, peers, opts.boundaries, scenario.rerun);
   const random = seeded(opts.seed + [...scenario.name].reduce((h, c) => h * 31 + c.charCodeAt(0), 0));
   const plan = opts.slice === undefined ? all : slicePlan(all, opts.slice, random);
   for (const fault of plan) await cell(fault, clean);

@@ -18,17 +18,22 @@ import type { TalosBootstrapResult } from '../common/talos.js';
 import { projectRoot } from '../lib/paths.js';
 import { SIM_REVISION } from '../sim/flux-dr.js';
 import type { ChaosLab } from './lab.js';
+import type { LabSystem } from './peer-faults.js';
 import { retrying } from './temporal.js';
 
 export interface Scenario {
   /** The matrix's row name. */
   name: string;
   workflow: string;
+  /** The systems it works with, whose peer faults it is run under. */
+  systems: LabSystem[];
   input(run: number): Promise<unknown>;
   /** Brings the run to its end (approvals, updates, signals) and returns its result. */
   drive(lab: ChaosLab, workflowId: string): Promise<unknown>;
   /** Why `result` is wrong; undefined when it is right. */
   wrong(result: unknown): string | undefined;
+  /** Also run twice in a row, the second started the moment the first ends. */
+  rerun?: boolean;
   /** Puts the lab back in the state a first run of this workflow starts from. */
   reset?(lab: ChaosLab): Promise<void>;
 }
@@ -64,6 +69,7 @@ export const SCENARIOS: Scenario[] = [
   {
     name: 'talosBootstrap',
     workflow: 'talosBootstrap',
+    systems: ['pve', 'talos', 'kube'],
     input: () => example('talos-bootstrap.json'),
     drive: resultOf,
     wrong: (r) =>
@@ -75,6 +81,7 @@ export const SCENARIOS: Scenario[] = [
   {
     name: 'gpuNodeJoin',
     workflow: 'gpuNodeJoin',
+    systems: ['pve', 'talos', 'kube'],
     input: () => example('gpu-node-join.json'),
     drive: resultOf,
     wrong: (r) => ((r as GpuNodeJoinResult).node === GPU_NODE ? undefined : `node: ${(r as GpuNodeJoinResult).node}`),
@@ -83,6 +90,7 @@ export const SCENARIOS: Scenario[] = [
   {
     name: 'packerImageBuild',
     workflow: 'packerImageBuild',
+    systems: ['pve'],
     // A new image each run (a first build every time), VMIDs from a range of the matrix's own.
     input: async (run) => ({
       ...(await example('packer-image-build.json')),
@@ -100,7 +108,9 @@ export const SCENARIOS: Scenario[] = [
   {
     name: 'fluxBootstrap',
     workflow: 'fluxBootstrap',
+    systems: ['kube'],
     input: () => example('flux-bootstrap.json'),
+    rerun: true,
     drive: resultOf,
     wrong: (r) =>
       (r as FluxBootstrapResult).revision === SIM_REVISION
@@ -110,13 +120,16 @@ export const SCENARIOS: Scenario[] = [
   {
     name: 'drRestore (drill)',
     workflow: 'drRestore',
+    systems: ['pve', 'kube'],
     input: () => example('dr-drill.json'),
+    rerun: true,
     drive: resultOf,
     wrong: (r) => ((r as DrReport).ok ? undefined : `drill not ok: ${JSON.stringify(r).slice(0, 300)}`),
   },
   {
     name: 'drRestore (restore)',
     workflow: 'drRestore',
+    systems: ['pve', 'kube'],
     input: () => example('dr-restore.json'),
     drive: async (lab, workflowId) => {
       await approveOnce(lab, workflowId);
@@ -127,6 +140,7 @@ export const SCENARIOS: Scenario[] = [
   {
     name: 'llmBurst',
     workflow: 'llmBurst',
+    systems: ['ec2'],
     input: () => example('llm-burst.json'),
     drive: async (lab, workflowId) => {
       await acquireAndShutdown(lab, workflowId);
