@@ -12,7 +12,7 @@ import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import proto from '@temporalio/proto';
 import type { ChaosLab } from './lab.js';
 import type { PeerFault } from './peer-faults.js';
-import { acquireAndShutdown, approveOnce, workflowIdOf, type Scenario } from './scenarios.js';
+import { acquireAndShutdown, approveOnce, stoppedPool, workflowIdOf, type Scenario } from './scenarios.js';
 import { compareEffects, effectOf, labState, type Effect } from './state.js';
 import { retrying } from './temporal.js';
 
@@ -188,7 +188,7 @@ export async function runCell(
       fault.kind === 'duplicate' && scenario.workflow === 'llmBurst'
         ? acquireAndShutdown(lab, workflowId, 2).then(async (endpoints) => {
             if (new Set(endpoints).size !== 1) problem = `two acquires answered ${endpoints.join(' and ')}`;
-            return retrying(lab, (c) => c.workflow.getHandle(workflowId).result());
+            return stoppedPool(lab, workflowId);
           })
         : fault.kind === 'duplicate' && scenario.name === 'drRestore (restore)'
           ? approveOnce(lab, workflowId, 2).then(() => retrying(lab, (c) => c.workflow.getHandle(workflowId).result()))

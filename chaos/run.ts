@@ -38,7 +38,12 @@ if (chosen.some((s) => s.workflow === 'gpuNodeJoin') && !chosen.some((s) => s.wo
 }
 const seed = seedFromEnv();
 console.log(
-  `chaos: LABWRIGHT_CHAOS_SEED=${seed}${values.slice ? ` (slice of ${values.slice} per workflow)` : ' (full matrix)'}`,
+  `chaos: LABWRIGHT_CHAOS_SEED=${seed}` +
+    (values.slice
+      ? ` (slice of ${values.slice} per workflow)`
+      : values.boundaries
+        ? ` (kills at ${values.boundaries} activity boundaries per workflow, evenly spread, and at the one-shot steps)`
+        : ' (full matrix)'),
 );
 
 const bundle = await bundleWorkflowCode({

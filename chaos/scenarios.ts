@@ -12,7 +12,7 @@ import type { DrPlan, DrReport, DrStatus } from '../common/dr-restore.js';
 import { approveUpdate } from '../common/dr-restore.js';
 import type { FluxBootstrapResult } from '../common/flux-bootstrap.js';
 import type { GpuNodeJoinResult } from '../common/gpu-node-join.js';
-import { acquireUpdate, shutdownNowSignal, type LlmBurstStatus } from '../common/llm-burst.js';
+import { acquireUpdate, shutdownNowSignal, statusQuery, type LlmBurstStatus } from '../common/llm-burst.js';
 import type { PackerImageBuildResult } from '../common/packer-image-build.js';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import { projectRoot } from '../lib/paths.js';
@@ -144,7 +144,7 @@ export const SCENARIOS: Scenario[] = [
     input: () => example('llm-burst.json'),
     drive: async (lab, workflowId) => {
       await acquireAndShutdown(lab, workflowId);
-      return resultOf(lab, workflowId);
+      return stoppedPool(lab, workflowId);
     },
     wrong: (r) => {
       const s = r as LlmBurstStatus;
@@ -175,6 +175,24 @@ export async function approveOnce(lab: ChaosLab, workflowId: string, copies = 1)
     if (!answers.some((a) => a.status === 'fulfilled')) {
       const status = await h.query<DrStatus>('drStatus');
       if (status.phase === 'awaiting-approval') throw (answers[0] as PromiseRejectedResult).reason;
+    }
+  });
+}
+
+/**
+ * The pool's workflow runs on after a shutdown (stopped, waiting for demand): its result here is
+ * the status once it stopped; then the matrix ends the run, as an operator retiring the pool.
+ */
+export async function stoppedPool(lab: ChaosLab, workflowId: string): Promise<LlmBurstStatus> {
+  return retrying(lab, async (client) => {
+    const h = client.workflow.getHandle(workflowId);
+    for (;;) {
+      const status = await h.query(statusQuery);
+      if (status.state === 'stopped' || status.state === 'failed') {
+        await h.terminate('chaos matrix: the pool stopped; run checked');
+        return status;
+      }
+      await new Promise((r) => setTimeout(r, 500));
     }
   });
 }
