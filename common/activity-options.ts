@@ -55,9 +55,14 @@ export const longProgram: ActivityOptions = {
   },
 };
 
-/** A one-shot step (etcd bootstrap, a restore): its guard makes a retry safe, but never loops. */
+/**
+ * A one-shot step (etcd bootstrap, a restore): its guard makes a retry safe, but never loops. It
+ * heartbeats: a call lost with its worker or its Temporal server (an activity task the server
+ * handed out as it died) is retried after the heartbeat timeout, not after start-to-close.
+ */
 export const oneShot: ActivityOptions = {
   startToCloseTimeout: '10 minutes',
+  heartbeatTimeout: '30 seconds',
   retry: {
     initialInterval: '5 seconds',
     backoffCoefficient: 2,

@@ -29,6 +29,8 @@ export interface SimPeer {
   summary: string;
   /** Environment the worker needs to reach this peer (endpoint overrides, address maps). */
   env: Record<string, string>;
+  /** The running peer itself (fakepve, the Talos stand-in), for harnesses that check the lab's state. */
+  handle?: unknown;
   stop(): Promise<void>;
 }
 

@@ -25,6 +25,7 @@ export const kubeSimPeer: PeerStarter = async (ctx) => {
       name: 'kubernetes',
       summary: `kube-apiserver on ${kube.server} (with etcd, Flux/VolSync/snapshot CRDs); kubeconfig ${JSON.stringify(ref)}`,
       env: { LABWRIGHT_SIM_KUBE_SERVER: kube.server, LABWRIGHT_SIM_KUBECONFIG: SIM_KUBECONFIG_STORE },
+      handle: kube,
       stop: () => kube.stop(),
     };
   } catch (err) {

@@ -316,6 +316,7 @@ export const proxmoxPeer: PeerStarter = async (ctx) => {
     name: 'proxmox',
     summary: `fakepve (Proxmox VE API) for ${hosts.map((h) => String(h.name)).join(', ')} on ${fake.url}`,
     env: {},
+    handle: fake,
     stop: () => fake.stop(),
   };
 };

@@ -117,6 +117,7 @@ export const talosPeer: PeerStarter = async (ctx) => {
         LABWRIGHT_TALOSCTL: standin.talosctl,
         LABWRIGHT_TALOS_ADDRESS_MAP: JSON.stringify(standin.addressMap),
       },
+      handle: standin,
       stop: async () => {
         await standin.stop();
         await ownKube?.stop();

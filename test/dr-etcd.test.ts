@@ -11,11 +11,14 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import proto from '@temporalio/proto';
 import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDrReportActivities } from '../activities/dr-reports.js';
 import { createTemporalActivities } from '../activities/temporal.js';
 import { approveRestore } from '../clients/approve-restore.js';
+import { freePort } from '../lib/processes.js';
+import { startDevServer, type DevServer } from '../sim/dev-server.js';
 import { drillEtcdName, type DrPlan, type DrReport } from '../common/dr-restore.js';
 import { standinSnapshotStatus, type StandinSnapshotStatus } from '../sim/talos-standin.js';
 import { SecretStore } from '../lib/secrets.js';
@@ -197,6 +200,63 @@ describe('drRestore of etcd through Talos recovery', () => {
     expect(await leftovers()).toEqual({ vm: null, scratchSecrets: [] });
     await expect.poll(() => lab.standin.scratchEtcd('drill-scratch')).toBeUndefined();
   });
+
+  it('a drill whose Temporal server is killed during the recovery (a one-shot step) loses seconds, not its 10-minute time limit', async () => {
+    const plan = uniqueName('etcd-outage');
+    // A dev server of its own on SQLite, so the restart keeps the run.
+    const dbFile = path.join(lab.dir, `${plan}.db`);
+    const port = await freePort();
+    const start = (): Promise<DevServer> =>
+      startDevServer({ dbFile, port, logFile: path.join(lab.dir, `temporal-${plan}-${Date.now()}.log`) });
+    let server = await start();
+    const recoveriesBefore = lab.standin.recoveries.length;
+    try {
+      await withWorker({ activities, address: server.address }, async ({ taskQueue }) => {
+        // The recovery reaches the scratch node (etcd starts there); its answer is held while Temporal is down.
+        const recovery = lab.standin.holdNextAnswer(
+          (c) => c.command === 'bootstrap' && c.code === 0 && c.argv.some((a) => a.startsWith('--recover-from')),
+        );
+        await (
+          await testClient(undefined, server.address)
+        ).workflow.start('drRestore', { taskQueue, workflowId: `dr-drill/${plan}`, args: [input(plan, 'drill')] });
+        await recovery.reached;
+        // The recovery answers while the server is down, for longer than the worker retries the
+        // completion: the completion is lost, only a timeout on the server's side retries the step.
+        await server.kill();
+        recovery.release();
+        await sleep(20_000);
+        server = await start();
+        const restartedAt = Date.now();
+
+        const handle = (await testClient(undefined, server.address)).workflow.getHandle(`dr-drill/${plan}`);
+        const report = (await handle.result()) as DrReport;
+        expect(report.ok).toBe(true);
+        // One recovery on the scratch node: the retry found it recovered.
+        expect(
+          lab.standin.recoveries
+            .slice(recoveriesBefore)
+            .filter((r) => r.outcome === 'recovered')
+            .map((r) => r.node),
+        ).toEqual(['drill-scratch']);
+        // The step ended within a minute of the restart, far inside its 10-minute start-to-close
+        // timeout: the one-shot profile's heartbeat timeout noticed the lost call.
+        const events = (await handle.fetchHistory()).events ?? [];
+        const scheduled = events.filter(
+          (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'talosRecoverEtcd',
+        );
+        expect(scheduled.length).toBeGreaterThan(0);
+        const completed = events.find(
+          (e) =>
+            e.eventType === proto.temporal.api.enums.v1.EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED &&
+            String(e.activityTaskCompletedEventAttributes?.scheduledEventId) === String(scheduled.at(-1)!.eventId),
+        )!;
+        expect(Number(completed.eventTime!.seconds) * 1000 - restartedAt).toBeLessThan(90_000);
+        expect(scheduled[0]!.activityTaskScheduledEventAttributes?.heartbeatTimeout?.seconds?.toString()).toBe('30');
+      });
+    } finally {
+      await server.stop();
+    }
+  }, 300_000);
 
   it('a drill whose recovered etcd does not start fails with the reason and still cleans up', async () => {
     // The snapshot rots between the check and the upload: talosctl still reads and uploads it,
