@@ -353,6 +353,12 @@ export function createTalosActivities(deps: TalosDeps) {
         if (s.stage === 'maintenance') return { mode: 'maintenance', ...s, detail: 'maintenance mode' };
         return { mode: 'configured', ...s, detail: `stage ${s.stage ?? 'unknown'} (insecure)` };
       }
+      if (/tls: certificate required/.test(r.stderr)) {
+        // Up and configured, but not by our talosconfig (none stored yet, or one of other
+        // secrets): the node answers; the secrets step makes the talosconfig that it trusts.
+        const why = details.filter(Boolean).join('; ') || 'no talosconfig stored';
+        return { mode: 'configured', detail: `configured, refuses our talosconfig: ${why}` };
+      }
       details.push(r.stderr.trim().split('\n')[0] ?? '');
       return { mode: 'unreachable', detail: details.filter(Boolean).join('; ') || 'no answer' };
     });
