@@ -96,7 +96,8 @@ describe('labwright --help', () => {
         expect(r.stdout).toContain(name === 'temporal' ? 'Usage:\n  temporal [command]' : `Usage: labwright ${name}`);
       });
     }
-  });
+    // One real start per command (~40), each loading every command's modules: minutes under load.
+  }, 300_000);
 });
 
 describe('labwright start', () => {
@@ -391,7 +392,7 @@ describe('labwright completion', () => {
       const { stdout } = await promisify(execFile)('bash', ['-c', `${script.stdout}\n${line}`]);
       return stdout.trim().split(' ');
     };
-    expect(await complete(['labwright', 'st'])).toEqual(['start', 'status']);
+    expect(await complete(['labwright', 'st'])).toEqual(['start', 'status', 'state']);
     expect(await complete(['labwright', 'burst', ''])).toEqual(expect.arrayContaining(['acquire', 'hold', 'shutdown']));
     expect(await complete(['labwright', 'start', 'talos'])).toEqual(['talosBootstrap']);
     expect(await complete(['labwright', 'watch', 'x', '--'])).toEqual(

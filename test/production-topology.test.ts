@@ -17,7 +17,13 @@ import type { TalosBootstrapResult } from '../common/talos.js';
 import { projectRoot } from '../lib/paths.js';
 import { ensureTool, freePort, spawnLogged, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
 import { execForm, instructions, readDockerfile } from './harness/dockerfile.js';
-import { bootstrapThroughOutage, labWorkerEnv, startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
+import {
+  bootstrapThroughOutage,
+  labWorkerEnv,
+  oneControlPlane,
+  startTalosLab,
+  type TalosLab,
+} from './harness/talos.js';
 import {
   runSetupStep,
   startPostgres,
@@ -142,10 +148,7 @@ describe('the production topology: temporal-server on PostgreSQL, the worker fro
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-prod-'));
     const labStart = startTalosLab({
       clusterName: CLUSTER,
-      cluster: (home: Draft) => {
-        home.controlPlane = [(home.controlPlane as Draft[])[0]];
-        home.workers = [];
-      },
+      cluster: oneControlPlane,
     });
     labStart.catch(() => undefined); // awaited below
     const settings = await temporalSettingsFile();

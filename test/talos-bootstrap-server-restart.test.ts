@@ -14,18 +14,17 @@ import type { TalosBootstrapResult } from '../common/talos.js';
 import { startDevServer, type DevServer } from '../sim/dev-server.js';
 import { freePort } from '../lib/processes.js';
 import { spawnTs } from './harness/processes.js';
-import { bootstrapThroughOutage, labWorkerEnv, startTalosLab, type Draft, type TalosLab } from './harness/talos.js';
+import {
+  bootstrapThroughOutage,
+  labWorkerEnv,
+  oneControlPlane,
+  startTalosLab,
+  type TalosLab,
+} from './harness/talos.js';
 import { NAMESPACE, testDataConverter } from './harness/temporal.js';
 
 const EventType = temporal.api.enums.v1.EventType;
 const CLUSTER = 'outage-lab';
-
-/** One control plane and no workers: the step under test is the bootstrap. */
-function oneControlPlane(home: Draft): void {
-  home.controlPlane = [(home.controlPlane as Draft[])[0]];
-  home.allowNoQuorumTolerance = true;
-  home.workers = [];
-}
 
 describe('talosBootstrap with its Temporal server killed and restarted during the etcd bootstrap', () => {
   let lab: TalosLab;

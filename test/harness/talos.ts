@@ -295,3 +295,10 @@ export async function bootstrapThroughOutage(
   bootstrap.release();
   return (await opts.connect()).workflow.getHandle(workflowId);
 }
+
+/** One control plane (no quorum tolerance, said so) and no workers: the step under test is the bootstrap. */
+export function oneControlPlane(home: Draft): void {
+  home.controlPlane = [(home.controlPlane as Draft[])[0]];
+  home.allowNoQuorumTolerance = true;
+  home.workers = [];
+}
