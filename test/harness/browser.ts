@@ -79,6 +79,12 @@ export async function launchChromium(): Promise<Browser> {
           const { data } = await cdp.send<{ data: string }>('Page.captureScreenshot', { format: 'png' }, sessionId);
           return Buffer.from(data, 'base64');
         };
+        // A new tab is about:blank, "complete", until the navigation commits: wait for the page itself.
+        const deadline = Date.now() + 30_000;
+        while (!(await evaluate<boolean>(`location.href !== 'about:blank' && document.readyState === 'complete'`))) {
+          if (Date.now() > deadline) throw new Error(`chromium did not load ${url} within 30 s`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
         return { evaluate, text: () => evaluate<string>('document.body ? document.body.innerText : ""'), screenshot };
       },
       close: async () => {
