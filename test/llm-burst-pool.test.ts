@@ -161,7 +161,7 @@ describe('the burst pool model', () => {
       name: 'p',
       region: 'us-east-1',
       instanceTypes: ['g5.xlarge'],
-      launchTemplate: { name: 't' },
+      launchTemplate: { name: 'gpu-worker' },
       prices: { 'g5.xlarge': { spot: 0.4 } },
     });
     expect(parsed.success).toBe(false);

@@ -31,7 +31,13 @@ beforeAll(async () => {
   lab = await startFakePveLab({ guests: [cloudImageSeed('vmdata')] });
   // The example inventory, its Proxmox hosts pointed at fakepve (tokens by secret-store reference).
   const inventory = parseYaml(await fs.readFile(path.join(projectRoot, 'hardware', 'lab.example.yaml'), 'utf8'));
-  inventory.proxmox.hosts = lab.inventory.proxmox.hosts;
+  // The example's storages and bridges stay declared: its nodes and templates name them.
+  const example = inventory.proxmox.hosts as Array<{ storages: unknown[]; bridges: unknown[] }>;
+  inventory.proxmox.hosts = lab.inventory.proxmox.hosts.map((h, i) => ({
+    ...h,
+    storages: [...h.storages, ...(example[i]?.storages ?? [])],
+    bridges: example[i]?.bridges ?? h.bridges,
+  }));
   const inventoryFile = path.join(lab.dir, 'inventory.json');
   await fs.writeFile(inventoryFile, JSON.stringify(inventory));
   workerEnv = {
