@@ -65,17 +65,19 @@ describe('the lab inventory', () => {
   });
 
   it('refuses a cluster endpoint that nothing serves: neither its VIP, a load balancer, nor the one control plane', async () => {
+    // Inventory text only: nothing here connects to these lab addresses.
+    const apiUrl = (host: string) => `https://${host}:6443`;
     const noVip = await withEdited((t) => t.replace('    apiEndpoint: { kind: vip, ip: 192.168.1.100 }\n', ''));
     expect((noVip as InventoryError).problems).toEqual([
       "clusters.home.endpoint: nothing answers at 192.168.1.100: declare what serves the endpoint, apiEndpoint: { kind: vip, ip: 192.168.1.100 } (a Talos VIP on the control planes' interface) or apiEndpoint: { kind: loadBalancer }",
     ]);
     const otherVip = await withEdited((t) => t.replace('ip: 192.168.1.100 }', 'ip: 192.168.1.99 }'));
     expect((otherVip as InventoryError).problems).toEqual([
-      "clusters.home.endpoint: the endpoint's host 192.168.1.100 is not the VIP 192.168.1.99 of apiEndpoint: use https://192.168.1.99:6443",
+      `clusters.home.endpoint: the endpoint's host 192.168.1.100 is not the VIP 192.168.1.99 of apiEndpoint: use ${apiUrl('192.168.1.99')}`,
     ]);
     const nodesVip = await withEdited((t) =>
       t
-        .replace('endpoint: https://192.168.1.100:6443', 'endpoint: https://192.168.1.101:6443')
+        .replace(`endpoint: ${apiUrl('192.168.1.100')}`, `endpoint: ${apiUrl('192.168.1.101')}`)
         .replace('ip: 192.168.1.100 }', 'ip: 192.168.1.101 }'),
     );
     expect((nodesVip as InventoryError).problems).toEqual([
@@ -83,7 +85,7 @@ describe('the lab inventory', () => {
     ]);
     const lb = await withEdited((t) =>
       t
-        .replace('endpoint: https://192.168.1.100:6443', 'endpoint: https://k8s.lab:6443')
+        .replace(`endpoint: ${apiUrl('192.168.1.100')}`, `endpoint: ${apiUrl('k8s.lab')}`)
         .replace('{ kind: vip, ip: 192.168.1.100 }', '{ kind: loadBalancer }'),
     );
     expect(lb).not.toBeInstanceOf(Error);

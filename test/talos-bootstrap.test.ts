@@ -189,7 +189,7 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
       expect(config.machine.network.interfaces).toEqual([
         expect.objectContaining({ deviceSelector: { hardwareAddr: mac }, vip: { ip: '192.168.1.100' } }),
       ]);
-      expect(config.cluster.controlPlane.endpoint).toBe('https://192.168.1.100:6443');
+      expect(config.cluster.controlPlane.endpoint).toBe(lab.inventory.clusters[cluster].endpoint);
     }
     const iot = parseYaml(await lab.secrets.resolve({ store: `talos/${cluster}/nodes/talos-iot-1.yaml` })) as Draft;
     expect(iot.machine.network.interfaces[0].vip).toBeUndefined();
