@@ -1,8 +1,6 @@
-import { execFile } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { PVE_VM_PRIVILEGES, renderCheck, type CheckReport } from '../clients/check.js';
 import { runLabwright } from '../clients/cli/program.js';
@@ -12,26 +10,13 @@ import { startSimulatedLab, type SimulatedLab } from '../sim/index.js';
 import { pveCaller, proxmoxPeer } from '../sim/proxmox.js';
 import { SecretStore } from '../lib/secrets.js';
 import { LAB_PCI_DEVICES } from './harness/talos.js';
+import { runTs, type RunResult } from './harness/processes.js';
 
 const example = path.join(projectRoot, 'hardware', 'lab.example.yaml');
 
 /** `labwright check ...` as an operator runs it, in its own process: its exit code and output. */
-async function labwrightCheck(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const tsx = path.join(projectRoot, 'node_modules', 'tsx', 'dist', 'cli.mjs');
-  try {
-    const { stdout, stderr } = await promisify(execFile)(
-      process.execPath,
-      [tsx, 'clients/labwright.ts', 'check', ...args],
-      { cwd: projectRoot, env: { ...process.env, ...env } },
-    );
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout: string; stderr: string };
-    return { code: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout, stderr: e.stderr };
-  }
+function labwrightCheck(args: string[], env: Record<string, string> = {}): Promise<RunResult> {
+  return runTs('clients/labwright.ts', ['check', ...args], env);
 }
 
 /** The same command line run in this process (the offline checks need no environment): faster. */

@@ -20,7 +20,7 @@ import { ensureTool } from '../lib/processes.js';
 import { projectRoot } from '../lib/paths.js';
 import { createDemoActivities } from './fixtures/demo-activities.js';
 import { testPool, useBurstLab } from './harness/ec2.js';
-import { TEST_CODEC_KEY_FILE, runTs } from './harness/processes.js';
+import { TEST_CODEC_KEY_FILE, runTs, tsArgv } from './harness/processes.js';
 import { temporalAddress, testClient, uniqueName, withWorker } from './harness/temporal.js';
 
 function labwright(args: string[], env: NodeJS.ProcessEnv = {}) {
@@ -34,12 +34,7 @@ function labwright(args: string[], env: NodeJS.ProcessEnv = {}) {
 /** `labwright` in the background, its output collected as it comes. */
 function spawnLabwright(
   args: string[],
-  [program, ...argv] = [
-    process.execPath,
-    path.join(projectRoot, 'node_modules', 'tsx', 'dist', 'cli.mjs'),
-    'clients/labwright.ts',
-    ...args,
-  ],
+  [program, ...argv] = [process.execPath, ...tsArgv('clients/labwright.ts', ...args)],
 ): { output: () => string; exited: Promise<number> } {
   const child = spawn(program!, argv, {
     cwd: projectRoot,
@@ -254,10 +249,10 @@ describe('labwright status, watch, list and cancel', () => {
     await withWorker({ activities: createDemoActivities() }, async ({ taskQueue }) => {
       const handle = await startHeldDemo(taskQueue, workflowId);
       // `script` gives the watch a pseudo-terminal, as a person's shell would.
-      const tsx = path.join(projectRoot, 'node_modules', 'tsx', 'dist', 'cli.mjs');
-      const command = [process.execPath, tsx, 'clients/labwright.ts', 'watch', workflowId, '--interval', '0.2'].join(
-        ' ',
-      );
+      const command = [
+        process.execPath,
+        ...tsArgv('clients/labwright.ts', 'watch', workflowId, '--interval', '0.2'),
+      ].join(' ');
       const watching = spawnLabwright([], ['script', '-qfec', command, '/dev/null']);
       await expect.poll(() => watching.output(), { timeout: 30_000 }).toContain('[ok] clone');
       await handle.signal('proceed');

@@ -7,7 +7,6 @@ import type { Command } from 'commander';
 import { findInventoryFile } from '../../lib/inventory-file.js';
 import { stateDir } from '../../lib/paths.js';
 import { SecretStore } from '../../lib/secrets.js';
-import { renderCheck, runCheck } from '../check.js';
 import { emit, withOutput, type Format } from './io.js';
 
 export function registerCheckCommand(program: Command): void {
@@ -21,6 +20,8 @@ export function registerCheckCommand(program: Command): void {
       .option('--live', 'also check the live lab: each API and what the inventory names in it', false),
   ).action(async (file: string | undefined, opts: { output: Format; live: boolean }) => {
     const env = process.env;
+    // The live checks' SDKs (EC2, Kubernetes) load only for `check`, not for every command.
+    const { renderCheck, runCheck } = await import('../check.js');
     const report = await runCheck(file ?? (await findInventoryFile(env)), {
       live: opts.live,
       deps: { secrets: new SecretStore(env.LABWRIGHT_SECRETS_DIR ?? path.join(stateDir, 'secrets')), env },

@@ -8,13 +8,6 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { stateDir } from '../../lib/paths.js';
 import { SecretStore } from '../../lib/secrets.js';
-import {
-  StateArchiveError,
-  exportSecretStore,
-  importSecretStore,
-  newIdentity,
-  parseIdentities,
-} from '../../lib/state-archive.js';
 import { CliError, emit, withOutput, type Format } from './io.js';
 
 function secretsDir(): string {
@@ -27,11 +20,15 @@ async function readText(file: string, what: string): Promise<string> {
   });
 }
 
-async function archiveErrors<T>(body: () => Promise<T>): Promise<T> {
+type StateArchive = typeof import('../../lib/state-archive.js');
+
+/** Runs body with the archive module, loaded only by the state commands (age is not small). */
+async function withArchive<T>(body: (archive: StateArchive) => Promise<T>): Promise<T> {
+  const archive = await import('../../lib/state-archive.js');
   try {
-    return await body();
+    return await body(archive);
   } catch (err) {
-    if (err instanceof StateArchiveError) throw new CliError(err.message);
+    if (err instanceof archive.StateArchiveError) throw new CliError(err.message);
     throw err;
   }
 }
@@ -60,7 +57,9 @@ export function registerStateCommands(program: Command): void {
       );
     }
     const dir = secretsDir();
-    const result = await archiveErrors(() => exportSecretStore(new SecretStore(dir), recipients, opts.out));
+    const result = await withArchive((archive) =>
+      archive.exportSecretStore(new SecretStore(dir), recipients, opts.out),
+    );
     emit(
       opts.output,
       { archive: path.resolve(opts.out), store: dir, ...result },
@@ -79,10 +78,12 @@ export function registerStateCommands(program: Command): void {
       .option('--overwrite', 'replace secrets the store holds with other values (default: refuse, import nothing)'),
   ).action(async (opts: { in: string; identityFile: string; overwrite?: boolean; output: Format }) => {
     const sealed = await readText(opts.in, 'archive');
-    const identities = parseIdentities(await readText(opts.identityFile, 'identity file'));
+    const identityFile = await readText(opts.identityFile, 'identity file');
     const dir = secretsDir();
-    const result = await archiveErrors(() =>
-      importSecretStore(new SecretStore(dir), sealed, identities, { overwrite: opts.overwrite }),
+    const result = await withArchive((archive) =>
+      archive.importSecretStore(new SecretStore(dir), sealed, archive.parseIdentities(identityFile), {
+        overwrite: opts.overwrite,
+      }),
     );
     emit(
       opts.output,
@@ -99,7 +100,7 @@ export function registerStateCommands(program: Command): void {
     .description('write a new age identity file (0600) and print its recipient, for `state export --recipient`')
     .requiredOption('--out <file>', 'the identity file to create (refused if it exists)')
     .action(async (opts: { out: string }) => {
-      const { file, recipient } = await newIdentity();
+      const { file, recipient } = await withArchive((archive) => archive.newIdentity());
       await fs.writeFile(opts.out, file, { mode: 0o600, flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
         throw new CliError(`cannot create ${opts.out}: ${err.code === 'EEXIST' ? 'it exists' : err.message}`);
       });
