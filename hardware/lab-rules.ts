@@ -47,6 +47,41 @@ export function labelValueProblem(value: string): string | undefined {
   return undefined;
 }
 
+/**
+ * The labels a kubelet may set on its own Node under the kubernetes.io and k8s.io namespaces
+ * (Kubernetes' NodeRestriction admission, `IsKubeletLabel`): Talos writes machine.nodeLabels with
+ * the node's kubelet identity, so the API server refuses any other label of those namespaces.
+ */
+const KUBELET_LABELS = new Set([
+  'kubernetes.io/hostname',
+  'kubernetes.io/arch',
+  'kubernetes.io/os',
+  'beta.kubernetes.io/arch',
+  'beta.kubernetes.io/os',
+  'beta.kubernetes.io/instance-type',
+  'node.kubernetes.io/instance-type',
+  'topology.kubernetes.io/region',
+  'topology.kubernetes.io/zone',
+  'failure-domain.beta.kubernetes.io/region',
+  'failure-domain.beta.kubernetes.io/zone',
+]);
+const KUBELET_LABEL_NAMESPACES = ['kubelet.kubernetes.io', 'node.kubernetes.io'];
+const inNamespace = (prefix: string, namespace: string): boolean =>
+  prefix === namespace || prefix.endsWith(`.${namespace}`);
+
+/** Why a node may not give itself the label `key` (NodeRestriction); undefined when it may. */
+export function kubeletLabelProblem(key: string): string | undefined {
+  const slash = key.lastIndexOf('/');
+  const prefix = slash < 0 ? '' : key.slice(0, slash);
+  if (!inNamespace(prefix, 'kubernetes.io') && !inNamespace(prefix, 'k8s.io')) return undefined;
+  if (KUBELET_LABELS.has(key) || KUBELET_LABEL_NAMESPACES.some((ns) => inNamespace(prefix, ns))) return undefined;
+  return (
+    "Talos sets machine.nodeLabels with the node's own kubelet identity, and Kubernetes' NodeRestriction admission refuses " +
+    `a node its own ${prefix} label: of the kubernetes.io and k8s.io namespaces a node may set only ${[...KUBELET_LABELS].join(', ')} ` +
+    'and labels under kubelet.kubernetes.io/ and node.kubernetes.io/; use a prefix of your own (for example labwright.dev/)'
+  );
+}
+
 /** Talos v1.N supports Kubernetes 1.(N+18) to 1.(N+23) (the Talos support matrix, from v1.6 on). */
 export function supportedKubernetes(talosVersion: string): { min: number; max: number } | undefined {
   const minor = Number(/^v1\.(\d+)\./.exec(talosVersion)?.[1]);
@@ -337,6 +372,8 @@ export function checkLabRules(inv: Inventory, ctx: z.RefinementCtx): void {
         if (why) problem([...path, 'labels', key], `not a Kubernetes label key: ${why}`);
         const bad = labelValueProblem(value);
         if (bad) problem([...path, 'labels', key], `not a Kubernetes label value: ${bad}`);
+        const refused = why ? undefined : kubeletLabelProblem(key);
+        if (refused) problem([...path, 'labels', key], refused);
       }
 
       if (node.gpu !== undefined) checkGpuNode(node, path);

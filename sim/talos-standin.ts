@@ -37,6 +37,7 @@
  * Every call is recorded, so tests can count bootstraps and AlreadyExists answers; an answer can be
  * held back after the node acted on it (`holdNextAnswer`), so a test can kill the caller in between.
  */
+import { kubeletLabelProblem } from '../hardware/lab-rules.js';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import https from 'node:https';
@@ -576,7 +577,10 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
       const first = n.config === undefined;
       n.config = text;
       n.role = role;
-      n.labels = doc.machine?.nodeLabels ?? {};
+      // Talos patches the Node with its kubelet identity: NodeRestriction refuses the whole patch
+      // when one label is outside what a node may set, so the node gets none of them.
+      const labels = doc.machine?.nodeLabels ?? {};
+      n.labels = Object.keys(labels).some((key) => kubeletLabelProblem(key)) ? {} : labels;
       n.hostname = (doc.machine as { network?: { hostname?: string } } | undefined)?.network?.hostname;
       n.nvidia = /(^|\n)\s*- name: nvidia\s*(\n|$)/.test(text);
       if (first) n.configuredAt = Date.now();

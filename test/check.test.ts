@@ -48,6 +48,7 @@ describe('labwright check, offline', () => {
       .replace('vlan: 80,', 'vlan: 82,') // a VLAN nobody declared
       .replace("mac: 'bc:24:11:00:02:03'", "mac: 'bd:24:11:00:02:03'") // a multicast MAC
       .replace('drills: { from: 8900, to: 8999 }', 'drills: { from: 9050, to: 9150 }') // overlaps the templates
+      .replace('labwright.dev/board: rpi5', 'node-role.kubernetes.io/edge: ""') // a label no node may give itself
       .replace(
         'storage: local-lvm,\n          bridge: vmbr0,\n        }\n      - {\n          kind: vm,\n          name: talos-cp-3',
         'storage: local,\n          bridge: vmbr0,\n        }\n      - {\n          kind: vm,\n          name: talos-cp-3',
@@ -63,10 +64,13 @@ describe('labwright check, offline', () => {
       '[!!] inventory: clusters.home.workers[1].gpu: GPU rtx-a5000 is already given to clusters.home.workers[0]: a GPU passes through to one VM',
       '[!!] inventory: clusters.home.workers[1].gpu: GPU rtx-a5000 is in PVE node pve1, not in pve2 where this VM runs: put the VM on pve1 or give it a GPU of pve2',
       '[!!] inventory: clusters.home.workers[2].vlan: VLAN 82 is not declared in proxmox.vlans: use one of 80, 81',
+      expect.stringMatching(
+        /^\[!!\] inventory: clusters\.home\.workers\[3\]\.labels\.node-role\.kubernetes\.io\/edge: .*NodeRestriction admission refuses a node its own node-role\.kubernetes\.io label.*use a prefix of your own/,
+      ),
     ]);
     const json = await labwrightCheckHere([broken, '-o', 'json']);
     expect(json.code).toBe(1);
-    expect((JSON.parse(json.stdout) as CheckReport).problems).toBe(6);
+    expect((JSON.parse(json.stdout) as CheckReport).problems).toBe(7);
   });
 });
 

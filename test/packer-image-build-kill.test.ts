@@ -68,11 +68,10 @@ async function twoWorkers(): Promise<void> {
   }
 }
 
-/** The worker running `pid` (Packer is a child of the worker's node process, itself tsx's child). */
+/** The worker running `pid` (Packer is a child of the worker's node process). */
 async function workerOf(pid: number): Promise<WorkerProcess> {
   const node = await parentOf(pid);
-  const tsx = await parentOf(node);
-  const w = workers.find((x) => x.child.pid === tsx);
+  const w = workers.find((x) => x.child.pid === node);
   if (!w) throw new Error(`packer ${pid} does not run under a test worker`);
   return w;
 }
@@ -86,18 +85,6 @@ function startWorker(): WorkerProcess {
   const w = startWorkerProcess(workerEnv);
   workers.push(w);
   return w;
-}
-
-/** The node process running workers/main.ts: tsx's child (tsx itself only relays signals). */
-async function workerNodePid(w: WorkerProcess): Promise<number> {
-  for (const pid of await fs.readdir('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-    const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-    if (ppid === w.child.pid && cmdline.includes('workers/main.ts')) return Number(pid);
-  }
-  throw new Error(`no node process running workers/main.ts under tsx (pid ${w.child.pid})`);
 }
 
 function alive(pid: number): boolean {
@@ -210,7 +197,7 @@ describe('packerImageBuild with its worker killed mid-build', () => {
     // Long enough that the orphaned Packer still runs when the retry comes.
     const { handle, packerPid } = await midBuild(image, 9110, 40);
     const first = await workerOf(packerPid);
-    process.kill(await workerNodePid(first), 'SIGKILL');
+    process.kill(first.child.pid!, 'SIGKILL');
     await first.exited;
     // Packer runs on without its worker (its own process group, its output in the build folder).
     expect(alive(packerPid)).toBe(true);
