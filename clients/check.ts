@@ -321,7 +321,7 @@ async function checkEc2(inv: Inventory, deps: LiveDeps): Promise<CheckItem[]> {
 }
 
 /** What the workflows do in a cluster, as SelfSubjectAccessReview attributes. */
-const KUBE_ACCESS = [
+export const KUBE_ACCESS = [
   { verb: 'patch', resource: 'nodes' },
   { verb: 'create', resource: 'jobs', group: 'batch', namespace: 'default' },
   { verb: 'create', resource: 'namespaces' },

@@ -2,10 +2,15 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { PVE_VM_PRIVILEGES, renderCheck, type CheckReport } from '../clients/check.js';
+import { KUBE_ACCESS, PVE_VM_PRIVILEGES, renderCheck, type CheckReport } from '../clients/check.js';
+import { talosStore } from '../common/talos.js';
 import { runLabwright } from '../clients/cli/program.js';
 import { projectRoot } from '../lib/paths.js';
 import { ec2SimPeer } from '../sim/ec2.js';
+import { kubeSimPeer } from '../sim/kube.js';
+import { credsFromKubeconfig, kubeRequest, type KubeHandle } from '../sim/kube-apiserver.js';
+import { signLeaf } from '../sim/pki.js';
+import { talosPeer } from '../sim/talos.js';
 import { startSimulatedLab, type SimulatedLab } from '../sim/index.js';
 import { pveCaller, proxmoxPeer } from '../sim/proxmox.js';
 import { SecretStore } from '../lib/secrets.js';
@@ -74,13 +79,51 @@ describe('labwright check, offline', () => {
   });
 });
 
+/** A kubeconfig for a user (a client certificate of the cluster's CA) bound to all of KUBE_ACCESS but Secrets. */
+async function kubeconfigWithoutSecrets(lab: SimulatedLab): Promise<string> {
+  const kube = lab.peers.find((p) => p.name === 'kubernetes')!.handle as KubeHandle;
+  const pkiDir = path.join(path.dirname(kube.kubeconfigPath), 'pki');
+  await signLeaf(pkiDir, 'ops', '/CN=labwright-ops', { client: true });
+  const rules = KUBE_ACCESS.filter((a) => a.resource !== 'secrets').map((a) => ({
+    apiGroups: [a.group ?? ''],
+    resources: [a.resource],
+    verbs: [a.verb],
+  }));
+  const admin = credsFromKubeconfig(kube.kubeconfigPath);
+  for (const [url, body] of [
+    [
+      '/apis/rbac.authorization.k8s.io/v1/clusterroles',
+      { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole', metadata: { name: 'labwright-ops' }, rules },
+    ],
+    [
+      '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings',
+      {
+        apiVersion: 'rbac.authorization.k8s.io/v1',
+        kind: 'ClusterRoleBinding',
+        metadata: { name: 'labwright-ops' },
+        roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'labwright-ops' },
+        subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'labwright-ops' }],
+      },
+    ],
+  ] as const) {
+    const r = await kubeRequest(admin, 'POST', url, body);
+    expect(r.status, r.body).toBe(201);
+  }
+  const config = JSON.parse(await fs.readFile(kube.kubeconfigPath, 'utf8')) as {
+    users: Array<{ user: Record<string, string> }>;
+  };
+  const b64 = async (file: string) => (await fs.readFile(path.join(pkiDir, file))).toString('base64');
+  config.users[0]!.user = { 'client-certificate-data': await b64('ops.crt'), 'client-key-data': await b64('ops.key') };
+  return JSON.stringify(config);
+}
+
 describe('labwright check --live on the simulated lab', () => {
   let lab: SimulatedLab;
   let dir: string;
 
   beforeAll(async () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'labwright-check-live-'));
-    lab = await startSimulatedLab(dir, [proxmoxPeer, ec2SimPeer]);
+    lab = await startSimulatedLab(dir, [proxmoxPeer, ec2SimPeer, kubeSimPeer, talosPeer]);
     const secrets = new SecretStore(lab.env.LABWRIGHT_SECRETS_DIR!);
     const pve1 = lab.inventory.proxmox.hosts[0]!;
     const pve = pveCaller(pve1.apiUrl, await secrets.resolve(pve1.token), await fs.readFile(pve1.caFile!));
@@ -113,6 +156,8 @@ describe('labwright check --live on the simulated lab', () => {
     ];
     await control({ op: 'grant', userid: 'labwright@pve!ops', path: '/', privs });
     await secrets.put('proxmox/pve2-token', `labwright@pve!ops=${secret}`);
+    // The cluster's kubeconfig: a user whose ClusterRole has all the workflows need but Secrets.
+    await secrets.put(talosStore.kubeconfig('home'), await kubeconfigWithoutSecrets(lab));
   }, 240_000);
 
   afterAll(async () => {
@@ -120,7 +165,7 @@ describe('labwright check --live on the simulated lab', () => {
     if (dir) await fs.rm(dir, { recursive: true, force: true });
   });
 
-  it('finds the GPU whose IOMMU group differs and the token without VM.Clone, and passes the rest of Proxmox and EC2', async () => {
+  it('finds the GPU whose IOMMU group differs, the token without VM.Clone and the kubeconfig without Secrets; passes the rest and hears the Talos node that is on', async () => {
     const r = await labwrightCheck([lab.inventoryFile, '--live', '-o', 'json'], lab.env);
     expect(r.code).toBe(1);
     const report = JSON.parse(r.stdout) as CheckReport;
@@ -146,6 +191,19 @@ describe('labwright check --live on the simulated lab', () => {
       ['g5-llm DescribeInstances', 'ok'],
       ['g5-llm RunInstances', 'ok'],
     ]);
+    // The cluster's kubeconfig works but its user may not create Secrets (Flux's): the access review says so.
+    expect(report.items.filter((i) => i.area === 'kubernetes')).toEqual([
+      { area: 'kubernetes', subject: 'home', status: 'problem', detail: 'denied: create secrets in flux-system' },
+    ]);
+    // The Pi (bare metal, on) answers in maintenance mode; the VMs do not exist yet, which is no problem.
+    const talos = report.items.filter((i) => i.area === 'talos');
+    expect(talos.find((i) => i.subject.startsWith('home/rpi5 '))).toMatchObject({
+      status: 'ok',
+      detail: 'Talos answers (maintenance)',
+    });
+    expect(talos.filter((i) => !i.subject.startsWith('home/rpi5 ')).map((i) => i.status)).toEqual(
+      Array(6).fill('skipped'),
+    );
     expect(
       report.items
         .filter((i) => i.area === 'proxmox' && /storage|bridge/.test(i.subject))
