@@ -32,10 +32,12 @@ const chosen = SCENARIOS.filter(
   (s) => !values.workflow || values.workflow.some((w) => s.name === w || s.workflow === w),
 );
 if (chosen.length === 0) throw new Error(`no workflow named ${values.workflow?.join(', ')}`);
-// gpuNodeJoin needs the cluster talosBootstrap makes.
-if (chosen.some((s) => s.workflow === 'gpuNodeJoin') && !chosen.some((s) => s.workflow === 'talosBootstrap')) {
-  chosen.unshift(SCENARIOS.find((s) => s.workflow === 'talosBootstrap')!);
-}
+// gpuNodeJoin needs the cluster talosBootstrap makes: without talosBootstrap's rows, one clean run of it first.
+const prerequisite =
+  chosen.some((s) => s.workflow === 'gpuNodeJoin') && !chosen.some((s) => s.workflow === 'talosBootstrap')
+    ? SCENARIOS.find((s) => s.workflow === 'talosBootstrap')
+    : undefined;
+if (prerequisite) chosen.unshift(prerequisite);
 const seed = seedFromEnv();
 console.log(
   `chaos: LABWRIGHT_CHAOS_SEED=${seed}` +
@@ -59,7 +61,8 @@ try {
   for (const scenario of chosen) {
     outcomes.push(
       ...(await runScenario(lab, scenario, {
-        slice: values.slice ? Number(values.slice) : undefined,
+        ...(scenario === prerequisite ? { cleanRuns: 1 } : {}),
+        slice: scenario === prerequisite ? 0 : values.slice ? Number(values.slice) : undefined,
         boundaries: values.boundaries ? Number(values.boundaries) : undefined,
         seed,
         log: (line) => console.log(line),
