@@ -7,11 +7,18 @@ import { nonRetryable } from './errors.js';
 
 type IssuePath = ReadonlyArray<PropertyKey>;
 
-/** Renders a zod path as `clusters.home.controlPlane[1].ip`. */
+/** A key that reads unambiguously after a dot: no dots, colons, slashes or spaces of its own. */
+const PLAIN_KEY = /^[A-Za-z_$][\w$-]*$/;
+
+/**
+ * Renders a zod path as `clusters.home.controlPlane[1].ip`; a key that is not plain is quoted,
+ * as in `labels["node-role.kubernetes.io/edge"]` or `prices["g5.xlarge"].spot`.
+ */
 export function formatPath(root: string, path: IssuePath): string {
   let out = root;
   for (const key of path) {
     if (typeof key === 'number') out += `[${key}]`;
+    else if (!PLAIN_KEY.test(String(key))) out += `[${JSON.stringify(String(key))}]`;
     else out += out === '' ? String(key) : `.${String(key)}`;
   }
   return out === '' ? '(root)' : out;

@@ -285,7 +285,7 @@ export const burstPoolSchema = z
           ctx.addIssue({
             code: 'custom',
             path: ['prices', type, market],
-            message: `no price for ${type} ${market}: set prices.${type}.${market} or hourlyPriceUsd`,
+            message: `no price for ${type} ${market}: set ${formatPath('prices', [type, market])} or hourlyPriceUsd`,
           });
         }
       }

@@ -70,7 +70,7 @@ describe('labwright check, offline', () => {
       '[!!] inventory: clusters.home.workers[1].gpu: GPU rtx-a5000 is in PVE node pve1, not in pve2 where this VM runs: put the VM on pve1 or give it a GPU of pve2',
       '[!!] inventory: clusters.home.workers[2].vlan: VLAN 82 is not declared in proxmox.vlans: use one of 80, 81',
       expect.stringMatching(
-        /^\[!!\] inventory: clusters\.home\.workers\[3\]\.labels\.node-role\.kubernetes\.io\/edge: .*NodeRestriction admission refuses a node its own node-role\.kubernetes\.io label.*use a prefix of your own/,
+        /^\[!!\] inventory: clusters\.home\.workers\[3\]\.labels\["node-role\.kubernetes\.io\/edge"\]: .*NodeRestriction admission refuses a node its own node-role\.kubernetes\.io label.*use a prefix of your own/,
       ),
     ]);
     const json = await labwrightCheckHere([broken, '-o', 'json']);

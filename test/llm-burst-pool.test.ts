@@ -168,7 +168,7 @@ describe('the burst pool model', () => {
     expect(parsed.error?.issues.map((i) => [i.path.join('.'), i.message])).toEqual([
       [
         'prices.g5.xlarge.on-demand',
-        'no price for g5.xlarge on-demand: set prices.g5.xlarge.on-demand or hourlyPriceUsd',
+        'no price for g5.xlarge on-demand: set prices["g5.xlarge"].on-demand or hourlyPriceUsd',
       ],
     ]);
   });

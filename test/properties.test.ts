@@ -124,13 +124,22 @@ function apply(base: Json, mutations: Mutation[]): Json {
   return doc;
 }
 
-/** `clusters.home.workers[3].gpu` → `clusters.*.workers[].gpu`: a field, not one entry of it. */
+/**
+ * `clusters.home.workers[3].gpu` → `clusters.*.workers[].gpu`, `prices["g5.xlarge"]` → `prices[*]`:
+ * a field, not one entry of it.
+ */
 function fieldOf(problemPath: string): string {
-  return problemPath.replace(/\[\d+\]/g, '[]').replace(/^clusters\.[^.]+/, 'clusters.*');
+  return problemPath
+    .replace(/\[\d+\]/g, '[]')
+    .replace(/\["(?:[^"\\]|\\.)*"\]/g, '[*]')
+    .replace(/^clusters(\.[^.[]+|\[\*\])/, 'clusters.*');
 }
 
-/** A problem line is `path: what is allowed`, with a path that is not the root. */
-const PROBLEM = /^([A-Za-z0-9_$[\].*/-]+(?:\.[^\s:]+)*): (.+)$/;
+/**
+ * A problem line is `path: what is allowed`, with a path that is not the root: plain keys after
+ * dots, indexes, and quoted keys (`["node-role.kubernetes.io/edge"]`), so the path ends unambiguously.
+ */
+const PROBLEM = /^((?:[A-Za-z_$][\w$-]*)(?:\.[A-Za-z_$][\w$-]*|\[\d+\]|\["(?:[^"\\]|\\.)*"\])*): (.+)$/;
 
 function tally(counts: Map<string, number>, key: string): void {
   counts.set(key, (counts.get(key) ?? 0) + 1);
