@@ -24,9 +24,18 @@ export function formatPath(root: string, path: IssuePath): string {
   return out === '' ? '(root)' : out;
 }
 
-/** One line per problem: `path: message`. */
+/**
+ * One line per problem: `path: message`. A key no schema knows is a problem of its own path (a
+ * typo'd `Name` at the top is `Name: ...`, not the root's).
+ */
 export function describeIssues(error: z.ZodError, root = ''): string[] {
-  return error.issues.map((issue) => `${formatPath(root, issue.path)}: ${issue.message}`);
+  return error.issues.flatMap((issue) =>
+    issue.code === 'unrecognized_keys'
+      ? issue.keys.map(
+          (key) => `${formatPath(root, [...issue.path, key])}: not a field here (names are case-sensitive); remove it`,
+        )
+      : [`${formatPath(root, issue.path)}: ${issue.message}`],
+  );
 }
 
 /**

@@ -51,6 +51,17 @@ describe('the lab inventory', () => {
     expect((err as Error).message).toContain('is not a valid inventory');
   });
 
+  it('names a key no schema knows by its own path, not the root', async () => {
+    const err = await withEdited(
+      (t) =>
+        `Proxmox: {}\n${t.replace('    idleTimeoutMinutes: 15\n', '    idleTimeoutMinutes: 15\n    idleTimeout: 15\n')}`,
+    );
+    expect((err as InventoryError).problems).toEqual([
+      'burstPools[0].idleTimeout: not a field here (names are case-sensitive); remove it',
+      'Proxmox: not a field here (names are case-sensitive); remove it',
+    ]);
+  });
+
   it('refuses a secret written as a value instead of a reference', async () => {
     const err = await withEdited((t) => t.replace('token: { env: PVE1_API_TOKEN }', 'token: { value: s3cret }'));
     expect((err as InventoryError).problems.join('\n')).toMatch(/^proxmox\.hosts\[0\]\.token/m);
