@@ -6,6 +6,7 @@
  *   npm run chaos -- --workflow packerImageBuild   one workflow's rows (repeatable; a row's name or its workflow)
  *   npm run chaos -- --slice 2                     2 cells per workflow, picked by LABWRIGHT_CHAOS_SEED (printed)
  *   npm run chaos -- --boundaries 3                kills at 3 boundaries per workflow, evenly spread
+ *   npm run chaos -- --fault re-run                only the cells of faults so named (repeatable)
  *   npm run chaos -- --json out.json               every run's outcome, for a closer look
  *
  * Exits 1 when a cell is not all correct, or leaked or duplicated something.
@@ -25,6 +26,7 @@ const { values } = parseArgs({
     workflow: { type: 'string', multiple: true },
     slice: { type: 'string' },
     boundaries: { type: 'string' },
+    fault: { type: 'string', multiple: true },
     json: { type: 'string' },
   },
 });
@@ -64,6 +66,7 @@ try {
         ...(scenario === prerequisite ? { cleanRuns: 1 } : {}),
         slice: scenario === prerequisite ? 0 : values.slice ? Number(values.slice) : undefined,
         boundaries: values.boundaries ? Number(values.boundaries) : undefined,
+        ...(values.fault && scenario !== prerequisite ? { faults: values.fault } : {}),
         seed,
         log: (line) => console.log(line),
       })),

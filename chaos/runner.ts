@@ -1,6 +1,6 @@
 /** Runs a workflow's rows of the matrix on a chaos lab, and prints the table. */
 import type { ChaosLab } from './lab.js';
-import { runCell, type Fault, type RunOutcome } from './matrix.js';
+import { faultLabel, runCell, type Fault, type RunOutcome } from './matrix.js';
 import { peerFaults } from './peer-faults.js';
 import { fullPlan, seeded, slicePlan } from './plan.js';
 import type { Scenario } from './scenarios.js';
@@ -23,6 +23,8 @@ export interface ScenarioOptions {
   cleanRuns?: number;
   /** Kills at this many activity boundaries, evenly spread (default: at every one). */
   boundaries?: number;
+  /** Only the cells whose fault is named by one of these (`re-run`, `server SIGKILL`, `PVE 5xx`). */
+  faults?: string[];
   log(line: string): void;
 }
 
@@ -43,7 +45,8 @@ export async function runScenario(lab: ChaosLab, scenario: Scenario, opts: Scena
   const peers = (await peerFaults(lab)).filter((p) => scenario.systems.includes(p.system));
   const all = fullPlan(cleanRun.activities, peers, opts.boundaries, scenario.rerun);
   const random = seeded(opts.seed + [...scenario.name].reduce((h, c) => h * 31 + c.charCodeAt(0), 0));
-  const plan = opts.slice === undefined ? all : slicePlan(all, opts.slice, random);
+  const named = opts.faults ? all.filter((f) => opts.faults!.some((name) => faultLabel(f).includes(name))) : all;
+  const plan = opts.slice === undefined ? named : slicePlan(named, opts.slice, random);
   for (const fault of plan) await cell(fault, clean);
   return outcomes;
 }

@@ -63,12 +63,21 @@ export async function labState(lab: ChaosLab): Promise<LabState> {
   }
   for (const r of lab.ec2.spotRequests()) if (r.state !== 'cancelled') add(`ec2 spot request ${r.state}`);
 
+  // A deleted namespace stays Terminating here (no namespace controller runs), and so does what
+  // it holds: the run deleted them, and a real cluster's controllers finish the job.
+  const terminating = new Set<string>();
   for (const [kind, collection] of KUBE_COLLECTIONS) {
     const res = await kubeRequest(lab.kube, 'GET', collection);
     if (res.status === 404) continue; // a CRD the cluster lacks
     if (res.status !== 200) throw new Error(`GET ${collection}: ${res.status} ${res.body.slice(0, 200)}`);
-    const items = res.json<{ items: Array<{ metadata: { name: string; namespace?: string } }> }>().items;
-    for (const o of items) add(`k8s ${kind} ${normalize(`${o.metadata.namespace ?? ''}/${o.metadata.name}`)}`);
+    const items = res.json<{
+      items: Array<{ metadata: { name: string; namespace?: string; deletionTimestamp?: string } }>;
+    }>().items;
+    for (const { metadata: m } of items) {
+      if (kind === 'namespace' && m.deletionTimestamp) terminating.add(m.name);
+      if (m.deletionTimestamp || (m.namespace && terminating.has(m.namespace))) continue;
+      add(`k8s ${kind} ${normalize(`${m.namespace ?? ''}/${m.name}`)}`);
+    }
   }
 
   const secretsDir = lab.sim.env.LABWRIGHT_SECRETS_DIR!;
