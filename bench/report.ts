@@ -121,7 +121,10 @@ export async function publish(name: string, title: string, rows: Row[], notes: s
   await writeSection(name, title, commandLine(), rows, notes);
 }
 
-/** Runs a bench's main, then its clean-ups (peers, files) whatever happened; a failure exits 1. */
+/**
+ * Runs a bench's main, then its clean-ups (peers, files) whatever happened, then exits (1 on a
+ * failure): a client's idle connection must not keep a finished bench alive.
+ */
 export function runBench(main: () => Promise<void>, cleanups: Array<() => Promise<unknown>>): void {
   main()
     .catch((err: unknown) => {
@@ -130,5 +133,6 @@ export function runBench(main: () => Promise<void>, cleanups: Array<() => Promis
     })
     .finally(async () => {
       for (const c of cleanups) await c().catch(() => undefined);
+      process.exit();
     });
 }
