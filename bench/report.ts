@@ -123,16 +123,26 @@ export async function publish(name: string, title: string, rows: Row[], notes: s
 
 /**
  * Runs a bench's main, then its clean-ups (peers, files) whatever happened, then exits (1 on a
- * failure): a client's idle connection must not keep a finished bench alive.
+ * failure): a client's idle connection must not keep a finished bench alive. Ctrl-C or SIGTERM
+ * cleans up too, so an interrupted bench leaves no worker, server or moto behind.
  */
 export function runBench(main: () => Promise<void>, cleanups: Array<() => Promise<unknown>>): void {
+  let cleaning: Promise<void> | undefined;
+  const cleanUpAndExit = (code?: number): Promise<void> =>
+    (cleaning ??= (async () => {
+      for (const c of cleanups) await c().catch(() => undefined);
+      process.exit(code);
+    })());
+  for (const [signal, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const) {
+    process.once(signal, () => void cleanUpAndExit(code));
+  }
   main()
     .catch((err: unknown) => {
       console.error(err);
       process.exitCode = 1;
     })
-    .finally(async () => {
-      for (const c of cleanups) await c().catch(() => undefined);
-      process.exit();
-    });
+    .finally(() => cleanUpAndExit());
 }
