@@ -37,7 +37,6 @@
  * Every call is recorded, so tests can count bootstraps and AlreadyExists answers; an answer can be
  * held back after the node acted on it (`holdNextAnswer`), so a test can kill the caller in between.
  */
-import { kubeletLabelProblem } from '../hardware/lab-rules.js';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import https from 'node:https';
@@ -46,6 +45,7 @@ import path from 'node:path';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { BatchV1Api } from '@kubernetes/client-node';
 import { SMOKE_NODE_LABEL } from '../common/gpu-node-join.js';
+import { kubeletLabelProblem } from '../hardware/lab-rules.js';
 import { completeJob, kubeConfigFor, markNodeReady } from './kube-controllers.js';
 import { projectRoot } from '../lib/paths.js';
 
