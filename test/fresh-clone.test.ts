@@ -54,7 +54,8 @@ describe('a fresh clone', () => {
       // Its state is its own.
       await fs.access(path.join(clone, '.labwright', 'temporal.db'));
     } finally {
-      process.kill(child.child.pid!, 'SIGTERM');
+      // Not when it has exited already: ESRCH here would hide why the lines above failed.
+      if (child.child.exitCode === null && child.child.signalCode === null) process.kill(child.child.pid!, 'SIGTERM');
     }
     expect(await child.exited).toEqual({ code: 0, signal: null });
   }, 300_000);
