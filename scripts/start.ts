@@ -29,12 +29,18 @@ async function main(): Promise<void> {
   const uiPort = Number(env.LABWRIGHT_UI_PORT ?? 8233);
   // The UI decodes payloads through the codec server, so it shows inputs, results and details in clear.
   const codec = (await codecFromEnv(env)).codec;
+  const codecPort = Number(env.LABWRIGHT_CODEC_SERVER_PORT ?? DEFAULT_CODEC_PORT);
   const codecServer = codec
     ? await startCodecServer({
         codec,
         namespace: env.TEMPORAL_NAMESPACE ?? 'default',
-        port: Number(env.LABWRIGHT_CODEC_SERVER_PORT ?? DEFAULT_CODEC_PORT),
+        port: codecPort,
         allowedOrigins: [`http://127.0.0.1:${uiPort}`, `http://localhost:${uiPort}`],
+      }).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EADDRINUSE') throw err;
+        throw new Error(
+          `port ${codecPort} (the codec server) is in use, by another labwright start perhaps; stop it or set LABWRIGHT_CODEC_SERVER_PORT`,
+        );
       })
     : undefined;
   if (codecServer) cleanups.push(() => codecServer.close());

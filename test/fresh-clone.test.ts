@@ -10,8 +10,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { projectRoot } from '../lib/paths.js';
-import { ensureTool, freePort } from '../lib/processes.js';
-import { npmStart, untilWorkerStarted } from './harness/processes.js';
+import { ensureTool } from '../lib/processes.js';
+import { npmStart, startPorts, untilWorkerStarted } from './harness/processes.js';
 
 const run = promisify(execFile);
 let parent: string;
@@ -32,7 +32,6 @@ afterAll(async () => {
 describe('a fresh clone', () => {
   it('has nothing beside it, and `npm start` there answers', async () => {
     expect(await fs.readdir(parent)).toEqual(['labwright']);
-    const port = await freePort();
     const env: NodeJS.ProcessEnv = {
       TEMPORAL_ADDRESS: '',
       LABWRIGHT_INVENTORY: '',
@@ -41,15 +40,19 @@ describe('a fresh clone', () => {
       // Unset: the clone's own .labwright/ and the pinned CRDs, nothing pointing elsewhere.
       LABWRIGHT_STATE_DIR: undefined,
       LABWRIGHT_CRDS_DIR: undefined,
-      LABWRIGHT_DEV_PORT: String(port),
-      LABWRIGHT_UI_PORT: String(await freePort()),
-      LABWRIGHT_METRICS_ADDRESS: `127.0.0.1:${await freePort()}`,
+      // Every port its own: the codec server's default (8234) met another run's once, and npm start exited.
+      ...(await startPorts()),
     };
     const child = npmStart(clone, env);
     try {
       await untilWorkerStarted(child);
       expect(child.output()).toContain('(with etcd, Flux/VolSync/snapshot CRDs)');
-      const list = await run(ensureTool('ensure-temporal.sh'), ['workflow', 'list', '--address', `127.0.0.1:${port}`]);
+      const list = await run(ensureTool('ensure-temporal.sh'), [
+        'workflow',
+        'list',
+        '--address',
+        `127.0.0.1:${env.LABWRIGHT_DEV_PORT}`,
+      ]);
       expect(list.stderr).toBe('');
       // Its state is its own.
       await fs.access(path.join(clone, '.labwright', 'temporal.db'));

@@ -5,6 +5,7 @@
 // server of the previous start).
 import { execFile } from 'node:child_process';
 import { promises as fs, readFileSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -12,12 +13,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { workflowIdFor } from '../clients/start.js';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import { projectRoot } from '../lib/paths.js';
-import { ensureTool, freePort, portIsFree } from '../lib/processes.js';
+import { ensureTool, portIsFree } from '../lib/processes.js';
 import { connectClient, temporalSettings } from '../lib/temporal.js';
 import {
   listeningPorts,
   npmStart,
   processTree,
+  startPorts,
   stillRunning,
   untilWorkerStarted,
   type NpmStart,
@@ -34,10 +36,7 @@ beforeAll(async () => {
     LABWRIGHT_CODEC_KEY: '',
     LABWRIGHT_CODEC_KEY_FILE: '',
     LABWRIGHT_STATE_DIR: stateDir,
-    LABWRIGHT_DEV_PORT: String(await freePort()),
-    LABWRIGHT_UI_PORT: String(await freePort()),
-    LABWRIGHT_CODEC_SERVER_PORT: String(await freePort()),
-    LABWRIGHT_METRICS_ADDRESS: `127.0.0.1:${await freePort()}`,
+    ...(await startPorts()),
   };
 });
 afterAll(async () => {
@@ -144,6 +143,21 @@ describe('npm start', () => {
     // The reaper ends every group: SIGTERM, SIGKILL 5 s later for what is left.
     await expectNothingLeft(run, 20_000);
   }, 600_000);
+
+  it('with its codec port taken (another labwright start), says which port and which variable moves it, exit 1', async () => {
+    const taken = net.createServer();
+    await new Promise<void>((resolve) => taken.listen(Number(env.LABWRIGHT_CODEC_SERVER_PORT), '127.0.0.1', resolve));
+    try {
+      const run = npmStart(projectRoot, env);
+      expect(await run.exited).toEqual({ code: 1, signal: null });
+      expect(run.output()).toContain(
+        `labwright start failed: port ${env.LABWRIGHT_CODEC_SERVER_PORT} (the codec server) is in use, by another labwright start perhaps; stop it or set LABWRIGHT_CODEC_SERVER_PORT`,
+      );
+      expect(await portIsFree(Number(env.LABWRIGHT_DEV_PORT))).toBe(true);
+    } finally {
+      await new Promise((resolve) => taken.close(resolve));
+    }
+  }, 120_000);
 });
 
 function isStartTs(pid: number): boolean {

@@ -4,6 +4,7 @@ import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { projectRoot } from '../../lib/paths.js';
+import { freePort } from '../../lib/processes.js';
 
 /**
  * Node's arguments to run a TypeScript entry point in one process (tsx as a loader). The tsx CLI
@@ -131,6 +132,19 @@ export interface NpmStart {
  * `npm start` in `cwd`, as a user runs it from a terminal: the leader of a process group of its
  * own (the terminal's foreground group), so `process.kill(-child.pid, 'SIGINT')` is Ctrl-C.
  */
+/**
+ * A free port for every port `npm start` binds (scripts/start.ts), so that two starts, two test
+ * files or two CI runs on one machine never meet on a default (7233, 8233, 8234, 9464).
+ */
+export async function startPorts(): Promise<NodeJS.ProcessEnv> {
+  return {
+    LABWRIGHT_DEV_PORT: String(await freePort()),
+    LABWRIGHT_UI_PORT: String(await freePort()),
+    LABWRIGHT_CODEC_SERVER_PORT: String(await freePort()),
+    LABWRIGHT_METRICS_ADDRESS: `127.0.0.1:${await freePort()}`,
+  };
+}
+
 export function npmStart(cwd: string, env: NodeJS.ProcessEnv): NpmStart {
   const child = spawn('npm', ['start'], {
     cwd,
