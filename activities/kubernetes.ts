@@ -9,17 +9,7 @@
  * need; the rest of the Kubernetes activities extend this factory.)
  */
 import { Context } from '@temporalio/activity';
-import {
-  ApiException,
-  BatchV1Api,
-  CoreV1Api,
-  KubeConfig,
-  PatchStrategy,
-  setHeaderOptions,
-  VersionApi,
-  type V1Job,
-  type V1Node,
-} from '@kubernetes/client-node';
+import type { ApiException, V1Job, V1Node, V1Pod } from '@kubernetes/client-node';
 import { classifyUnknown, failureForHttpStatus, nonRetryable, retryable } from '../common/errors.js';
 import {
   FLUX_NAME,
@@ -31,19 +21,12 @@ import {
 } from '../common/flux-bootstrap.js';
 import type { SecretRef } from '../common/secret-ref.js';
 import type { SecretStore } from '../lib/secrets.js';
+import type { DynamicApi, KubeClients, KubeObject } from '../clients/kube-api.js';
 // Issue 5: generic objects (server-side apply, condition waits, get/delete), node maintenance, Secrets from references.
-import {
-  HttpMethod,
-  KubernetesObjectApi,
-  type KubernetesObject,
-  type ResponseContext,
-  type V1Pod,
-} from '@kubernetes/client-node';
 import { parseAllDocuments } from 'yaml';
 // Issue 7: applying a manifest file read on the worker; scaling a PVC's workloads for an in-place restore.
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { AppsV1Api } from '@kubernetes/client-node';
 import { ApplicationFailure } from '@temporalio/common';
 
 export interface KubernetesDeps {
@@ -58,7 +41,6 @@ export interface NodeTaint {
   effect: string;
 }
 
-const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function activityContext(): Context | undefined {
@@ -69,9 +51,21 @@ function activityContext(): Context | undefined {
   }
 }
 
+let kubeApi: Promise<typeof import('../clients/kube-api.js')> | undefined;
+/** clients/kube-api.ts, imported once, when the first Kubernetes activity runs. */
+const loadKubeApi = (): Promise<typeof import('../clients/kube-api.js')> =>
+  (kubeApi ??= import('../clients/kube-api.js'));
+
+/** client-node's ApiException (an HTTP answer), known by its shape so that the check needs no import of the library. */
+function isApiException(err: unknown): err is ApiException<unknown> {
+  return (
+    err instanceof Error && typeof (err as { code?: unknown }).code === 'number' && 'body' in err && 'headers' in err
+  );
+}
+
 /** Classifies what a client-node call threw: the API's status, or a connection problem. */
 export function classifyKubeError(err: unknown, what: string): Error {
-  if (err instanceof ApiException) {
+  if (isApiException(err)) {
     const body = typeof err.body === 'string' ? err.body : JSON.stringify(err.body);
     let message = body;
     try {
@@ -98,13 +92,7 @@ function isReady(node: V1Node): boolean {
 
 // ------------------------------------------------------------------ generic objects (issue 5)
 
-/** One object of a manifest, as YAML gives it. */
-export interface KubeObject {
-  apiVersion: string;
-  kind: string;
-  metadata: { name: string; namespace?: string } & Record<string, unknown>;
-  [field: string]: unknown;
-}
+export type { KubeObject };
 
 /** Names one object of any kind. `namespace` defaults to the kubeconfig context's (else `default`) for namespaced kinds. */
 export interface ObjectRef {
@@ -141,64 +129,27 @@ export interface NodeSummary {
   allocatable: Record<string, string>;
 }
 
-/**
- * KubernetesObjectApi with plain-JSON answers and a true server-side apply. The stock patch()
- * serializes the body through client-node's typed models, which drop the fields they don't
- * know: a typo in a built-in kind would vanish instead of being rejected. apply() sends the
- * manifest as written (PATCH application/apply-patch+yaml, fieldValidation=Strict).
- */
-class DynamicApi extends KubernetesObjectApi {
-  static forConfig(kc: KubeConfig): DynamicApi {
-    const api = kc.makeApiClient(DynamicApi);
-    api.setDefaultNamespace(kc);
-    return api;
+/** Whether apiVersion/kind is served and namespaced; NotFoundError names what is missing. */
+async function scopeOf(
+  api: DynamicApi,
+  apiVersion: string,
+  kind: string,
+  what: string,
+): Promise<{ namespaced: boolean }> {
+  let resource;
+  try {
+    resource = await api.served(apiVersion, kind);
+  } catch (err) {
+    if (isApiException(err) && err.code === 404) resource = undefined;
+    else throw classifyKubeError(err, what);
   }
-
-  protected override async processResponse<T extends KubernetesObject>(response: ResponseContext): Promise<T> {
-    const text = await response.body.text();
-    let body: unknown = text;
-    try {
-      body = text ? JSON.parse(text) : {};
-    } catch {
-      // not JSON: keep the text
-    }
-    if (response.httpStatusCode >= 200 && response.httpStatusCode <= 299) return body as T;
-    throw new ApiException(response.httpStatusCode, 'Unsuccessful HTTP Request', body, response.headers);
+  if (!resource) {
+    throw nonRetryable(
+      'notFound',
+      `${what}: the cluster serves no ${kind} in ${apiVersion} (a typo, or its CRD is not installed or not Established yet)`,
+    );
   }
-
-  /** Whether apiVersion/kind is served and namespaced; NotFoundError names what is missing. */
-  async scopeOf(apiVersion: string, kind: string, what: string): Promise<{ namespaced: boolean }> {
-    let resource;
-    try {
-      resource = await this.resource(apiVersion, kind);
-    } catch (err) {
-      if (err instanceof ApiException && err.code === 404) resource = undefined;
-      else throw classifyKubeError(err, what);
-    }
-    if (!resource) {
-      throw nonRetryable(
-        'notFound',
-        `${what}: the cluster serves no ${kind} in ${apiVersion} (a typo, or its CRD is not installed or not Established yet)`,
-      );
-    }
-    return { namespaced: resource.namespaced };
-  }
-
-  get fallbackNamespace(): string {
-    return this.defaultNamespace;
-  }
-
-  async apply(obj: KubeObject, fieldManager: string, force: boolean): Promise<KubeObject> {
-    const uri = await this.specUriPath(obj, 'patch');
-    const request = this.configuration.baseServer.makeRequestContext(uri, HttpMethod.PATCH);
-    request.setHeaderParam('Accept', 'application/json');
-    request.setHeaderParam('Content-Type', PatchStrategy.ServerSideApply);
-    request.setQueryParam('fieldManager', fieldManager);
-    request.setQueryParam('fieldValidation', 'Strict');
-    if (force) request.setQueryParam('force', 'true');
-    request.setBody(JSON.stringify(obj));
-    return this.requestPromise<KubeObject>(request);
-  }
+  return { namespaced: resource.namespaced };
 }
 
 /** `Kustomization flux-system/apps`, `Node gpu-1`. */
@@ -237,7 +188,7 @@ export interface FieldConflict {
  * invalid input with the server's words, which name the field; the rest as any API call.
  */
 export function classifyApplyError(err: unknown, what: string, fieldManager: string, appliedBefore: number): Error {
-  if (!(err instanceof ApiException)) return classifyKubeError(err, what);
+  if (!isApiException(err)) return classifyKubeError(err, what);
   const { message, causes } = statusBody(err);
   const earlier = appliedBefore > 0 ? ` (the ${appliedBefore} object(s) before it in the manifests were applied)` : '';
   if (err.code === 409) {
@@ -348,10 +299,11 @@ const podName = (p: V1Pod): string => `${p.metadata?.namespace ?? ''}/${p.metada
 export function createKubernetesActivities(deps: KubernetesDeps) {
   const pollMs = deps.pollMs ?? 2000;
 
-  async function config(ref: SecretRef): Promise<KubeConfig> {
-    const kc = new KubeConfig();
+  /** The API clients of a kubeconfig reference (client-node loaded on the first call). */
+  async function kube(ref: SecretRef): Promise<KubeClients> {
+    const { kubeClients } = await loadKubeApi();
     try {
-      kc.loadFromString(await deps.secrets.resolve(ref));
+      return kubeClients(await deps.secrets.resolve(ref));
     } catch (err) {
       if (err instanceof Error && 'type' in err) throw err;
       throw nonRetryable(
@@ -359,7 +311,6 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         `the kubeconfig ${JSON.stringify(ref)} cannot be read: ${(err as Error).message}`,
       );
     }
-    return kc;
   }
 
   /** Server-side applies one object that was `before` (undefined: absent) and says what that did. */
@@ -393,14 +344,14 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         metadata: { name: ref.name, namespace: ref.namespace },
       })) as KubeObject;
     } catch (err) {
-      if (err instanceof ApiException && err.code === 404) return undefined;
+      if (isApiException(err) && err.code === 404) return undefined;
       throw classifyKubeError(err, what);
     }
   }
 
   /** Checks the kind is served and fills in the namespace of a namespaced kind (context default), drops it for cluster-scoped ones. */
   async function resolveRef(api: DynamicApi, ref: ObjectRef, verb: string): Promise<ObjectRef> {
-    const { namespaced } = await api.scopeOf(ref.apiVersion, ref.kind, `${verb} ${describeObject(ref)}`);
+    const { namespaced } = await scopeOf(api, ref.apiVersion, ref.kind, `${verb} ${describeObject(ref)}`);
     return {
       apiVersion: ref.apiVersion,
       kind: ref.kind,
@@ -443,21 +394,20 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
      * instead of waiting on a cluster this one cannot reach. Any other HTTP answer is reachable.
      */
     async k8sProbe(args: { kubeconfig: SecretRef }): Promise<{ reachable: boolean; reason?: string }> {
-      const kc = await config(args.kubeconfig);
-      const server = kc.getCurrentCluster()?.server ?? '(no server)';
+      const k = await kube(args.kubeconfig);
+      const server = k.config.getCurrentCluster()?.server ?? '(no server)';
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error('no answer in 10 s')), 10_000);
       });
       try {
-        await Promise.race([kc.makeApiClient(VersionApi).getCode(), timeout]);
+        await Promise.race([k.version.getCode(), timeout]);
         return { reachable: true };
       } catch (err) {
-        if (err instanceof ApiException && err.code !== 401 && err.code !== 403) return { reachable: true };
+        if (isApiException(err) && err.code !== 401 && err.code !== 403) return { reachable: true };
         // The fetch error's code (ECONNREFUSED, DEPTH_ZERO_SELF_SIGNED_CERT, ...), or its cause's.
         const e = err as { code?: string; cause?: { code?: string } };
-        const why =
-          err instanceof ApiException ? `HTTP ${err.code}` : (e.code ?? e.cause?.code ?? (err as Error).message);
+        const why = isApiException(err) ? `HTTP ${err.code}` : (e.code ?? e.cause?.code ?? (err as Error).message);
         return { reachable: false, reason: `does not reach ${server} (${why})` };
       } finally {
         clearTimeout(timer);
@@ -470,7 +420,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       nodes: string[];
       timeoutSeconds: number;
     }): Promise<string[]> {
-      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const core = (await kube(args.kubeconfig)).core;
       return poll(`nodes ${args.nodes.join(', ')} Ready`, args.timeoutSeconds, async () => {
         const list = await core.listNode();
         const ready = new Set(list.items.filter(isReady).map((n) => n.metadata?.name ?? ''));
@@ -480,12 +430,12 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
 
     /** Whether a Node exists and is Ready (no wait). */
     async k8sGetNode(args: { kubeconfig: SecretRef; node: string }): Promise<{ exists: boolean; ready: boolean }> {
-      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const core = (await kube(args.kubeconfig)).core;
       try {
         const node = await core.readNode({ name: args.node });
         return { exists: true, ready: isReady(node) };
       } catch (err) {
-        if (err instanceof ApiException && err.code === 404) return { exists: false, ready: false };
+        if (isApiException(err) && err.code === 404) return { exists: false, ready: false };
         throw classifyKubeError(err, `read Node ${args.node}`);
       }
     },
@@ -500,7 +450,8 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       labels: Record<string, string>;
       taints: NodeTaint[];
     }): Promise<{ changed: boolean }> {
-      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const k = await kube(args.kubeconfig);
+      const core = k.core;
       const what = `label and taint Node ${args.node}`;
       // The patch carries the resourceVersion it was computed from (the taint list is replaced
       // whole); a 409 means the kubelet or someone else wrote in between: read again and redo.
@@ -531,11 +482,11 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
                 ...(taintsChanged ? { spec: { taints } } : {}),
               },
             },
-            mergePatch,
+            k.mergePatch,
           );
           return { changed: true };
         } catch (err) {
-          if (err instanceof ApiException && err.code === 409 && attempt < 5) continue;
+          if (isApiException(err) && err.code === 409 && attempt < 5) continue;
           throw classifyKubeError(err, what);
         }
       }
@@ -549,7 +500,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       atLeast: number;
       timeoutSeconds: number;
     }): Promise<number> {
-      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const core = (await kube(args.kubeconfig)).core;
       return poll(`${args.resource} allocatable on Node ${args.node}`, args.timeoutSeconds, async () => {
         const node = await core.readNode({ name: args.node });
         const have = Number(node.status?.allocatable?.[args.resource] ?? 0);
@@ -573,7 +524,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       deadlineAt: number;
       returnAt?: number;
     }): Promise<{ synced: boolean; latestImage?: { kind?: string; name?: string }; lastSyncTime?: string }> {
-      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const api = (await kube(args.kubeconfig)).dynamic;
       const ref = {
         apiVersion: 'volsync.backube/v1alpha1',
         kind: 'ReplicationDestination',
@@ -631,7 +582,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       returnAt: number;
       pollMs?: number;
     }): Promise<FluxSyncState> {
-      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const api = (await kube(args.kubeconfig)).dynamic;
       const ctx = activityContext();
       const read = (apiVersion: string, kind: string) =>
         readObject(
@@ -664,14 +615,14 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
 
     /** Creates a Job; one that exists with the same name is kept (returned as existing). */
     async k8sCreateJob(args: { kubeconfig: SecretRef; job: V1Job }): Promise<{ created: boolean }> {
-      const batch = (await config(args.kubeconfig)).makeApiClient(BatchV1Api);
+      const batch = (await kube(args.kubeconfig)).batch;
       const namespace = args.job.metadata?.namespace ?? 'default';
       const name = args.job.metadata?.name ?? '';
       try {
         await batch.createNamespacedJob({ namespace, body: args.job });
         return { created: true };
       } catch (err) {
-        if (err instanceof ApiException && err.code === 409) return { created: false };
+        if (isApiException(err) && err.code === 409) return { created: false };
         throw classifyKubeError(err, `create Job ${namespace}/${name}`);
       }
     },
@@ -683,7 +634,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       name: string;
       timeoutSeconds: number;
     }): Promise<{ succeeded: number }> {
-      const batch = (await config(args.kubeconfig)).makeApiClient(BatchV1Api);
+      const batch = (await kube(args.kubeconfig)).batch;
       const what = `Job ${args.namespace}/${args.name}`;
       return poll(`${what} complete`, args.timeoutSeconds, async () => {
         const job = await batch.readNamespacedJob({ namespace: args.namespace, name: args.name });
@@ -703,7 +654,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       namespace: string;
       name: string;
     }): Promise<{ deleted: boolean }> {
-      const batch = (await config(args.kubeconfig)).makeApiClient(BatchV1Api);
+      const batch = (await kube(args.kubeconfig)).batch;
       try {
         await batch.deleteNamespacedJob({
           namespace: args.namespace,
@@ -712,19 +663,19 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         });
         return { deleted: true };
       } catch (err) {
-        if (err instanceof ApiException && err.code === 404) return { deleted: false };
+        if (isApiException(err) && err.code === 404) return { deleted: false };
         throw classifyKubeError(err, `delete Job ${args.namespace}/${args.name}`);
       }
     },
 
     /** Deletes a Node object; one that is gone already is done. */
     async k8sDeleteNode(args: { kubeconfig: SecretRef; node: string }): Promise<{ deleted: boolean }> {
-      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const core = (await kube(args.kubeconfig)).core;
       try {
         await core.deleteNode({ name: args.node });
         return { deleted: true };
       } catch (err) {
-        if (err instanceof ApiException && err.code === 404) return { deleted: false };
+        if (isApiException(err) && err.code === 404) return { deleted: false };
         throw classifyKubeError(err, `delete Node ${args.node}`);
       }
     },
@@ -757,11 +708,11 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         );
       }
       const objects = parseManifests(args.manifests);
-      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const api = (await kube(args.kubeconfig)).dynamic;
       const applied: AppliedObject[] = [];
       for (const obj of objects) {
         const what = `apply ${describeObject({ kind: obj.kind, namespace: obj.metadata.namespace, name: obj.metadata.name })}`;
-        const { namespaced } = await api.scopeOf(obj.apiVersion, obj.kind, what);
+        const { namespaced } = await scopeOf(api, obj.apiVersion, obj.kind, what);
         if (namespaced) obj.metadata.namespace ??= args.namespace ?? api.fallbackNamespace;
         else delete obj.metadata.namespace;
         const ref: ObjectRef = {
@@ -823,7 +774,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       },
     ): Promise<{ condition: ObservedCondition; generation?: number; resourceVersion: string }> {
       const want = args.status ?? 'True';
-      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const api = (await kube(args.kubeconfig)).dynamic;
       const ref = await resolveRef(api, args, 'wait for');
       const what = `${describeObject(ref)} ${args.conditionType}=${want}${args.currentGeneration ? ' at its current generation' : ''}`;
       const deadline = Math.min(Date.now() + args.timeoutSeconds * 1000, args.deadlineAt ?? Infinity);
@@ -882,7 +833,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
 
     /** Reads an object of any kind: `{ exists: false }` when absent. managedFields and a Secret's values are left out. */
     async k8sGetObject(args: ObjectRef & { kubeconfig: SecretRef }): Promise<{ exists: boolean; object?: KubeObject }> {
-      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const api = (await kube(args.kubeconfig)).dynamic;
       const ref = await resolveRef(api, args, 'get');
       const obj = await readObject(api, ref, `get ${describeObject(ref)}`);
       return obj ? { exists: true, object: redactObject(obj) } : { exists: false };
@@ -890,7 +841,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
 
     /** Deletes an object of any kind (dependents in the background); one that is gone already is done. */
     async k8sDeleteObject(args: ObjectRef & { kubeconfig: SecretRef }): Promise<{ deleted: boolean }> {
-      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const api = (await kube(args.kubeconfig)).dynamic;
       const ref = await resolveRef(api, args, 'delete');
       const spec = {
         apiVersion: ref.apiVersion,
@@ -901,7 +852,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         await api.delete(spec, undefined, undefined, undefined, undefined, 'Background');
         return { deleted: true };
       } catch (err) {
-        if (err instanceof ApiException && err.code === 404) return { deleted: false };
+        if (isApiException(err) && err.code === 404) return { deleted: false };
         throw classifyKubeError(err, `delete ${describeObject(ref)}`);
       }
     },
@@ -939,7 +890,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
         const value = args.data[key] ? await deps.secrets.resolve(args.data[key]) : args.literals![key]!;
         data[key] = Buffer.from(value).toString('base64');
       }
-      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const api = (await kube(args.kubeconfig)).dynamic;
       const ref = { apiVersion: 'v1', kind: 'Secret', namespace: args.namespace, name: args.name };
       const before = await readObject(api, ref, what);
       const fieldManager = args.fieldManager ?? 'labwright';
@@ -966,7 +917,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       fieldManager?: string;
     }): Promise<{ result: ApplyResult; keys: string[] }> {
       const what = `copy Secret ${args.from.namespace}/${args.from.name} to ${args.to.namespace}/${args.to.name}`;
-      const api = DynamicApi.forConfig(await config(args.kubeconfig));
+      const api = (await kube(args.kubeconfig)).dynamic;
       const source = await readObject(api, { apiVersion: 'v1', kind: 'Secret', ...args.from }, what);
       if (!source)
         throw nonRetryable('notFound', `${what}: Secret ${args.from.namespace}/${args.from.name} does not exist`);
@@ -988,7 +939,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
 
     /** Lists Nodes (optionally by label selector) with readiness, cordon state, labels, taints and allocatable. */
     async k8sListNodes(args: { kubeconfig: SecretRef; labelSelector?: string }): Promise<NodeSummary[]> {
-      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const core = (await kube(args.kubeconfig)).core;
       const list = await call('list Nodes', () =>
         core.listNode(args.labelSelector ? { labelSelector: args.labelSelector } : {}),
       );
@@ -1008,7 +959,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
 
     /** A Node's allocatable resources as the kubelet reported them (quantities as strings). */
     async k8sReadAllocatable(args: { kubeconfig: SecretRef; node: string }): Promise<Record<string, string>> {
-      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const core = (await kube(args.kubeconfig)).core;
       const node = await call(`read allocatable of Node ${args.node}`, () => core.readNode({ name: args.node }));
       return { ...(node.status?.allocatable ?? {}) };
     },
@@ -1020,7 +971,8 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       cordon?: boolean;
     }): Promise<{ changed: boolean }> {
       const want = args.cordon ?? true;
-      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const k = await kube(args.kubeconfig);
+      const core = k.core;
       const what = `${want ? 'cordon' : 'uncordon'} Node ${args.node}`;
       const node = await call(what, () => core.readNode({ name: args.node }));
       if ((node.spec?.unschedulable === true) === want) return { changed: false };
@@ -1033,7 +985,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
               spec: { unschedulable: want ? true : null },
             },
           },
-          mergePatch,
+          k.mergePatch,
         ),
       );
       return { changed: true };
@@ -1056,7 +1008,7 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       deleteEmptyDirData?: boolean;
       force?: boolean;
     }): Promise<{ evicted: string[]; skipped: string[] }> {
-      const core = (await config(args.kubeconfig)).makeApiClient(CoreV1Api);
+      const core = (await kube(args.kubeconfig)).core;
       const what = `drain Node ${args.node}`;
       const node = await call(what, () => core.readNode({ name: args.node }));
       if (node.spec?.unschedulable !== true) {
@@ -1122,8 +1074,8 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
               });
               evicted.add(podName(pod));
             } catch (err) {
-              if (err instanceof ApiException && err.code === 404) continue; // gone meanwhile
-              if (err instanceof ApiException && err.code === 429) {
+              if (isApiException(err) && err.code === 404) continue; // gone meanwhile
+              if (isApiException(err) && err.code === 429) {
                 blocked.set(podName(pod), statusBody(err).message ?? 'eviction refused (429)');
                 continue;
               }
@@ -1198,9 +1150,9 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       workloads: PvcWorkload[];
       pods: Array<{ name: string; phase: string; owner?: string }>;
     }> {
-      const kc = await config(args.kubeconfig);
-      const apps = kc.makeApiClient(AppsV1Api);
-      const core = kc.makeApiClient(CoreV1Api);
+      const k = await kube(args.kubeconfig);
+      const apps = k.apps;
+      const core = k.core;
       const namespace = args.namespace;
       const [deployments, sets, replicaSets, pods] = await call(`find what uses PVC ${namespace}/${args.pvc}`, () =>
         Promise.all([
@@ -1253,7 +1205,8 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       name: string;
       replicas: number;
     }): Promise<{ changed: boolean; before: number }> {
-      const apps = (await config(args.kubeconfig)).makeApiClient(AppsV1Api);
+      const k = await kube(args.kubeconfig);
+      const apps = k.apps;
       const ref = { namespace: args.namespace, name: args.name };
       const what = `scale ${args.kind} ${args.namespace}/${args.name} to ${args.replicas}`;
       const scale = await call(what, () =>
@@ -1264,8 +1217,8 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       const body = { spec: { replicas: args.replicas } };
       await call(what, () =>
         args.kind === 'Deployment'
-          ? apps.patchNamespacedDeploymentScale({ ...ref, body }, mergePatch)
-          : apps.patchNamespacedStatefulSetScale({ ...ref, body }, mergePatch),
+          ? apps.patchNamespacedDeploymentScale({ ...ref, body }, k.mergePatch)
+          : apps.patchNamespacedStatefulSetScale({ ...ref, body }, k.mergePatch),
       );
       return { changed: true, before };
     },
@@ -1282,9 +1235,9 @@ export function createKubernetesActivities(deps: KubernetesDeps) {
       workloads: Array<{ kind: 'Deployment' | 'StatefulSet'; name: string }>;
       timeoutSeconds: number;
     }): Promise<{ waitedMs: number }> {
-      const kc = await config(args.kubeconfig);
-      const apps = kc.makeApiClient(AppsV1Api);
-      const core = kc.makeApiClient(CoreV1Api);
+      const k = await kube(args.kubeconfig);
+      const apps = k.apps;
+      const core = k.core;
       const started = Date.now();
       return poll(`PVC ${args.namespace}/${args.pvc} unused`, args.timeoutSeconds, async () => {
         for (const w of args.workloads) {

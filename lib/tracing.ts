@@ -9,12 +9,7 @@
  *   OTEL_EXPORTER_OTLP_[TRACES_]HEADERS    e.g. an API key header
  *   OTEL_SERVICE_NAME (default labwright-worker), OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_* (batching)
  */
-import { OTLPTraceExporter as OtlpJsonExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { OTLPTraceExporter as OtlpProtoExporter } from '@opentelemetry/exporter-trace-otlp-proto';
-import { Resource } from '@opentelemetry/resources';
-import { BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
-import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
-import { OpenTelemetryPlugin } from '@temporalio/interceptors-opentelemetry';
+import type { OpenTelemetryPlugin } from '@temporalio/interceptors-opentelemetry';
 
 export interface TracingConfig {
   url: string;
@@ -63,8 +58,24 @@ export interface Tracing {
 /**
  * Starts tracing: the process's tracer provider (registered globally, with the W3C trace context
  * propagator the interceptors carry across activity headers) and the worker plugin. Once per process.
+ * The OpenTelemetry SDK is loaded here, so a worker with tracing off does not hold it.
  */
-export function startTracing(config: TracingConfig): Tracing {
+export async function startTracing(config: TracingConfig): Promise<Tracing> {
+  const [
+    { OTLPTraceExporter: OtlpJsonExporter },
+    { OTLPTraceExporter: OtlpProtoExporter },
+    { Resource },
+    { BatchSpanProcessor },
+    { NodeTracerProvider },
+    { OpenTelemetryPlugin },
+  ] = await Promise.all([
+    import('@opentelemetry/exporter-trace-otlp-http'),
+    import('@opentelemetry/exporter-trace-otlp-proto'),
+    import('@opentelemetry/resources'),
+    import('@opentelemetry/sdk-trace-base'),
+    import('@opentelemetry/sdk-trace-node'),
+    import('@temporalio/interceptors-opentelemetry'),
+  ]);
   const options = { url: config.url, headers: config.headers };
   const exporter = config.protocol === 'http/json' ? new OtlpJsonExporter(options) : new OtlpProtoExporter(options);
   const spanProcessor = new BatchSpanProcessor(exporter);

@@ -138,7 +138,7 @@ describe('tracing', () => {
   });
 
   it('exports one trace per workflow run to an OTLP collector, with the run’s activities in it', async () => {
-    const tracing = startTracing(
+    const tracing = await startTracing(
       tracingConfig({
         OTEL_EXPORTER_OTLP_ENDPOINT: collector.url,
         OTEL_SERVICE_NAME: 'labwright-test-worker',

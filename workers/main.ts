@@ -43,7 +43,7 @@ Runtime.install({
 let tracing: Tracing | undefined;
 try {
   const traces = tracingConfig(env);
-  tracing = traces && startTracing(traces);
+  tracing = traces && (await startTracing(traces));
   const settings = await temporalSettings(env);
   if (settings.plaintext) logger.warn('payload encryption is OFF (LABWRIGHT_CODEC=plaintext): local development only');
   if (!env.LABWRIGHT_INVENTORY) throw new Error('LABWRIGHT_INVENTORY is not set: point it at the lab inventory file');
