@@ -535,6 +535,20 @@ export function createEc2Activities(deps: Ec2Deps) {
       return (await runningCheck(pool, instanceId)).ready;
     },
 
+    /**
+     * The cold path's one look after a start: whether the instance runs with both status checks
+     * passed and, if so, whether its model server answers (within `timeoutMs`).
+     */
+    async ec2CheckReady(
+      pool: BurstPool,
+      instanceId: string,
+      timeoutMs: number,
+    ): Promise<{ running: InstanceView | null; modelServerOk: boolean }> {
+      const { ready } = await runningCheck(pool, instanceId);
+      const ip = ready?.privateIp;
+      return { running: ready, modelServerOk: ip ? (await healthy(pool, ip, timeoutMs)).ok : false };
+    },
+
     /** Polls until the instance runs and both status checks pass; fails if it stops or goes away meanwhile. */
     async ec2WaitRunning(pool: BurstPool, instanceId: string): Promise<InstanceView> {
       const ctx = context();

@@ -37,6 +37,8 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     throw new Error(`port ${port} on 127.0.0.1 is already in use (another Temporal server?)`);
   const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--log-level', 'warn'];
   args.push('--http-port', String(await freePort()), '--metrics-port', String(await freePort()));
+  // As deploy/temporal/dynamicconfig.yaml: activities dispatched eagerly to the worker that scheduled them.
+  args.push('--dynamic-config-value', 'system.enableActivityEagerExecution=true');
   for (const key of SEARCH_ATTRIBUTE_KEYS) args.push('--search-attribute', `${key.name}=Keyword`);
   if (opts.dbFile) {
     await fs.mkdir(path.dirname(opts.dbFile), { recursive: true }).catch(() => undefined);

@@ -95,7 +95,10 @@ describe('llmBurst on moto', () => {
       const final = (await handle.result()) as LlmBurstStatus;
       expect(final.state).toBe('stopped');
       expect(await instanceState(pool)).toEqual(['stopped']);
+      // llm-burst.json predates the cold path's local look (patches burst-local-cold-path and
+      // burst-one-local-look); this one has it, so both ways replay.
       await recordHistory(handle, 'llm-burst');
+      await recordHistory(handle, 'llm-burst-local-look');
     });
   });
 

@@ -69,17 +69,19 @@ type Ec2 = ReturnType<typeof createEc2Activities>;
 const ec2 = wf.proxyActivities<Ec2>(apiCall);
 const ec2Wait = wf.proxyActivities<Ec2>(waitFor);
 /**
- * The cold path's two looks right after a start (status checks, model server), in the worker
+ * The cold path's look right after a start (status checks, then the model server), in the worker
  * within the workflow task: a start that finds everything up at the first look costs no further
  * round trip through the server. A local activity holds the workflow's handlers (queries,
- * shutdownNow) until it ends, so only these bounded single requests run locally; the start and
- * every wait stay regular activities (responsive, heartbeating, cancellable).
+ * shutdownNow) until it ends, so only this bounded look runs locally; the start and every wait
+ * stay regular activities (responsive, heartbeating, cancellable).
  */
 const ec2Local = wf.proxyLocalActivities<Ec2>(quickLook);
 /** The local look at the model server gives up after this long (then the regular wait takes over). */
 const QUICK_LOOK_MS = 1000;
 /** Histories recorded before the cold path's shortcuts (start at once, local looks) replay without them. */
 const LOCAL_COLD_PATH_PATCH = 'burst-local-cold-path';
+/** Histories recorded with two local looks (status checks, then model server) replay with two. */
+const ONE_LOCAL_LOOK_PATCH = 'burst-one-local-look';
 /** The launch heartbeats and cleans up what it made when cancelled; the workflow waits for that clean-up. */
 const ec2Launch = wf.proxyActivities<Ec2>({
   ...withHeartbeat(apiCall, 5),
@@ -439,6 +441,7 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
     let finished = false;
     const watcher = watchStart(scope, () => finished).catch(() => undefined);
     const fast = wf.patched(LOCAL_COLD_PATH_PATCH);
+    const oneLook = fast && wf.patched(ONE_LOCAL_LOOK_PATCH);
     try {
       await scope.run(async () => {
         await p.run(
@@ -446,10 +449,12 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
           () => findOrLaunch(fast),
           (detail) => detail,
         );
+        const look = oneLook ? await lookOnce(() => ec2Local.ec2CheckReady(pool, s.instanceId!, QUICK_LOOK_MS)) : null;
         const running = await p.run(
           'wait for running and status checks',
           async () =>
-            (fast ? await lookOnce(() => ec2Local.ec2CheckRunning(pool, s.instanceId!)) : null) ??
+            look?.running ??
+            (fast && !oneLook ? await lookOnce(() => ec2Local.ec2CheckRunning(pool, s.instanceId!)) : null) ??
             (await ec2Wait.ec2WaitRunning(pool, s.instanceId!)),
         );
         adopt(running);
@@ -457,7 +462,12 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
         modelWaitSince = Date.now();
         wake++;
         await p.run('wait for the model server', async () => {
-          if (fast && (await lookOnce(() => ec2Local.ec2CheckModelServer(pool, s.privateIp!, QUICK_LOOK_MS)))?.ok)
+          if (look?.running && look.modelServerOk) return;
+          if (
+            fast &&
+            !oneLook &&
+            (await lookOnce(() => ec2Local.ec2CheckModelServer(pool, s.privateIp!, QUICK_LOOK_MS)))?.ok
+          )
             return;
           await ec2Wait.ec2WaitModelServer(pool, s.privateIp!);
         });
