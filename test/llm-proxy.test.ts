@@ -192,6 +192,7 @@ describe('the LLM proxy with a burst pool', () => {
         // All thousand arrive while the pool is cold, 100 at a time, so they share one acquire.
         const answers: Answer[] = [];
         const queue = Array.from({ length: 1000 }, (_, i) => i);
+        const startedAt = Date.now();
         await Promise.all(
           Array.from({ length: 100 }, async () => {
             while (queue.shift() !== undefined) answers.push(await generate(s.proxy));
@@ -201,7 +202,10 @@ describe('the LLM proxy with a burst pool', () => {
         expect(answers.filter((a) => a.status === 200 && a.servedBy?.startsWith('burst:'))).toHaveLength(1000);
         const counts = await historyCounts(s.handle);
         expect(counts.updates).toBe(1);
-        expect(counts.signals).toBeLessThanOrEqual(5);
+        // At most one demand signal per interval of the client's, (idleTimeout − 1 s margin) / 3 =
+        // 1.33 s here, however long the burst took (on a loaded machine, longer): not one a request.
+        const servedMs = Date.now() - startedAt;
+        expect(counts.signals).toBeLessThanOrEqual(Math.ceil(servedMs / 1333) + 1);
         expect(s.burst.stats(pool).demandSignals).toBe(counts.signals);
         expect(await states(pool)).toEqual(['running']);
       });
