@@ -51,10 +51,10 @@ function activityContext(): Context | undefined {
   }
 }
 
-let kubeApi: Promise<typeof import('../clients/kube-api.js')> | undefined;
+type KubeApi = typeof import('../clients/kube-api.js');
+let kubeApi: Promise<KubeApi> | undefined;
 /** clients/kube-api.ts, imported once, when the first Kubernetes activity runs. */
-const loadKubeApi = (): Promise<typeof import('../clients/kube-api.js')> =>
-  (kubeApi ??= import('../clients/kube-api.js'));
+const loadKubeApi = (): Promise<KubeApi> => (kubeApi ??= import('../clients/kube-api.js'));
 
 /** client-node's ApiException (an HTTP answer), known by its shape so that the check needs no import of the library. */
 function isApiException(err: unknown): err is ApiException<unknown> {
