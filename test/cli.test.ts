@@ -338,6 +338,9 @@ describe('labwright temporal', () => {
 });
 
 describe('labwright burst', () => {
+  // Twelve `labwright` processes one after another, each a Node start that loads the Temporal
+  // client and the inventory schema: 2.5 s each on a quiet machine, four times that with two CI
+  // runs on two cores, where the 120 s default ran out with every step still correct.
   it('acquires the pool from the inventory, shows its status, holds, unholds and shuts it down', async () => {
     const pool = uniqueName('cli-pool');
     const example = parseYaml(
@@ -361,12 +364,13 @@ describe('labwright burst', () => {
       expect(text.stdout).toContain(`endpoint:  ${String(acquired.endpoint)}`);
 
       await burst('hold');
-      await expect.poll(async () => ((await burst('status')) as unknown as LlmBurstStatus).held).toBe(true);
+      const held = async () => ((await burst('status')) as unknown as LlmBurstStatus).held;
+      await expect.poll(held, { timeout: 60_000 }).toBe(true);
       await burst('unhold');
-      await expect.poll(async () => ((await burst('status')) as unknown as LlmBurstStatus).held).toBe(false);
+      await expect.poll(held, { timeout: 60_000 }).toBe(false);
       await burst('shutdown', '--reason', 'cli test');
       await expect
-        .poll(async () => ((await burst('status')) as unknown as LlmBurstStatus).state, { timeout: 30_000 })
+        .poll(async () => ((await burst('status')) as unknown as LlmBurstStatus).state, { timeout: 60_000 })
         .toBe('stopped');
       expect((await lab.peers.instances(pool)).map((i) => i.State?.Name)).toEqual(['stopped']);
 
@@ -375,7 +379,7 @@ describe('labwright burst', () => {
       expect(unknown.stderr).toContain(`no burst pool no-such-pool in ${inventory}`);
       await lab.client.workflow.getHandle(`llm-burst/${pool}`).cancel();
     });
-  });
+  }, 360_000);
 });
 
 describe('labwright completion', () => {
