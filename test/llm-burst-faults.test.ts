@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
+import proto from '@temporalio/proto';
 import { describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { ec2Failure, isCapacityError } from '../activities/ec2.js';
@@ -29,6 +30,7 @@ const lab = useBurstLab();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** workers/worker.ts: stickyQueueScheduleToStartTimeout. */
 const STICKY_TIMEOUT_MS = 3_000;
+const EventType = proto.temporal.api.enums.v1.EventType;
 
 const acquire = (taskQueue: string, input: LlmBurstInput, deadlineSeconds?: number): Promise<AcquireResult> =>
   acquireBurst(lab.client, taskQueue, input, deadlineSeconds);
@@ -383,18 +385,28 @@ describe('llmBurst under faults', () => {
       expect(await states(pool)).toEqual(['running']); // nobody stopped it early
 
       await startWorker();
-      const upAt = Date.now();
-      await expect.poll(() => states(pool), { timeout: 30_000, interval: 200 }).toEqual(['stopped']);
-      // Never early; late by at most the dead worker's sticky-queue timeout after both the deadline
-      // and the new worker are there: the timer's workflow task first goes to the killed worker's
-      // sticky queue and moves to the shared queue after stickyQueueScheduleToStartTimeout, then the
-      // new worker stops it. (On a loaded machine the new worker alone can take 10 s to come up.)
-      const stoppedAt = Date.now();
-      expect(stoppedAt - deadline).toBeGreaterThanOrEqual(0);
-      const late = stoppedAt - Math.max(deadline, upAt);
-      expect(late, `the new worker polled ${upAt - deadline} ms after the deadline`).toBeLessThan(
-        STICKY_TIMEOUT_MS + 5000,
+      await expect.poll(() => states(pool), { timeout: 60_000, interval: 200 }).toEqual(['stopped']);
+      // Timed by the history, not the wall clock: how fast a new worker process comes up, replays
+      // and loads the EC2 SDK for its first call is the machine's (under load, 13 s, then 3 s and
+      // 9 s more), while what the workflow decides is not. The idle timer fires at the deadline,
+      // never before; its workflow task leaves the dead worker's sticky queue within
+      // stickyQueueScheduleToStartTimeout; the stop is the first thing the next workflow task does.
+      const events = (await h.fetchHistory()).events ?? [];
+      const at = (e: (typeof events)[number]) =>
+        Number(e.eventTime!.seconds) * 1000 + Math.round((e.eventTime!.nanos ?? 0) / 1e6);
+      const movedOff = events.find((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT)!;
+      const before = events.filter((e) => Number(e.eventId) < Number(movedOff.eventId));
+      const fired = before.findLast((e) => e.eventType === EventType.EVENT_TYPE_TIMER_FIRED)!;
+      expect(at(fired) - deadline).toBeGreaterThanOrEqual(0);
+      expect(at(fired) - deadline).toBeLessThan(2000);
+      expect(at(movedOff) - at(fired)).toBeLessThan(STICKY_TIMEOUT_MS + 2000);
+      const after = events.filter((e) => Number(e.eventId) > Number(movedOff.eventId));
+      const completed = after.find((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)!;
+      const scheduled = after.filter(
+        (e) =>
+          e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED && Number(e.eventId) > Number(completed.eventId),
       );
+      expect(scheduled[0]?.activityTaskScheduledEventAttributes?.activityType?.name).toBe('ec2StopInstance');
       await expect.poll(async () => (await status(h)).state, { timeout: 5000, interval: 100 }).toBe('stopped');
       const s = await status(h);
       expect(s.state).toBe('stopped');
@@ -404,7 +416,7 @@ describe('llmBurst under faults', () => {
     } finally {
       await Promise.all(workers.map((w) => stopProcess(w, 2000)));
     }
-  });
+  }, 240_000);
 
   it('a maximum running time stops a held instance, and a daily budget stops it and refuses restarts', async () => {
     const maxPool = uniqueName('maxrun');
