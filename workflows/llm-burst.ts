@@ -462,7 +462,7 @@ export async function llmBurst(raw: LlmBurstInput): Promise<LlmBurstStatus> {
         modelWaitSince = Date.now();
         wake++;
         await p.run('wait for the model server', async () => {
-          if (look?.running && look.modelServerOk) return;
+          if (look?.modelServerOk) return; // only ever true of a running instance
           if (
             fast &&
             !oneLook &&
