@@ -63,5 +63,8 @@ if (report.failures.length > 0) {
   if (others.length > 0) console.log(`\nthe run's other peer logs:\n${others.map((f) => `  ${f}`).join('\n')}`);
 }
 
+// Again, last, by name only: CI may keep only the end of a long output.
+for (const f of report.failures)
+  console.log(`✗ ${f.name}: ${(f.errors[0]?.message ?? '').split('\n')[0].slice(0, 300)}`);
 console.log(`${report.passed} passed, ${report.failed} failed`);
 if (report.passed + report.failed === 0 || report.failures.length > 0) process.exit(1);
