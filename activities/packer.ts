@@ -46,6 +46,10 @@ export interface PackerProxmoxAccess {
   caFile?: string;
 }
 
+/** What Packer prints of PVE answering a 5xx, or of a VM lock PVE gave up waiting for. */
+const PVE_TRANSIENT =
+  /\b50[0234]\b.*(?:Internal Server Error|Bad Gateway|Service Unavailable|Gateway Time-?out)|can't lock file/i;
+
 export interface PackerDeps {
   /** Path of the packer binary (scripts/ensure-packer.sh builds it). */
   packerBin: () => string;
@@ -419,6 +423,9 @@ export function createPackerActivities(deps: PackerDeps) {
         if (/connection refused|connection reset|i\/o timeout|no such host|TLS handshake timeout/i.test(reason)) {
           throw retryable('connection', message, { buildDir });
         }
+        // PVE's passing troubles (a 5xx, a VM lock another task held past PVE's timeout): the
+        // workflow clears this build's half-made VM and runs Packer again.
+        if (PVE_TRANSIENT.test(reason)) throw retryable('server', message, { buildDir });
         if (/already exists on node|config file already exists/i.test(reason)) {
           throw nonRetryable('conflict', message, { buildDir });
         }

@@ -267,6 +267,52 @@ describe('packerImageBuild', () => {
     }
   });
 
+  it("PVE's passing troubles during Packer's own steps (a 500 on its clone, a lock timeout on its config) are built through again, once each", async () => {
+    const client = await testClient();
+    const image = uniqueName('flaky');
+    // Attempt 1 meets the 500, attempt 2 the lock; attempt 3 builds.
+    await lab.fake.control({
+      op: 'fail',
+      method: 'POST',
+      suffix: '/nodes/pve1/qemu/8000/clone',
+      status: 500,
+      message: 'Internal Server Error',
+      times: 1,
+    });
+    await lab.fake.control({
+      op: 'fail',
+      method: 'POST',
+      suffix: '/nodes/pve1/qemu/9180/config',
+      error: 'config_lock_timeout',
+      times: 1,
+    });
+    try {
+      await withWorker({ activities: lab.activities }, async ({ taskQueue }) => {
+        const handle = await client.workflow.start('packerImageBuild', {
+          taskQueue,
+          workflowId: `packer-image-build/${image}`,
+          args: [input(image, { vmidRange: { from: 9180, to: 9189 } })],
+        });
+        const result = (await handle.result()) as PackerImageBuildResult;
+        expect(result).toMatchObject({ built: true, templateVmid: 9180 });
+        const progress = await handle.query<Progress>('progress');
+        expect(progress.steps.find((s) => s.name === 'packer build')?.detail).toContain('template VMID 9180');
+        const failures = (await handle.fetchHistory()).events!.filter((e) => e.activityTaskFailedEventAttributes);
+        const messages = failures.map((e) => e.activityTaskFailedEventAttributes!.failure!.message ?? '');
+        expect(messages).toEqual([
+          expect.stringMatching(/packer build of .* failed .*500/),
+          expect.stringMatching(/packer build of .* failed .*can't lock file/),
+        ]);
+        const vms = (await lab.fake.vms()).filter(
+          (v) => v.name.startsWith(image) || (v.vmid >= 9180 && v.vmid <= 9189),
+        );
+        expect(vms.map((v) => ({ vmid: v.vmid, template: v.template }))).toEqual([{ vmid: 9180, template: true }]);
+      });
+    } finally {
+      await lab.fake.control({ op: 'clear_failures' });
+    }
+  });
+
   it('an invalid image name or VMID range fails at once and touches nothing', async () => {
     const client = await testClient();
     const apiRequests = async (): Promise<number> =>
