@@ -4,7 +4,8 @@
 # Packer 1.8.7 with its Proxmox plugin 1.1.1 (test/packer) and talosctl of the lab's Talos release
 # (test/talos), by scripts/install-worker-tools.sh, which test/worker-image.test.ts runs outside
 # Docker too. TALOS_VERSION must be the inventory's talosVersion (the script refuses another one).
-# Stage `app` installs the runtime dependencies and prebuilds the workflow bundle. The image holds
+# Stage `app` installs the runtime dependencies and prebuilds the workflow bundle and the worker as
+# one JavaScript file (workers/build.ts), so a worker starts with nothing to compile. The image holds
 # no simulated lab (sim/), no test harness or PKI helpers (test/), and no build tools.
 ARG TALOS_VERSION=v1.11.5
 
@@ -31,7 +32,7 @@ COPY workflows workflows
 COPY workers workers
 COPY clients clients
 COPY packer packer
-RUN node node_modules/tsx/dist/cli.mjs workers/bundle.ts dist/workflows.js
+RUN node node_modules/tsx/dist/cli.mjs workers/bundle.ts dist
 
 FROM node:20-bookworm-slim
 RUN apt-get update \
@@ -56,5 +57,5 @@ VOLUME /var/lib/labwright
 EXPOSE 9464
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["node", "workers/healthcheck.mjs"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
-# One process: tsx as a loader, not its CLI (a second Node process relaying signals, ~50 MiB more).
-CMD ["node", "--import", "tsx", "workers/main.ts"]
+# The compiled worker: no tsx loader transpiling the project's modules at every start.
+CMD ["node", "dist/worker.mjs"]

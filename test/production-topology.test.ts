@@ -207,6 +207,10 @@ describe('the production topology: temporal-server on PostgreSQL, the worker fro
     const dockerfile = await readDockerfile();
     const final = dockerfile.stages.at(-1)!;
     const cmd = execForm(instructions(final, 'CMD')[0]!.args)!;
+    // The image's build of the compiled worker, as its app stage runs it, in this checkout.
+    const app = dockerfile.stages.find((s) => s.name === 'app')!;
+    const build = instructions(app, 'RUN').find((r) => r.args.includes('workers/bundle.ts'))!;
+    await run('sh', ['-c', build.args], { cwd: projectRoot });
     const healthcheck = execForm(instructions(final, 'HEALTHCHECK')[0]!.args)!;
     const metrics = `127.0.0.1:${await freePort()}`;
     const health = () =>

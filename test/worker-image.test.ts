@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { cacheDir, projectRoot } from '../lib/paths.js';
+import { COMPILED_WORKER_FILE, WORKFLOW_BUNDLE_FILE } from '../workers/build.js';
 import {
   buildContext,
   copyParts,
@@ -111,11 +112,12 @@ describe('the worker image (Dockerfile lint)', () => {
     expect(volume).toBeGreaterThan(chown);
     expect(final.instructions[volume]!.args).toBe(stateDir);
 
-    // The bundle the app stage builds is the one the worker loads.
+    // What the app stage builds is what the worker runs: its compiled file and its workflow bundle.
     const bundleRun = instructions(stage('app'), 'RUN').find((r) => r.args.includes('workers/bundle.ts'))!;
     const bundleOut = bundleRun.args.split(/\s+/).at(-1)!;
     const appDir = instructions(stage('app'), 'WORKDIR').at(-1)!.args;
-    expect(env.LABWRIGHT_WORKFLOW_BUNDLE).toBe(path.posix.join(appDir, bundleOut));
+    expect(env.LABWRIGHT_WORKFLOW_BUNDLE).toBe(path.posix.join(appDir, bundleOut, WORKFLOW_BUNDLE_FILE));
+    expect(instructions(final, 'WORKDIR').at(-1)!.args).toBe(appDir);
 
     // The programs the activities call come from the tools stage's output folder.
     const toolsDir = stageEnv(stage('tools')).LABWRIGHT_TOOLS_DIR!;
@@ -126,7 +128,7 @@ describe('the worker image (Dockerfile lint)', () => {
     // Exec forms (signals reach tini and the worker), a healthcheck script the image holds.
     expect(execForm(instructions(final, 'ENTRYPOINT')[0]!.args)).toEqual(['/usr/bin/tini', '--']);
     const cmd = execForm(instructions(final, 'CMD')[0]!.args)!;
-    expect(cmd.at(-1)).toBe('workers/main.ts');
+    expect(cmd).toEqual(['node', path.posix.join(bundleOut, COMPILED_WORKER_FILE)]);
     const health = execForm(instructions(final, 'HEALTHCHECK')[0]!.args)!;
     expect(health[0]).toBe('node');
     expect(context).toContain(health[1]);

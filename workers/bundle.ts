@@ -1,19 +1,17 @@
 /**
- * Writes the workflow bundle the worker image loads at start (LABWRIGHT_WORKFLOW_BUNDLE), so that
- * a worker never bundles the workflows from source as it starts: `tsx workers/bundle.ts <out.js>`.
+ * Writes what the worker image runs (workers/build.ts) into one folder inside the project:
+ * `tsx workers/bundle.ts <dir>` gives <dir>/workflows.js and <dir>/worker.mjs.
  */
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { bundleWorkflowCode } from '@temporalio/worker';
-import { quietLogger } from '../lib/log.js';
-import { WORKFLOWS_PATH } from './worker.js';
+import { COMPILED_WORKER_FILE, WORKFLOW_BUNDLE_FILE, buildWorkflowBundle, compileWorker } from './build.js';
 
 const out = process.argv[2];
 if (!out) {
-  console.error('usage: tsx workers/bundle.ts <bundle.js>');
+  console.error('usage: tsx workers/bundle.ts <dir>');
   process.exit(2);
 }
-const { code } = await bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, logger: quietLogger(['warn', 'error']) });
-await fs.mkdir(path.dirname(path.resolve(out)), { recursive: true });
-await fs.writeFile(out, code);
-console.log(`workflow bundle: ${out} (${Math.round(code.length / 1024)} KiB)`);
+const kib = (n: number) => `${Math.round(n / 1024)} KiB`;
+const bundle = path.join(out, WORKFLOW_BUNDLE_FILE);
+const worker = path.join(out, COMPILED_WORKER_FILE);
+console.log(`workflow bundle: ${bundle} (${kib(await buildWorkflowBundle(bundle))})`);
+console.log(`worker: ${worker} (${kib(await compileWorker(path.resolve(worker)))})`);
