@@ -105,7 +105,9 @@ export class ProgressTracker {
     // Only a step that was started has a duration (`labwright_step_duration_seconds`).
     if (step.startedAt && status !== 'skipped')
       recordStep(name, status, Date.parse(step.endedAt) - Date.parse(step.startedAt));
-    if (this.state.current === name) this.state.current = undefined;
+    // Steps may run side by side: the current one is then the latest still running.
+    if (this.state.current === name)
+      this.state.current = this.state.steps.findLast((s) => s.status === 'running')?.name;
     this.publish();
   }
 

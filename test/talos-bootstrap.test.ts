@@ -198,7 +198,7 @@ describe('talosBootstrap on fakepve, the Talos stand-in and a real kube-apiserve
     expect(progress.steps.filter((s) => s.status !== 'done')).toEqual([]);
     const described = await handle.describe();
     expect(described.memo).toMatchObject({ etcdBootstrapped: true, etcdNode: 'talos-cp-1' });
-    await recordHistory(handle, 'talos-bootstrap');
+    await recordHistory(handle, 'talos-bootstrap-configs-beside-vms');
     await worker.stop();
   }, 180_000);
 

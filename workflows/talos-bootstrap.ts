@@ -65,6 +65,12 @@ const kube = wf.proxyActivities<Kube>(apiCall);
 const PARALLEL_LOOKS_PATCH = 'parallel-looks';
 /** Histories recorded before the stored kubeconfig was probed replay without the probe. */
 const KUBECONFIG_PROBE_PATCH = 'kubeconfig-probe';
+/**
+ * Secrets and machine configs depend on the inventory alone: since this patch they are made while
+ * the VMs are cloned, started and waited for, instead of after the slowest VM is up. Histories
+ * recorded before it replay them in turn.
+ */
+const CONFIGS_BESIDE_VMS_PATCH = 'configs-beside-vms';
 
 export const TALOS_BOOTSTRAP_STEPS = [
   'validate inventory',
@@ -128,11 +134,44 @@ export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult
   }
   const first = plan.controlPlane[0]!;
 
+  // 5 and 6. Secrets, generated once and kept in the secret store; one machine config per node,
+  // validated. Neither needs a VM: they are made beside steps 2 to 4, once step 2's looks found
+  // every template (a precondition that fails there changes nothing).
+  const makeConfigs = async () => {
+    const secrets = await progress.run(
+      'secrets',
+      () => talos.talosEnsureSecrets({ cluster: plan.name, endpoint: plan.endpoint }),
+      (s) => (s.created.length > 0 ? `generated ${s.created.join(' and ')}` : 'reused'),
+    );
+    for (const what of secrets.created) changes.push(`generated the cluster's ${what}`);
+    const configs = await progress.run(
+      'generate configs',
+      async () => {
+        const generated = await Promise.all(
+          nodes.map((n) => talos.talosGenNodeConfig(nodeConfigRequest(plan, n, input.nvidiaSchematic))),
+        );
+        generated.forEach((g, i) => {
+          if (g.changed) changes.push(`stored the machine config of ${nodes[i]!.name}`);
+        });
+        return new Map(nodes.map((n, i) => [n.name, generated[i]!]));
+      },
+      (c) => `${c.size} configs valid`,
+    );
+    return { secrets, configs };
+  };
+  const configsBesideVms = wf.patched(CONFIGS_BESIDE_VMS_PATCH);
+  let madeBeside: ReturnType<typeof makeConfigs> | undefined;
+
   // 2. Clone and configure every VM, in parallel; idempotent by VMID and name.
   await progress.run(
     'create VMs',
     async () => {
       const templates = await templatesByHost(plan, vms);
+      if (configsBesideVms) {
+        madeBeside = makeConfigs();
+        // Its failure is thrown where it is awaited, after step 4.
+        void madeBeside.catch(() => undefined);
+      }
       await Promise.all(vms.map((n) => ensureVm(plan, n, templates, changes)));
     },
     () => describeChanges(changes, 'VM', vms.length),
@@ -176,28 +215,7 @@ export async function talosBootstrap(raw: unknown): Promise<TalosBootstrapResult
     },
   );
 
-  // 5. Secrets: generated once, kept in the secret store.
-  const secrets = await progress.run(
-    'secrets',
-    () => talos.talosEnsureSecrets({ cluster: plan.name, endpoint: plan.endpoint }),
-    (s) => (s.created.length > 0 ? `generated ${s.created.join(' and ')}` : 'reused'),
-  );
-  for (const what of secrets.created) changes.push(`generated the cluster's ${what}`);
-
-  // 6. One machine config per node, validated.
-  const configs = await progress.run(
-    'generate configs',
-    async () => {
-      const generated = await Promise.all(
-        nodes.map((n) => talos.talosGenNodeConfig(nodeConfigRequest(plan, n, input.nvidiaSchematic))),
-      );
-      generated.forEach((g, i) => {
-        if (g.changed) changes.push(`stored the machine config of ${nodes[i]!.name}`);
-      });
-      return new Map(nodes.map((n, i) => [n.name, generated[i]!]));
-    },
-    (c) => `${c.size} configs valid`,
-  );
+  const { secrets, configs } = await (madeBeside ?? makeConfigs());
 
   // 7. Apply: insecure in maintenance mode, authenticated (and only if it changes something) after.
   await progress.run(

@@ -38,26 +38,25 @@ export interface ReplayOutcome {
 export async function replayHistories(dir: string, options: ReplayWorkerOptions): Promise<ReplayOutcome[]> {
   installQuietRuntime();
   const files = (await fs.readdir(dir)).filter((f) => f.endsWith('.json')).sort();
-  const fileOf = new Map<string, string>();
   const histories = await Promise.all(
-    files.map(async (file) => {
-      const recorded = await fs
+    files.map(async (file) => ({
+      workflowId: await fs
         .readFile(path.join(dir, file.replace(/\.json$/, '.workflow-id')), 'utf8')
         .then((id) => id.trim())
-        .catch(() => file);
-      fileOf.set(recorded, file);
-      return {
-        workflowId: recorded,
-        history: historyFromJSON(JSON.parse(await fs.readFile(path.join(dir, file), 'utf8'))),
-      };
-    }),
+        .catch(() => file),
+      history: historyFromJSON(JSON.parse(await fs.readFile(path.join(dir, file), 'utf8'))),
+    })),
   );
+  // Results come in the order given; two histories may share a workflow ID (one cluster's runs).
   const outcomes: ReplayOutcome[] = [];
   for await (const result of Worker.runReplayHistories(options, histories)) {
-    outcomes.push({
-      file: fileOf.get(result.workflowId) ?? result.workflowId,
-      error: result.error as Error | undefined,
-    });
+    const i = outcomes.length;
+    if (result.workflowId !== histories[i]!.workflowId) {
+      throw new Error(
+        `replay result ${i} is of ${result.workflowId}, not of ${files[i]}'s ${histories[i]!.workflowId}`,
+      );
+    }
+    outcomes.push({ file: files[i]!, error: result.error as Error | undefined });
   }
   return outcomes;
 }
