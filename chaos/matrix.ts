@@ -22,7 +22,8 @@ const STARTED = temporal.api.enums.v1.PendingActivityState.PENDING_ACTIVITY_STAT
 
 export type Fault =
   | { kind: 'none' }
-  | { kind: 'worker-kill'; at: number; when: 'during' | 'after' }
+  /** `activity`: the type a clean run scheduled at `at`, whose peer is slowed for a `during` kill. */
+  | { kind: 'worker-kill'; at: number; when: 'during' | 'after'; activity?: string }
   | { kind: 'server-kill'; at: number }
   | { kind: 'peer'; fault: PeerFault }
   | { kind: 'duplicate' }
@@ -119,6 +120,35 @@ async function atBoundary(
   return undefined;
 }
 
+/**
+ * How long every call to the system behind a `during` kill's activity takes in that run until the
+ * kill: most API activities finish within the runner's 100 ms look otherwise, and the kill would
+ * land after them.
+ */
+const HOLD_MS = 750;
+
+/** Slows the peer an activity of `type` calls (by its name's system); returns what undoes it. */
+async function slowPeerOf(lab: ChaosLab, type: string): Promise<() => Promise<void>> {
+  if (type.startsWith('pve')) {
+    await lab.pve.control({ op: 'latency', ms: HOLD_MS });
+    return async () => void (await lab.pve.control({ op: 'latency', ms: 0 }));
+  }
+  if (type.startsWith('ec2')) {
+    lab.ec2.add({ fault: { kind: 'delay', ms: HOLD_MS }, times: Infinity });
+    return async () => lab.ec2.clearRules();
+  }
+  if (type.startsWith('k8s')) {
+    lab.kubeFaults.add({ fault: { kind: 'delay', ms: HOLD_MS }, times: Infinity });
+    return async () => lab.kubeFaults.clearRules();
+  }
+  if (type.startsWith('talos')) {
+    lab.standin.setCallLatency(HOLD_MS);
+    return async () => lab.standin.setCallLatency(0);
+  }
+  // Packer builds run for seconds anyway; the rest (DR reports, the inventory) call no peer.
+  return async () => undefined;
+}
+
 /** Runs `scenario` once under `fault`; `clean` is a clean run's effect on the lab (undefined: this is that run). */
 export async function runCell(
   lab: ChaosLab,
@@ -138,6 +168,10 @@ export async function runCell(
   const workflowId = workflowIdOf(scenario, input);
   const client = await lab.client();
   if (fault.kind === 'peer') await fault.fault.inject(lab);
+  let unslow: () => Promise<void> = async () => undefined;
+  if (fault.kind === 'worker-kill' && fault.when === 'during' && fault.activity) {
+    unslow = await slowPeerOf(lab, fault.activity);
+  }
 
   let done = false;
   let boundary: string | undefined;
@@ -168,6 +202,7 @@ export async function runCell(
             () => done,
             async () => {
               await lab.killWorker();
+              await unslow();
               await lab.worker();
             },
           )
@@ -210,6 +245,7 @@ export async function runCell(
     boundary = await saboteur;
   } finally {
     if (fault.kind === 'peer') await fault.fault.clear(lab);
+    await unslow();
   }
 
   const runs = await retrying(lab, async (c) => {

@@ -25,9 +25,12 @@ export function fullPlan(
   );
   // The one-shot steps' boundaries always: they are where a kill costs the most.
   activities.forEach((a, at) => ONE_SHOT.has(a.type) && picked.add(at));
-  activities.forEach((_, at) => {
+  activities.forEach((a, at) => {
     if (!picked.has(at)) return;
-    faults.push({ kind: 'worker-kill', at, when: 'during' }, { kind: 'worker-kill', at, when: 'after' });
+    faults.push(
+      { kind: 'worker-kill', at, when: 'during', activity: a.type },
+      { kind: 'worker-kill', at, when: 'after' },
+    );
   });
   const serverAt = new Set([0.25, 0.5, 0.75].map((q) => Math.floor(q * activities.length)));
   activities.forEach((a, at) => ONE_SHOT.has(a.type) && serverAt.add(at));

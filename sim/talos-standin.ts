@@ -149,6 +149,8 @@ export interface TalosStandin {
    * resolves once the node has done it, so a test can kill the caller inside that window.
    */
   holdNextAnswer(matches: (call: StandinCall) => boolean): { reached: Promise<StandinCall>; release(): void };
+  /** Changes callLatencyMs from the next call on. */
+  setCallLatency(ms: number): void;
   setMetalPower(name: string, on: boolean): void;
   stop(): Promise<void>;
 }
@@ -365,6 +367,7 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
     released: Promise<void>;
   }> = [];
   const releases: Array<() => void> = [];
+  let callLatencyMs = opts.callLatencyMs ?? 0;
   const kubeconfig = opts.kubeconfigPath ? await fs.readFile(opts.kubeconfigPath, 'utf8') : undefined;
 
   /** Powered nodes, by PVE's VM state; a VM that is gone wipes its node (a fresh VM boots into maintenance). */
@@ -817,7 +820,7 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
         files: Record<string, string>;
         uploads?: Record<string, string>;
       };
-      const latency = opts.callLatencyMs ? new Promise((r) => setTimeout(r, opts.callLatencyMs)) : undefined;
+      const latency = callLatencyMs ? new Promise((r) => setTimeout(r, callLatencyMs)) : undefined;
       answer(argv, files, uploads)
         .catch((err: unknown) => fail(`talos stand-in: ${(err as Error).message}`))
         .then(async (a) => (await latency, a))
@@ -891,6 +894,9 @@ export async function startTalosStandin(opts: TalosStandinOptions): Promise<Talo
       holds.push({ matches, reached, released: new Promise<void>((r) => (release = r)) });
       releases.push(release);
       return { reached: arrived, release };
+    },
+    setCallLatency: (ms) => {
+      callLatencyMs = ms;
     },
     setMetalPower: (name, on) => {
       const n = byName(name);

@@ -17,7 +17,9 @@ import type { KubeCreds } from '../../sim/kube-apiserver.js';
 export type KubeFault =
   | { kind: 'status'; status: 429 | 500 | 502 | 503 | 504 }
   /** Forwards, lets the apiserver apply it, then drops the connection without answering. */
-  | { kind: 'drop-after-apply' };
+  | { kind: 'drop-after-apply' }
+  /** Waits, then forwards: a slow apiserver (an activity held long enough to be seen running). */
+  | { kind: 'delay'; ms: number };
 
 export interface KubeFaultRule {
   /** HTTP method (any when left out). */
@@ -94,30 +96,34 @@ export async function startKubeFaultProxy(upstream: KubeCreds): Promise<KubeFaul
       req.resume();
       return;
     }
-    const up = https.request(
-      {
-        host: target.hostname,
-        port: target.port,
-        method: req.method,
-        path: req.url,
-        headers: { ...req.headers, host: target.host },
-        ca: upstream.caPem,
-        cert: upstream.clientCertPem,
-        key: upstream.clientKeyPem,
-      },
-      (upRes) => {
-        call.status = upRes.statusCode;
-        if (fault?.kind === 'drop-after-apply') {
-          upRes.resume();
-          upRes.once('end', () => req.socket.destroy());
-          return;
-        }
-        res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-        upRes.pipe(res);
-      },
-    );
-    up.on('error', () => req.socket.destroy());
-    req.pipe(up);
+    const forward = () => {
+      const up = https.request(
+        {
+          host: target.hostname,
+          port: target.port,
+          method: req.method,
+          path: req.url,
+          headers: { ...req.headers, host: target.host },
+          ca: upstream.caPem,
+          cert: upstream.clientCertPem,
+          key: upstream.clientKeyPem,
+        },
+        (upRes) => {
+          call.status = upRes.statusCode;
+          if (fault?.kind === 'drop-after-apply') {
+            upRes.resume();
+            upRes.once('end', () => req.socket.destroy());
+            return;
+          }
+          res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+          upRes.pipe(res);
+        },
+      );
+      up.on('error', () => req.socket.destroy());
+      req.pipe(up);
+    };
+    if (fault?.kind === 'delay') setTimeout(forward, fault.ms);
+    else forward();
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
