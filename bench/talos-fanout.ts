@@ -6,9 +6,10 @@
  * VMID, address or name) or to the cluster (inventory, secrets, etcd, health, kubeconfig). Printed:
  *
  *   wall time:          the workflow's start until its result;
- *   critical path:      the slowest node's chain (the sum of its activities' times) plus the time
- *                       in which some cluster-wide activity ran: what a bootstrap that does every
- *                       node's work in parallel and nothing else takes on these peers;
+ *   critical path:      the slowest node's chain: the time in which one of its activities or a
+ *                       cluster-wide one ran (overlaps counted once, as the workflow makes a node's
+ *                       config beside its VM): what a bootstrap that does every node's work in
+ *                       parallel and waits on nothing else takes on these peers;
  *   sequential runbook: every activity's time, one after another (a script's loop over the nodes).
  *
  * Run: npx tsx bench/talos-fanout.ts [--nodes 3,10,50] [--latency 100] [--runs 1]
@@ -178,15 +179,18 @@ async function main(): Promise<void> {
           await running;
         }
         const t1 = performance.now();
-        const chain = new Map<string, number>();
-        for (const s of spans) if (s.node) chain.set(s.node, (chain.get(s.node) ?? 0) + s.end - s.start);
-        const [slowest, slowestMs] = [...chain].sort((a, b) => b[1] - a[1])[0] ?? ['none', 0];
-        const clusterMs = unionMs(spans.filter((s) => !s.node));
+        const clusterSpans = spans.filter((s) => !s.node);
+        const nodeNames = [...new Set(spans.flatMap((s) => (s.node ? [s.node] : [])))];
+        const chain = nodeNames.map(
+          (n) => [n, unionMs([...spans.filter((s) => s.node === n), ...clusterSpans])] as const,
+        );
+        const [slowest, slowestMs] = [...chain].sort((a, b) => b[1] - a[1])[0] ?? ['none', unionMs(clusterSpans)];
+        const clusterMs = unionMs(clusterSpans);
         wall.push(t1 - t0);
-        critical.push(slowestMs + clusterMs);
+        critical.push(slowestMs);
         sequential.push(spans.reduce((sum, s) => sum + s.end - s.start, 0));
         notes.push(
-          `${size} nodes, run ${run + 1}: ${spans.length} activities; slowest chain ${slowest} ${slowestMs.toFixed(0)} ms, cluster-wide steps ${clusterMs.toFixed(0)} ms; wall ${(t1 - t0).toFixed(0)} ms`,
+          `${size} nodes, run ${run + 1}: ${spans.length} activities; slowest chain ${slowest} ${slowestMs.toFixed(0)} ms (of which cluster-wide steps ${clusterMs.toFixed(0)} ms); wall ${(t1 - t0).toFixed(0)} ms`,
         );
         console.log(notes.at(-1));
         const byActivity = new Map<string, { n: number; ms: number; max: number; cluster: boolean }>();
@@ -210,7 +214,7 @@ async function main(): Promise<void> {
       unit: 'ms',
       ours: wall,
       baseline: critical,
-      baselineIs: 'the slowest node’s chain of activities plus the cluster-wide steps, from the same run',
+      baselineIs: 'the slowest node’s chain: the time its activities or the cluster-wide ones ran, from the same run',
       target: { ratioBelow: 1.2 },
     });
     rows.push({
