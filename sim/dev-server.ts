@@ -18,6 +18,8 @@ export interface DevServerOptions {
   codecEndpoint?: string;
   logFile: string;
   startTimeoutMs?: number;
+  /** Picks each port not given (default freePort); a test hands in one that returns a taken port. */
+  pickPort?: () => Promise<number>;
 }
 
 export interface DevServer {
@@ -29,14 +31,49 @@ export interface DevServer {
   kill(): Promise<void>;
 }
 
+/** How often a start is tried again when a port it picked was taken before the server bound it. */
+const STARTS_ON_TAKEN_PORT = 3;
+
 export async function startDevServer(opts: DevServerOptions): Promise<DevServer> {
   const temporal = ensureTool('ensure-temporal.sh');
-  const port = opts.port ?? (await freePort());
+  // A port freePort() found free may be taken (another process, an outgoing connection's source
+  // port) before the server binds it; the server then exits with "bind: address already in use".
+  // Ports picked here are picked again; a port the caller chose is its to free.
+  for (let attempt = 1; ; attempt++) {
+    const picked: number[] = [];
+    const pick = async (chosen?: number) => {
+      if (chosen !== undefined && chosen !== 0) return chosen;
+      const p = await (opts.pickPort ?? freePort)();
+      picked.push(p);
+      return p;
+    };
+    try {
+      return await startOnce(temporal, opts, {
+        port: await pick(opts.port),
+        http: await pick(),
+        metrics: await pick(),
+        ui: opts.uiPort === undefined ? undefined : await pick(opts.uiPort),
+      });
+    } catch (err) {
+      const log = await fs.readFile(opts.logFile, 'utf8').catch(() => '');
+      const taken = /listen tcp 127\.0\.0\.1:(\d+): bind: address already in use/.exec(log);
+      if (attempt < STARTS_ON_TAKEN_PORT && taken && picked.includes(Number(taken[1]))) continue;
+      throw err;
+    }
+  }
+}
+
+async function startOnce(
+  temporal: string,
+  opts: DevServerOptions,
+  ports: { port: number; http: number; metrics: number; ui?: number },
+): Promise<DevServer> {
+  const { port } = ports;
   // A server already on the port would answer the readiness probe in this one's place.
   if (!(await portIsFree(port)))
     throw new Error(`port ${port} on 127.0.0.1 is already in use (another Temporal server?)`);
   const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--log-level', 'warn'];
-  args.push('--http-port', String(await freePort()), '--metrics-port', String(await freePort()));
+  args.push('--http-port', String(ports.http), '--metrics-port', String(ports.metrics));
   // As deploy/temporal/dynamicconfig.yaml: activities dispatched eagerly to the worker that scheduled them.
   args.push('--dynamic-config-value', 'system.enableActivityEagerExecution=true');
   for (const key of SEARCH_ATTRIBUTE_KEYS) args.push('--search-attribute', `${key.name}=Keyword`);
@@ -45,12 +82,11 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     args.push('--db-filename', opts.dbFile);
   }
   let uiUrl: string | undefined;
-  if (opts.uiPort === undefined) args.push('--headless');
+  if (ports.ui === undefined) args.push('--headless');
   else {
-    const uiPort = opts.uiPort === 0 ? await freePort() : opts.uiPort;
-    args.push('--ui-ip', '127.0.0.1', '--ui-port', String(uiPort));
+    args.push('--ui-ip', '127.0.0.1', '--ui-port', String(ports.ui));
     if (opts.codecEndpoint) args.push('--ui-codec-endpoint', opts.codecEndpoint);
-    uiUrl = `http://127.0.0.1:${uiPort}`;
+    uiUrl = `http://127.0.0.1:${ports.ui}`;
   }
 
   await fs.mkdir(path.dirname(opts.logFile), { recursive: true });

@@ -1,9 +1,12 @@
 import { execFile } from 'node:child_process';
+import net from 'node:net';
 import { promisify } from 'node:util';
 import path from 'node:path';
+import { Connection } from '@temporalio/client';
 import { describe, expect, it } from 'vitest';
 import { startDevServer } from '../sim/dev-server.js';
 import { projectRoot } from '../lib/paths.js';
+import { freePort } from '../lib/processes.js';
 import { testLog } from './harness/logs.js';
 import { temporalAddress } from './harness/temporal.js';
 
@@ -34,5 +37,34 @@ describe('Temporal provisioning', () => {
     const logFile = testLog('busy-port.log');
     const err = await startDevServer({ port: busyPort, logFile }).catch((e: unknown) => e);
     expect((err as Error).message).toBe(`port ${busyPort} on 127.0.0.1 is already in use (another Temporal server?)`);
+  });
+
+  it('starts on other ports when one it picked is taken before the server binds it', async () => {
+    // What another process, or an outgoing connection's source port, does between freePort() and
+    // the server's bind: here the first port picked is one this test holds.
+    const holder = net.createServer();
+    await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+    const taken = (holder.address() as net.AddressInfo).port;
+    const picks: number[] = [];
+    const pickPort = async () => {
+      const p = picks.length === 0 ? taken : await freePort();
+      picks.push(p);
+      return p;
+    };
+    try {
+      const server = await startDevServer({ port: await freePort(), logFile: testLog('taken-port.log'), pickPort });
+      try {
+        const connection = await Connection.connect({ address: server.address });
+        await connection.workflowService.getSystemInfo({});
+        await connection.close();
+      } finally {
+        await server.stop();
+      }
+      // The HTTP port was the taken one; the second start picked all its ports again.
+      expect(picks[0]).toBe(taken);
+      expect(picks.length).toBe(4);
+    } finally {
+      holder.close();
+    }
   });
 });
