@@ -13,7 +13,8 @@
  *   4. Wait for each node's Talos API in maintenance mode (metal nodes, e.g. the Raspberry Pi,
  *      are booted by hand from their image and waited for at their address).
  *   5. Generate the cluster's secrets, or reuse them.
- *   6. Generate and validate each node's machine config.
+ *   6. Generate and validate each node's machine config. (5 and 6 need no VM: they run beside
+ *      2 to 4, once 2 has found every template.)
  *   7. Apply them: `--insecure` in maintenance mode; on configured nodes only when a dry run
  *      reports changes. Wait for each node to run.
  *   8. Bootstrap etcd exactly once, on the first control plane: look at etcd membership first
