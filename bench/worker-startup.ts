@@ -24,7 +24,7 @@ import { quietLogger } from '../lib/log.js';
 import { cacheDir, projectRoot } from '../lib/paths.js';
 import { stopProcess } from '../lib/processes.js';
 import { startDevServer } from '../sim/dev-server.js';
-import { COMPILED_WORKER_FILE, compileWorker } from '../workers/build.js';
+import { COMPILED_WORKER_FILE, buildWorkflowBundle, compileWorker } from '../workers/build.js';
 import { treeRssMiB } from './proc.js';
 import { publish, runBench, type Row } from './report.js';
 
@@ -50,11 +50,7 @@ async function main(): Promise<void> {
   cleanups.unshift(() => connection.close());
 
   const bundlePath = path.join(work, 'workflows.js');
-  const bundle = await bundleWorkflowCode({
-    workflowsPath: path.join(projectRoot, 'workflows', 'index.ts'),
-    logger: quietLogger(['error']),
-  });
-  await fs.writeFile(bundlePath, bundle.code);
+  await buildWorkflowBundle(bundlePath);
   const bareBundlePath = path.join(work, 'bare-workflows.js');
   const bare = await bundleWorkflowCode({
     workflowsPath: path.join(projectRoot, 'bench', 'bare-worker-workflow.ts'),
