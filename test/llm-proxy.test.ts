@@ -107,6 +107,23 @@ async function withProxy(
   }
 }
 
+/**
+ * Waits until the proxy's verdict on its local server is `up`. It looks at the server's health at
+ * most every localHealthTtlMs, so a change shows at its next look, however long that takes.
+ */
+async function untilLocalSeen(proxy: LlmProxy, up: boolean, headers: Record<string, string> = {}): Promise<void> {
+  await expect
+    .poll(
+      async () => {
+        const res = await fetch(`${proxy.url}/api/version`, { headers });
+        await res.body?.cancel();
+        return res.headers.get('x-labwright-served-by') === 'local';
+      },
+      { timeout: 10_000, interval: 50 },
+    )
+    .toBe(up);
+}
+
 async function historyCounts(handle: WorkflowHandle): Promise<{ signals: number; updates: number }> {
   const events = (await handle.fetchHistory()).events ?? [];
   return {
@@ -131,7 +148,7 @@ describe('the LLM proxy with a burst pool', () => {
         expect(await states(pool)).toEqual([]); // nothing started
 
         local.healthy = false;
-        await sleep(250);
+        await untilLocalSeen(s.proxy, false);
         const cold = await generate(s.proxy);
         expect(cold.status).toBe(200);
         expect(cold.servedBy).toMatch(/^burst:i-/);
@@ -153,7 +170,7 @@ describe('the LLM proxy with a burst pool', () => {
 
         // The local GPU is back: it serves again, and the idle burst instance stops.
         local.healthy = true;
-        await sleep(250);
+        await untilLocalSeen(s.proxy, true);
         expect((await generate(s.proxy)).servedBy).toBe('local');
         await expect.poll(() => states(pool), { timeout: 12_000, interval: 250 }).toEqual(['stopped']);
         await expect.poll(async () => (await status(s.handle)).state, { timeout: 5000 }).toBe('stopped');
@@ -281,7 +298,7 @@ describe('the LLM proxy with real clients', () => {
         expect(launchesOf(pool)).toBe(0);
 
         local.healthy = false;
-        await sleep(250);
+        await untilLocalSeen(s.proxy, false);
         const burst = await chat();
         expect(burst.map((p) => p.text).join('')).toBe('word0 word1 word2 word3 ');
         expect(new Set(burst.map((p) => p.servedBy))).toEqual(new Set(['burst']));
@@ -411,7 +428,7 @@ describe('the LLM proxy with real clients', () => {
 
             v6.healthy = false;
             peers.model.healthy = false; // the pool's model server never answers: the start is still on when the budget runs out
-            await sleep(250);
+            await untilLocalSeen(s.proxy, false, auth);
             const refused = await call('/api/generate', {
               method: 'POST',
               headers: auth,
