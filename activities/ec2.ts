@@ -31,6 +31,7 @@ import {
   type AddressResolver,
 } from '../common/llm-burst.js';
 import type { BurstPool } from '../hardware/schema.js';
+import { batchedLookup, type BatchedLookup } from '../lib/batched-lookup.js';
 import type { SecretStore } from '../lib/secrets.js';
 
 export interface Ec2Deps {
@@ -69,6 +70,8 @@ export interface LaunchResult extends InstanceView {
 }
 
 const LIVE_STATES = ['pending', 'running', 'stopping', 'stopped'];
+/** Instance IDs in one DescribeInstances or StopInstances sent for many pools at once. */
+const BATCH = 100;
 const THROTTLING = new Set([
   'Throttling',
   'ThrottlingException',
@@ -205,7 +208,6 @@ export function ec2ClientsFor(
   env: NodeJS.ProcessEnv,
 ): (pool: BurstPool) => Promise<Ec2Sdk.EC2Client> {
   const endpoint = env.AWS_ENDPOINT_URL_EC2 ?? env.AWS_ENDPOINT_URL;
-  const clients = new Map<string, Ec2Sdk.EC2Client>();
   async function credentialsFor(pool: BurstPool) {
     if (pool.credentials) {
       return {
@@ -223,18 +225,22 @@ export function ec2ClientsFor(
     return undefined; // the SDK's default chain: profile, SSO, instance role
   }
 
-  async function ec2(pool: BurstPool): Promise<Ec2Sdk.EC2Client> {
+  /** The promise is kept, not the client: pools asking at once share one client (and one batch of looks). */
+  const clients = new Map<string, Promise<Ec2Sdk.EC2Client>>();
+  function ec2(pool: BurstPool): Promise<Ec2Sdk.EC2Client> {
     const key = `${pool.region}|${JSON.stringify(pool.credentials ?? null)}`;
     let client = clients.get(key);
     if (!client) {
-      client = new (await loadSdk()).EC2Client({
-        region: pool.region,
-        endpoint,
-        credentials: await credentialsFor(pool),
-        maxAttempts: 1,
-        requestHandler: { connectionTimeout: 5000, requestTimeout: 30_000 },
-      });
+      client = (async () =>
+        new (await loadSdk()).EC2Client({
+          region: pool.region,
+          endpoint,
+          credentials: await credentialsFor(pool),
+          maxAttempts: 1,
+          requestHandler: { connectionTimeout: 5000, requestTimeout: 30_000 },
+        }))();
       clients.set(key, client);
+      client.catch(() => clients.delete(key)); // a secret that could not be read is read again next time
     }
     return client;
   }
@@ -260,19 +266,13 @@ export function createEc2Activities(deps: Ec2Deps) {
     }
   }
 
-  async function describe(pool: BurstPool, filters: Filter[], instanceIds?: string[]): Promise<InstanceView[]> {
+  async function describe(pool: BurstPool, filters: Filter[]): Promise<InstanceView[]> {
     const client = await ec2(pool);
     const out: InstanceView[] = [];
     let token: string | undefined;
     do {
       const page = await call('DescribeInstances', async () =>
-        client.send(
-          new (await loadSdk()).DescribeInstancesCommand({
-            Filters: filters,
-            InstanceIds: instanceIds,
-            NextToken: token,
-          }),
-        ),
+        client.send(new (await loadSdk()).DescribeInstancesCommand({ Filters: filters, NextToken: token })),
       );
       for (const r of page.Reservations ?? []) for (const i of r.Instances ?? []) out.push(view(i));
       token = page.NextToken;
@@ -280,13 +280,70 @@ export function createEc2Activities(deps: Ec2Deps) {
     return out;
   }
 
+  /**
+   * One instance by ID, null when DescribeInstances does not show it (gone, or not visible yet).
+   * The looks of all pools on one account and region go out together: EC2 allows each account
+   * about 20 DescribeInstances a second, and hundreds of pools polling alone would exceed it.
+   */
+  const looks = new WeakMap<Ec2Sdk.EC2Client, BatchedLookup<string, InstanceView>>();
   async function describeOne(pool: BurstPool, instanceId: string): Promise<InstanceView | null> {
+    const client = await ec2(pool);
+    let look = looks.get(client);
+    if (!look) {
+      look = batchedLookup((ids: string[]) => describeIds(client, ids), { maxBatch: BATCH });
+      looks.set(client, look);
+    }
+    return (await look(instanceId)) ?? null;
+  }
+
+  /**
+   * DescribeInstances of `ids`. EC2 fails the whole call when one of them is unknown or not
+   * visible yet, naming it: those are left out (not found) and the others asked again.
+   */
+  async function describeIds(client: Ec2Sdk.EC2Client, ids: string[]): Promise<Map<string, InstanceView>> {
     try {
-      const [found] = await describe(pool, [], [instanceId]);
-      return found ?? null;
+      const page = await client.send(new (await loadSdk()).DescribeInstancesCommand({ InstanceIds: ids }));
+      const found = (page.Reservations ?? []).flatMap((r) => (r.Instances ?? []).map(view));
+      return new Map(found.map((i) => [i.instanceId, i]));
     } catch (err) {
-      if (err instanceof Error && /InvalidInstanceID\.NotFound/.test(err.message)) return null;
-      throw err;
+      if (awsCode(err) !== 'InvalidInstanceID.NotFound') throw ec2Failure(err, 'DescribeInstances');
+      if (ids.length === 1) return new Map();
+      const named = new Set((err as AwsError).message?.match(/\bi-[0-9a-f]+\b/g) ?? []);
+      const rest = ids.filter((id) => !named.has(id));
+      if (rest.length === ids.length) {
+        // It named none of them: each on its own.
+        const each = await Promise.all(ids.map((id) => describeIds(client, [id])));
+        return new Map(each.flatMap((m) => [...m]));
+      }
+      return rest.length > 0 ? describeIds(client, rest) : new Map();
+    }
+  }
+
+  /** StopInstances of one instance, sent with the other pools' stops of the moment (one call, not hundreds). */
+  const stops = new WeakMap<Ec2Sdk.EC2Client, BatchedLookup<string, true>>();
+  async function stopOne(pool: BurstPool, instanceId: string): Promise<void> {
+    const client = await ec2(pool);
+    let stop = stops.get(client);
+    if (!stop) {
+      stop = batchedLookup((ids: string[]) => stopIds(client, ids), { maxBatch: BATCH });
+      stops.set(client, stop);
+    }
+    await stop(instanceId);
+  }
+
+  async function stopIds(client: Ec2Sdk.EC2Client, ids: string[]): Promise<Map<string, true | Error>> {
+    try {
+      await client.send(new (await loadSdk()).StopInstancesCommand({ InstanceIds: ids }));
+      return new Map(ids.map((id) => [id, true]));
+    } catch (err) {
+      const status = (err as AwsError).$metadata?.httpStatusCode ?? 0;
+      if (ids.length === 1 || status < 400 || status >= 500 || THROTTLING.has(awsCode(err) ?? '')) {
+        const failure = ec2Failure(err, `StopInstances ${ids.join(', ')}`);
+        return new Map(ids.map((id) => [id, failure]));
+      }
+      // EC2 refuses the whole call for one instance it cannot stop: each on its own, with its own answer.
+      const each = await Promise.all(ids.map((id) => stopIds(client, [id])));
+      return new Map(each.flatMap((m) => [...m]));
     }
   }
 
@@ -584,10 +641,7 @@ export function createEc2Activities(deps: Ec2Deps) {
     async ec2StopInstance(pool: BurstPool, instanceId: string): Promise<InstanceView | null> {
       const current = await describeKnown(pool, instanceId);
       if (['stopping', 'stopped', 'shutting-down', 'terminated'].includes(current.state)) return current;
-      const client = await ec2(pool);
-      await call(`StopInstances ${instanceId}`, async () =>
-        client.send(new (await loadSdk()).StopInstancesCommand({ InstanceIds: [instanceId] })),
-      );
+      await stopOne(pool, instanceId);
       return describeOne(pool, instanceId);
     },
 

@@ -13,12 +13,13 @@ import { AesGcmCodec, keyIdOf, parseKey } from '../lib/codec.js';
 import { quietLogger } from '../lib/log.js';
 import { cacheDir, projectRoot } from '../lib/paths.js';
 import { stopProcess } from '../lib/processes.js';
-import { startDevServer } from '../sim/dev-server.js';
+import { startDevServer, type DevServer } from '../sim/dev-server.js';
 import { ec2Env, prepareBurstPool, startFakeModelServer, startMotoServer, type FakeModelServer } from '../sim/ec2.js';
 import { startFaultProxy, type FaultProxy } from '../test/harness/fault-proxy.js';
 
 export interface BurstLab {
   client: Client;
+  server: DevServer;
   faults: FaultProxy;
   model: FakeModelServer;
   worker: ChildProcess;
@@ -80,5 +81,5 @@ export async function startBurstLab(
     connection,
     dataConverter: { payloadCodecs: [new AesGcmCodec(new Map([[keyIdOf(key), key]]))] },
   });
-  return { client, faults, model, worker };
+  return { client, server, faults, model, worker };
 }

@@ -11,13 +11,23 @@
  *                        signalled `demand` every `--storm-interval` ms), against the same worker
  *                        before any workflow ran.
  *
- * Run: npx tsx bench/burst-scale.ts [--pools 500] [--idle 60] [--window 10] [--storm-interval 1000]
+ * Run: npx tsx bench/burst-scale.ts [--pools 500] [--idle 60] [--window 10] [--storm-interval 1000] [--acquirers 10]
  * Not a test: numbers depend on the machine; nothing is asserted.
  */
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
+import type { WorkflowHandle } from '@temporalio/client';
+import { tsToMs } from '@temporalio/common/lib/time.js';
 import { BurstUnavailableError, LlmBurstClient } from '../clients/llm-burst-client.js';
-import { demandSignal, LLM_BURST_WORKFLOW, statusQuery, type LlmBurstInput } from '../common/llm-burst.js';
+import {
+  demandSignal,
+  holdSignal,
+  LLM_BURST_WORKFLOW,
+  statusQuery,
+  unholdSignal,
+  type LlmBurstInput,
+} from '../common/llm-burst.js';
+import { EC2_DESCRIBE_RATE } from '../test/harness/fault-proxy.js';
 import { cpuSeconds, treeRssMiB } from './proc.js';
 import { startBurstLab } from './burst-lab.js';
 import { publish, runBench, type Row } from './report.js';
@@ -28,12 +38,15 @@ const { values } = parseArgs({
     idle: { type: 'string' },
     window: { type: 'string' },
     'storm-interval': { type: 'string' },
+    acquirers: { type: 'string' },
   },
 });
 const POOLS = Number(values.pools ?? 500);
 const IDLE_S = Number(values.idle ?? 60);
 const WINDOW_MS = Number(values.window ?? 10) * 1000;
 const STORM_INTERVAL_MS = Number(values['storm-interval'] ?? 1000);
+/** Pools acquired at once while they start (the proxy's cold requests in flight). */
+const ACQUIRERS = Number(values.acquirers ?? 10);
 const TASK_QUEUE = 'bench-burst-scale';
 const REGION = 'us-east-1';
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -66,13 +79,55 @@ async function pooled<T>(items: T[], limit: number, fn: (item: T) => Promise<voi
   );
 }
 
+/**
+ * Where each pool's idle stop spent its lateness, from its history: the server firing the idle
+ * timer, the worker's workflow task scheduling the stop, the activity reaching a worker slot, and
+ * the activity reaching EC2 (its look first, then StopInstances).
+ */
+async function stopStages(
+  handles: WorkflowHandle[],
+  deadlines: Map<string, number>,
+  stopAt: Map<string, number>,
+): Promise<Row[]> {
+  const stage = { timer: [] as number[], schedule: [] as number[], slot: [] as number[], ec2: [] as number[] };
+  await pooled(handles, 25, async (h) => {
+    const pool = h.workflowId.replace('llm-burst/', '');
+    const [deadline, stoppedAt] = [deadlines.get(pool), stopAt.get(pool)];
+    if (deadline === undefined || stoppedAt === undefined) return;
+    const events = (await h.fetchHistory()).events ?? [];
+    const at = (e: (typeof events)[number]) => tsToMs(e.eventTime);
+    const scheduled = events.findLastIndex(
+      (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'ec2StopInstance',
+    );
+    const fired = events.slice(0, scheduled).findLastIndex((e) => e.timerFiredEventAttributes);
+    const started = events.findIndex(
+      (e) =>
+        e.activityTaskStartedEventAttributes?.scheduledEventId?.toString() === events[scheduled]?.eventId?.toString(),
+    );
+    if (scheduled < 0 || fired < 0 || started < 0) return;
+    stage.timer.push(at(events[fired]!) - deadline);
+    stage.schedule.push(at(events[scheduled]!) - at(events[fired]!));
+    stage.slot.push(at(events[started]!) - at(events[scheduled]!));
+    stage.ec2.push(stoppedAt - at(events[started]!));
+  });
+  const row = (name: string, ours: number[]): Row => ({ name: `  of which ${name}`, unit: 'ms', ours, baseline: [] });
+  return [
+    row('idle timer fired (server)', stage.timer),
+    row('stop scheduled (workflow task)', stage.schedule),
+    row('stop activity started (worker slot)', stage.slot),
+    row('StopInstances at EC2 (activity)', stage.ec2),
+  ];
+}
+
 async function main(): Promise<void> {
-  const { client, faults, worker } = await startBurstLab(cleanups, {
+  const { client, server, faults, worker } = await startBurstLab(cleanups, {
     taskQueue: TASK_QUEUE,
     region: REGION,
     pollMs: 1000,
   });
   const pid = worker.pid!;
+  // As strict as EC2: hundreds of pools on one account share its DescribeInstances rate.
+  faults.setRequestRate('DescribeInstances', EC2_DESCRIBE_RATE);
   const names = Array.from({ length: POOLS }, (_, i) => `scale-${String(i).padStart(3, '0')}`);
   const inputOf = (name: string): LlmBurstInput => ({
     pool: {
@@ -111,11 +166,16 @@ async function main(): Promise<void> {
     });
   });
   let refusals = 0;
-  await pooled(names, 10, async (name) => {
+  await pooled(names, ACQUIRERS, async (name) => {
     for (;;) {
       try {
         const r = await burst.endpoint(name);
+        // Held up until every pool is: starting them all takes longer than an idle timeout.
+        await client.workflow.getHandle(`llm-burst/${name}`).signal(holdSignal);
         instanceOf.set(r.instanceId, name);
+        if (instanceOf.size % 50 === 0) {
+          console.log(`  ${instanceOf.size} ready after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+        }
         return;
       } catch (err) {
         if (!(err instanceof BurstUnavailableError) || ++refusals > POOLS) throw err;
@@ -123,7 +183,9 @@ async function main(): Promise<void> {
       }
     }
   });
-  console.log(`${POOLS} pools ready in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  const acquireS = (performance.now() - t0) / 1000;
+  console.log(`${POOLS} pools ready in ${acquireS.toFixed(1)} s`);
+  await pooled(handles, 25, (h) => h.signal(unholdSignal));
 
   console.log('all idle…');
   const idle = await sample(pid, undefined);
@@ -146,6 +208,7 @@ async function main(): Promise<void> {
   const storm1 = await stormWindow;
   storming = false;
   await storm;
+  const stormOver = performance.now();
   console.log(`${signals} demand signals in the storm`);
 
   // Each pool's idle deadline after the storm's last signal, then its StopInstances at EC2.
@@ -172,18 +235,26 @@ async function main(): Promise<void> {
   console.log(
     `waiting for ${deadlines.size} idle stops (the last due in ${((last - Date.now()) / 1000).toFixed(0)} s)…`,
   );
+  await sleep(Math.max(0, Math.min(...deadlines.values()) - Date.now()));
+  const busy0 = [cpuSeconds(pid), cpuSeconds(server.pid!), performance.now()];
   const stopAt = new Map<string, number>();
   while (Date.now() < last + 30_000 && stopAt.size < deadlines.size) {
     for (const c of faults.calls) {
-      if (c.action !== 'StopInstances') continue;
-      const pool = instanceOf.get(c.params.get('InstanceId.1') ?? '');
-      if (pool && !stopAt.has(pool)) stopAt.set(pool, performance.timeOrigin + c.startedAt);
+      if (c.action !== 'StopInstances' || c.startedAt < stormOver) continue;
+      for (const [key, id] of c.params) {
+        const pool = key.startsWith('InstanceId.') ? instanceOf.get(id) : undefined;
+        if (pool && !stopAt.has(pool)) stopAt.set(pool, performance.timeOrigin + c.startedAt);
+      }
     }
     await sleep(500);
   }
+  const [workerCpu, serverCpu] = [cpuSeconds(pid), cpuSeconds(server.pid!)].map(
+    (c, i) => ((c - busy0[i]!) / ((performance.now() - busy0[2]!) / 1000)) * 100,
+  );
   await Promise.all(timers);
   const lateness = [...deadlines].map(([pool, d]) => (stopAt.has(pool) ? stopAt.get(pool)! - d : NaN));
   const missing = lateness.filter(Number.isNaN).length;
+  const stages = await stopStages(handles, deadlines, stopAt);
 
   const rows: Row[] = [
     {
@@ -194,6 +265,7 @@ async function main(): Promise<void> {
       baselineIs: `${deadlines.size} in-memory timers in one Node process (a proxy's idle timers)`,
       target: { below: 2000 },
     },
+    ...stages,
     {
       name: 'worker CPU, all idle',
       unit: '%',
@@ -206,9 +278,23 @@ async function main(): Promise<void> {
     { name: 'worker RSS, demand storm', unit: 'MiB', ours: storm1.rss, baseline: empty.rss },
   ];
   const title = `burst pools at scale (${POOLS} llmBurst workflows on one worker, idleTimeout ${IDLE_S} s, ${WINDOW_MS / 1000} s windows)`;
+  const byAction = new Map<string, { calls: number; overRate: number }>();
+  for (const c of faults.calls) {
+    const a = byAction.get(c.action) ?? { calls: 0, overRate: 0 };
+    a.calls++;
+    if (c.rateLimited) a.overRate++;
+    byAction.set(c.action, a);
+  }
   const notes = [
+    `${POOLS} pools acquired (started, running, model server up) in ${acquireS.toFixed(0)} s, ${ACQUIRERS} at a time`,
     `${refusals} acquires refused and retried while the pools started`,
+    `EC2 calls, at EC2's DescribeInstances rate (${EC2_DESCRIBE_RATE.bucket} at once, ${EC2_DESCRIBE_RATE.refillPerSecond}/s): ${[
+      ...byAction,
+    ]
+      .map(([action, a]) => `${action} ${a.calls}${a.overRate ? ` (${a.overRate} over the rate, retried)` : ''}`)
+      .join(', ')}`,
     `${signals} demand signals in the storm (${((signals / WINDOW_MS) * 1000).toFixed(0)}/s)`,
+    `from the first idle deadline to the last stop: worker ${workerCpu!.toFixed(0)} % of a core, Temporal dev server ${serverCpu!.toFixed(0)} %`,
     `${POOLS - missing} of ${deadlines.size} pools stopped within 30 s after the last deadline${missing ? `; ${missing} did not` : ''}`,
   ];
   await publish('burst-scale', title, rows, notes);

@@ -24,6 +24,7 @@ export interface DevServerOptions {
 
 export interface DevServer {
   address: string;
+  pid?: number;
   uiUrl?: string;
   logFile: string;
   stop(): Promise<void>;
@@ -115,6 +116,7 @@ async function startOnce(
     address,
     uiUrl,
     logFile: opts.logFile,
+    pid: child.pid,
     stop: () => stopProcess(child),
     kill: async () => {
       if (child.exitCode === null && child.signalCode === null) {

@@ -1,11 +1,13 @@
 /**
  * llmBurst when things go wrong: a lost RunInstances response, throttling and 5xx, spot capacity
- * refused, a 4xx launch, a worker killed with SIGKILL mid-life, limits, and continue-as-new.
+ * refused, a 4xx launch, EC2's request rate, a worker killed with SIGKILL mid-life, limits, and
+ * continue-as-new.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
+import { DescribeInstancesCommand, RunInstancesCommand, TerminateInstancesCommand } from '@aws-sdk/client-ec2';
 import proto from '@temporalio/proto';
 import { describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
@@ -22,7 +24,14 @@ import {
 } from '../common/llm-burst.js';
 import { projectRoot } from '../lib/paths.js';
 import { stopProcess } from '../lib/processes.js';
-import { acquireBurst, burstWorkflowId, DEFAULT_VISIBILITY_DELAY_MS, testPool, useBurstLab } from './harness/ec2.js';
+import {
+  acquireBurst,
+  burstWorkflowId,
+  DEFAULT_VISIBILITY_DELAY_MS,
+  LAUNCH_TEMPLATE,
+  testPool,
+  useBurstLab,
+} from './harness/ec2.js';
 import { temporalAddress, uniqueName, withWorker } from './harness/temporal.js';
 
 const lab = useBurstLab();
@@ -147,6 +156,61 @@ describe('llmBurst under faults', () => {
     } finally {
       lab.peers.faults.clearRules();
       lab.peers.faults.setVisibilityDelay(DEFAULT_VISIBILITY_DELAY_MS);
+    }
+  });
+
+  it("forty pools stopping at once on one account share a few calls, within EC2's DescribeInstances rate", async () => {
+    const name = uniqueName('rate');
+    const pools = Array.from({ length: 40 }, (_, i) => testPool(`${name}-${i}`));
+    const launched = await lab.peers.sdk.send(
+      new RunInstancesCommand({ LaunchTemplate: { LaunchTemplateName: LAUNCH_TEMPLATE }, MinCount: 40, MaxCount: 40 }),
+    );
+    const ids = (launched.Instances ?? []).map((i) => i.InstanceId!);
+    // One more, launched through EC2's front door a moment ago: not visible to DescribeInstances yet.
+    const freshPool = testPool(`${name}-fresh`, { market: 'on-demand' });
+    const fresh = await lab.peers.activities().ec2LaunchInstance(freshPool, `${name}-fresh`);
+    const from = lab.peers.faults.calls.length;
+    // A bucket far smaller than EC2's (100, refilled at 20 a second): forty pools looking one by one would empty it.
+    lab.peers.faults.setRequestRate('DescribeInstances', { bucket: 10, refillPerSecond: 2 });
+    // EC2 refuses a whole StopInstances for one instance it cannot stop: the first batch is refused so.
+    lab.peers.faults.add({
+      action: 'StopInstances',
+      when: (p) => p.has('InstanceId.2'),
+      fault: { kind: 'error', status: 400, code: 'IncorrectInstanceState', message: 'not in a state to be stopped' },
+    });
+    try {
+      const acts = lab.peers.activities();
+      const [stopped, unseen] = await Promise.all([
+        Promise.all(
+          pools.map(async (pool, i) => {
+            await acts.ec2StopInstance(pool, ids[i]!);
+            return (await acts.ec2WaitStopped(pool, ids[i]!))?.state;
+          }),
+        ),
+        acts.ec2DescribeInstance(freshPool, fresh.instanceId),
+      ]);
+      expect(stopped).toEqual(ids.map(() => 'stopped'));
+      expect(unseen).toBeNull();
+      const calls = lab.peers.faults.calls.slice(from);
+      expect(calls.filter((c) => c.rateLimited)).toEqual([]);
+      // Three looks each (before the stop, after it, while waiting): 120 one by one.
+      expect(calls.filter((c) => c.action === 'DescribeInstances').length).toBeLessThanOrEqual(10);
+      const stopCalls = calls.filter((c) => c.action === 'StopInstances');
+      const idsOf = (c: (typeof calls)[number]) => [...c.params].filter(([k]) => k.startsWith('InstanceId.'));
+      const [refused, ...rest] = stopCalls;
+      expect(refused!.fault).toBe('error');
+      // The refused batch's instances each on their own, then the others in batches.
+      const singles = rest.slice(0, idsOf(refused!).length);
+      expect(singles.map((c) => idsOf(c).length)).toEqual(idsOf(refused!).map(() => 1));
+      expect(rest.length - singles.length).toBeLessThanOrEqual(5);
+      const states = await lab.peers.sdk.send(new DescribeInstancesCommand({ InstanceIds: ids }));
+      expect(new Set(states.Reservations!.flatMap((r) => r.Instances!).map((i) => i.State?.Name))).toEqual(
+        new Set(['stopped']),
+      );
+    } finally {
+      lab.peers.faults.setRequestRate('DescribeInstances');
+      lab.peers.faults.clearRules();
+      await lab.peers.sdk.send(new TerminateInstancesCommand({ InstanceIds: [...ids, fresh.instanceId] }));
     }
   });
 

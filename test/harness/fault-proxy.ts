@@ -13,6 +13,9 @@
  *    - Eventual consistency: an instance RunInstances created stays invisible to DescribeInstances
  *      and DescribeInstanceStatus for `visibilityDelayMs` (absent from filtered lists,
  *      `InvalidInstanceID.NotFound` when asked for by id; so are Stop/Start/TerminateInstances).
+ *    - Request rate limits, when set (`setRequestRate`): a token bucket per action, as EC2
+ *      throttles each account and region (DescribeInstances: 100 tokens, refilled at 20 a
+ *      second); a call finding the bucket empty is `RequestLimitExceeded` (HTTP 503).
  *    - Persistent spot requests: a RunInstances with a persistent spot market option opens a
  *      spot instance request (`sir-…`, shown as the instance's `spotInstanceRequestId`). While
  *      the request is not cancelled, EC2 fulfils it again when its instance is terminated, from
@@ -49,7 +52,18 @@ export interface Ec2Call {
   fault?: Fault['kind'];
   /** A RunInstances answered from an earlier launch with the same ClientToken. */
   idempotentReplay?: boolean;
+  /** Refused by the action's request rate limit. */
+  rateLimited?: boolean;
 }
+
+/** A token bucket: `bucket` calls at once, then `refillPerSecond` a second. */
+export interface RequestRate {
+  bucket: number;
+  refillPerSecond: number;
+}
+
+/** EC2's request rate for non-mutating actions such as DescribeInstances, per account and region. */
+export const EC2_DESCRIBE_RATE: RequestRate = { bucket: 100, refillPerSecond: 20 };
 
 export interface FaultRule {
   /** EC2 action, e.g. `RunInstances`; any when left out. */
@@ -88,6 +102,8 @@ export interface FaultProxy {
   count(action?: string, when?: (params: URLSearchParams) => boolean): number;
   /** Changes how long new instances stay invisible. */
   setVisibilityDelay(ms: number): void;
+  /** Limits `action` to `rate` from now on (a full bucket); no limit when left out. */
+  setRequestRate(action: string, rate?: RequestRate): void;
   /** The persistent spot requests EC2 would hold, for assertions. */
   spotRequests(): SpotRequest[];
   stop(): Promise<void>;
@@ -160,6 +176,18 @@ export async function startFaultProxy(upstream: string, opts: FaultProxyOptions 
   const calls: Ec2Call[] = [];
   const agent = new http.Agent({ keepAlive: true });
   let visibilityDelayMs = opts.visibilityDelayMs ?? 0;
+  const buckets = new Map<string, RequestRate & { tokens: number; at: number }>();
+  /** Takes a token of `action`'s bucket; false when it is empty. */
+  function withinRate(action: string): boolean {
+    const b = buckets.get(action);
+    if (!b) return true;
+    const now = performance.now();
+    b.tokens = Math.min(b.bucket, b.tokens + ((now - b.at) / 1000) * b.refillPerSecond);
+    b.at = now;
+    if (b.tokens < 1) return false;
+    b.tokens--;
+    return true;
+  }
   /** Instance id → performance.now() from which Describe* shows it. */
   const visibleFrom = new Map<string, number>();
   /** ClientToken → the first launch: its parameters and, once moto answered, its answer. */
@@ -308,6 +336,10 @@ export async function startFaultProxy(upstream: string, opts: FaultProxyOptions 
       if (fault?.kind === 'error')
         return finish(fault.status, errorXml(fault.code, fault.message ?? `injected ${fault.code}`));
       if (fault?.kind === 'throttle') return finish(503, errorXml('RequestLimitExceeded', 'Request limit exceeded.'));
+      if (!withinRate(action)) {
+        call.rateLimited = true;
+        return finish(503, errorXml('RequestLimitExceeded', 'Request limit exceeded.'));
+      }
       if (fault?.kind === 'drop') return drop();
 
       const answer = async (): Promise<void> => {
@@ -397,6 +429,8 @@ export async function startFaultProxy(upstream: string, opts: FaultProxyOptions 
     clearRules: () => void rules.splice(0),
     count: (action, when) => calls.filter((c) => (!action || c.action === action) && (!when || when(c.params))).length,
     setVisibilityDelay: (ms) => (visibilityDelayMs = ms),
+    setRequestRate: (action, rate) =>
+      rate ? buckets.set(action, { ...rate, tokens: rate.bucket, at: performance.now() }) : buckets.delete(action),
     spotRequests: () => [...spot.values()].map((r) => ({ ...r, instanceIds: [...r.instanceIds] })),
     stop: () =>
       new Promise<void>((resolve) => {
