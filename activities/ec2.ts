@@ -338,8 +338,7 @@ export function createEc2Activities(deps: Ec2Deps) {
     } catch (err) {
       const status = (err as AwsError).$metadata?.httpStatusCode ?? 0;
       if (ids.length === 1 || status < 400 || status >= 500 || THROTTLING.has(awsCode(err) ?? '')) {
-        const failure = ec2Failure(err, `StopInstances ${ids.join(', ')}`);
-        return new Map(ids.map((id) => [id, failure]));
+        return new Map(ids.map((id) => [id, ec2Failure(err, `StopInstances ${id}`)]));
       }
       // EC2 refuses the whole call for one instance it cannot stop: each on its own, with its own answer.
       const each = await Promise.all(ids.map((id) => stopIds(client, [id])));
