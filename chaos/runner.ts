@@ -64,21 +64,26 @@ function describe(o: RunOutcome): string {
   return `${o.scenario} | ${o.fault}${o.boundary ? ` at ${o.boundary}` : ''} | ${verdict}${extra.length ? ` | ${extra.join('; ')}` : ''} (${o.seconds}s)`;
 }
 
-/** workflow × fault → runs, correct, leaked, duplicated. */
+/**
+ * workflow × fault → runs, correct, leaked, duplicated, and `no kill`: kill cells whose boundary
+ * never came (that run took another path than the clean run the plan came from), so nothing was
+ * killed in them.
+ */
 export function table(outcomes: RunOutcome[]): string {
-  const rows = new Map<string, { runs: number; correct: number; leaked: number; duplicated: number }>();
+  const rows = new Map<string, { runs: number; correct: number; leaked: number; duplicated: number; noKill: number }>();
   for (const o of outcomes) {
     const key = `${o.scenario}\t${o.fault}`;
-    const r = rows.get(key) ?? { runs: 0, correct: 0, leaked: 0, duplicated: 0 };
+    const r = rows.get(key) ?? { runs: 0, correct: 0, leaked: 0, duplicated: 0, noKill: 0 };
     r.runs++;
     if (o.correct) r.correct++;
     if (o.leaked.length) r.leaked++;
     if (o.duplicated.length) r.duplicated++;
+    if (/SIGKILL/.test(o.fault) && !o.boundary) r.noKill++;
     rows.set(key, r);
   }
-  const lines = [['workflow', 'fault', 'runs', 'correct', 'leaked', 'duplicated']];
+  const lines = [['workflow', 'fault', 'runs', 'correct', 'leaked', 'duplicated', 'no kill']];
   for (const [key, r] of rows)
-    lines.push([...key.split('\t'), String(r.runs), String(r.correct), String(r.leaked), String(r.duplicated)]);
+    lines.push([...key.split('\t'), ...[r.runs, r.correct, r.leaked, r.duplicated, r.noKill].map(String)]);
   const widths = lines[0]!.map((_, i) => Math.max(...lines.map((l) => l[i]!.length)));
   return lines
     .map((l) => l.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  '))

@@ -5,6 +5,12 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import {
+  CancelSpotInstanceRequestsCommand,
+  DescribeInstancesCommand,
+  EC2Client,
+  TerminateInstancesCommand,
+} from '@aws-sdk/client-ec2';
 import type { WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { workflowIdFor } from '../clients/start.js';
@@ -16,6 +22,7 @@ import { acquireUpdate, shutdownNowSignal, statusQuery, type LlmBurstStatus } fr
 import type { PackerImageBuildResult } from '../common/packer-image-build.js';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import { projectRoot } from '../lib/paths.js';
+import { MOTO_CREDENTIALS } from '../sim/ec2.js';
 import { SIM_REVISION } from '../sim/flux-dr.js';
 import type { ChaosLab } from './lab.js';
 import type { LabSystem } from './peer-faults.js';
@@ -60,6 +67,35 @@ async function deleteVms(lab: ChaosLab, which: (name: string) => boolean): Promi
     await lab.pve.control({ op: 'settle' });
     await lab.pve.api('DELETE', `/nodes/${n.node}/qemu/${n.vmid}`);
     await lab.pve.control({ op: 'settle' });
+  }
+}
+
+/**
+ * Leaves EC2 with no live instance, as before a pool's first run: its open spot requests
+ * cancelled first (else EC2 fulfils them again), then its instances terminated.
+ */
+async function terminateInstances(lab: ChaosLab): Promise<void> {
+  const open = lab.ec2
+    .spotRequests()
+    .filter((r) => r.state !== 'cancelled')
+    .map((r) => r.id);
+  const viaProxy = new EC2Client({ endpoint: lab.ec2.url, region: 'us-east-1', credentials: MOTO_CREDENTIALS });
+  const moto = new EC2Client({
+    endpoint: lab.sim.env.AWS_ENDPOINT_URL_EC2,
+    region: 'us-east-1',
+    credentials: MOTO_CREDENTIALS,
+  });
+  try {
+    if (open.length > 0) await viaProxy.send(new CancelSpotInstanceRequestsCommand({ SpotInstanceRequestIds: open }));
+    const out = await moto.send(new DescribeInstancesCommand({}));
+    const live = (out.Reservations ?? [])
+      .flatMap((r) => r.Instances ?? [])
+      .filter((i) => !['terminated', 'shutting-down'].includes(i.State?.Name ?? ''))
+      .map((i) => i.InstanceId!);
+    if (live.length > 0) await moto.send(new TerminateInstancesCommand({ InstanceIds: live }));
+  } finally {
+    viaProxy.destroy();
+    moto.destroy();
   }
 }
 
@@ -150,6 +186,8 @@ export const SCENARIOS: Scenario[] = [
       const s = r as LlmBurstStatus;
       return s.state === 'stopped' && s.reason?.startsWith('shutdownNow') ? undefined : `state ${s.state}: ${s.reason}`;
     },
+    // Every run launches, as the clean run the plan's boundaries come from did.
+    reset: terminateInstances,
   },
 ];
 
