@@ -8,7 +8,6 @@ import path from 'node:path';
 import {
   CancelSpotInstanceRequestsCommand,
   DescribeInstancesCommand,
-  EC2Client,
   TerminateInstancesCommand,
 } from '@aws-sdk/client-ec2';
 import type { WorkflowHandle } from '@temporalio/client';
@@ -22,7 +21,7 @@ import { acquireUpdate, shutdownNowSignal, statusQuery, type LlmBurstStatus } fr
 import type { PackerImageBuildResult } from '../common/packer-image-build.js';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import { projectRoot } from '../lib/paths.js';
-import { MOTO_CREDENTIALS } from '../sim/ec2.js';
+import { motoClient } from '../sim/ec2.js';
 import { SIM_REVISION } from '../sim/flux-dr.js';
 import type { ChaosLab } from './lab.js';
 import type { LabSystem } from './peer-faults.js';
@@ -79,12 +78,8 @@ async function terminateInstances(lab: ChaosLab): Promise<void> {
     .spotRequests()
     .filter((r) => r.state !== 'cancelled')
     .map((r) => r.id);
-  const viaProxy = new EC2Client({ endpoint: lab.ec2.url, region: 'us-east-1', credentials: MOTO_CREDENTIALS });
-  const moto = new EC2Client({
-    endpoint: lab.sim.env.AWS_ENDPOINT_URL_EC2,
-    region: 'us-east-1',
-    credentials: MOTO_CREDENTIALS,
-  });
+  const viaProxy = motoClient(lab.ec2.url);
+  const moto = motoClient(lab.sim.env.AWS_ENDPOINT_URL_EC2!);
   try {
     if (open.length > 0) await viaProxy.send(new CancelSpotInstanceRequestsCommand({ SpotInstanceRequestIds: open }));
     const out = await moto.send(new DescribeInstancesCommand({}));

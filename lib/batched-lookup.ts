@@ -1,7 +1,7 @@
 /**
- * Lookups (or requests) of one key each, answered by calls for many: a key asked for while no batch is out
- * goes out at once (with whatever else was asked in the same tick); keys asked for while batches
- * are out wait for the next one. A lone caller pays nothing; hundreds of callers (burst pools
+ * Lookups (or requests) of one key each, answered by calls for many: a key asked for while no
+ * batch is out goes out at once (with whatever else was asked in the same tick); keys asked for
+ * while batches are out wait for the next one. A lone caller pays nothing; hundreds of callers (burst pools
  * polling their instances on one worker) share a few calls, within an API's request rate.
  * `lookupMany` answers each key with its value, or with an Error for that key alone; a key it
  * leaves out is answered undefined; a rejection fails every key of the batch.
