@@ -70,7 +70,10 @@ export interface LaunchResult extends InstanceView {
 }
 
 const LIVE_STATES = ['pending', 'running', 'stopping', 'stopped'];
-/** Instance IDs in one DescribeInstances or StopInstances sent for many pools at once. */
+/**
+ * Instance IDs in one DescribeInstances or StopInstances sent for many pools at once, and tag
+ * values in one DescribeInstances filter (EC2 takes up to 200 values per filter).
+ */
 const BATCH = 100;
 const THROTTLING = new Set([
   'Throttling',
@@ -266,18 +269,47 @@ export function createEc2Activities(deps: Ec2Deps) {
     }
   }
 
-  async function describe(pool: BurstPool, filters: Filter[]): Promise<InstanceView[]> {
-    const client = await ec2(pool);
-    const out: InstanceView[] = [];
+  async function describe(client: Ec2Sdk.EC2Client, filters: Filter[]): Promise<Instance[]> {
+    const out: Instance[] = [];
     let token: string | undefined;
     do {
       const page = await call('DescribeInstances', async () =>
         client.send(new (await loadSdk()).DescribeInstancesCommand({ Filters: filters, NextToken: token })),
       );
-      for (const r of page.Reservations ?? []) for (const i of r.Instances ?? []) out.push(view(i));
+      for (const r of page.Reservations ?? []) out.push(...(r.Instances ?? []));
       token = page.NextToken;
     } while (token);
     return out;
+  }
+
+  /**
+   * The live instances tagged `tag` = `value`. Like the looks by ID, the lookups of all pools on
+   * one account and region go out together, one filter with many values: every DescribeInstances
+   * counts against the same request rate (and moto, like EC2, pays for each filtered call across
+   * all instances).
+   */
+  const tagLookups = new WeakMap<Ec2Sdk.EC2Client, Map<string, BatchedLookup<string, InstanceView[]>>>();
+  async function describeTagged(pool: BurstPool, tag: string, value: string): Promise<InstanceView[]> {
+    const client = await ec2(pool);
+    const byTag = tagLookups.get(client) ?? new Map<string, BatchedLookup<string, InstanceView[]>>();
+    tagLookups.set(client, byTag);
+    let lookup = byTag.get(tag);
+    if (!lookup) {
+      lookup = batchedLookup(
+        async (values: string[]) => {
+          const found = await describe(client, [
+            { Name: `tag:${tag}`, Values: values },
+            { Name: 'instance-state-name', Values: LIVE_STATES },
+          ]);
+          const out = new Map<string, InstanceView[]>(values.map((v) => [v, []]));
+          for (const i of found) out.get(i.Tags?.find((t) => t.Key === tag)?.Value ?? '')?.push(view(i));
+          return out;
+        },
+        { maxBatch: BATCH },
+      );
+      byTag.set(tag, lookup);
+    }
+    return (await lookup(value)) ?? [];
   }
 
   /**
@@ -398,13 +430,6 @@ export function createEc2Activities(deps: Ec2Deps) {
     }
   }
 
-  function poolFilters(pool: BurstPool): Filter[] {
-    return [
-      { Name: `tag:${TAG_POOL}`, Values: [pool.name] },
-      { Name: 'instance-state-name', Values: LIVE_STATES },
-    ];
-  }
-
   async function healthy(
     pool: BurstPool,
     privateIp: string,
@@ -449,7 +474,7 @@ export function createEc2Activities(deps: Ec2Deps) {
   return {
     /** The pool's live instances (not terminated), best first: running, pending, stopping, stopped. */
     async ec2FindPoolInstances(pool: BurstPool): Promise<InstanceView[]> {
-      const found = await describe(pool, poolFilters(pool));
+      const found = await describeTagged(pool, TAG_POOL, pool.name);
       return found.sort(
         (a, b) => (STATE_RANK[a.state] ?? 9) - (STATE_RANK[b.state] ?? 9) || a.instanceId.localeCompare(b.instanceId),
       );
@@ -472,10 +497,7 @@ export function createEc2Activities(deps: Ec2Deps) {
      */
     async ec2LaunchInstance(pool: BurstPool, launchToken: string): Promise<LaunchResult> {
       const ctx = context();
-      const [existing] = await describe(pool, [
-        { Name: `tag:${TAG_LAUNCH_TOKEN}`, Values: [launchToken] },
-        { Name: 'instance-state-name', Values: LIVE_STATES },
-      ]);
+      const [existing] = await describeTagged(pool, TAG_LAUNCH_TOKEN, launchToken);
       if (existing) return { ...existing, refused: [], found: true };
 
       const client = await ec2(pool);

@@ -81,15 +81,21 @@ async function pooled<T>(items: T[], limit: number, fn: (item: T) => Promise<voi
 
 /**
  * Where each pool's idle stop spent its lateness, from its history: the server firing the idle
- * timer, the worker's workflow task scheduling the stop, the activity reaching a worker slot, and
- * the activity reaching EC2 (its look first, then StopInstances).
+ * timer, the workflow task it scheduled reaching the worker, that task scheduling the stop, the
+ * activity reaching a worker slot, and the activity reaching EC2 (its look first, then StopInstances).
  */
 async function stopStages(
   handles: WorkflowHandle[],
   deadlines: Map<string, number>,
   stopAt: Map<string, number>,
 ): Promise<Row[]> {
-  const stage = { timer: [] as number[], schedule: [] as number[], slot: [] as number[], ec2: [] as number[] };
+  const stage = {
+    timer: [] as number[],
+    queued: [] as number[],
+    schedule: [] as number[],
+    slot: [] as number[],
+    ec2: [] as number[],
+  };
   await pooled(handles, 25, async (h) => {
     const pool = h.workflowId.replace('llm-burst/', '');
     const [deadline, stoppedAt] = [deadlines.get(pool), stopAt.get(pool)];
@@ -104,15 +110,18 @@ async function stopStages(
       (e) =>
         e.activityTaskStartedEventAttributes?.scheduledEventId?.toString() === events[scheduled]?.eventId?.toString(),
     );
-    if (scheduled < 0 || fired < 0 || started < 0) return;
+    const taskStarted = events.findIndex((e, i) => i > fired && e.workflowTaskStartedEventAttributes);
+    if (scheduled < 0 || fired < 0 || started < 0 || taskStarted < 0) return;
     stage.timer.push(at(events[fired]!) - deadline);
-    stage.schedule.push(at(events[scheduled]!) - at(events[fired]!));
+    stage.queued.push(at(events[taskStarted]!) - at(events[fired]!));
+    stage.schedule.push(at(events[scheduled]!) - at(events[taskStarted]!));
     stage.slot.push(at(events[started]!) - at(events[scheduled]!));
     stage.ec2.push(stoppedAt - at(events[started]!));
   });
   const row = (name: string, ours: number[]): Row => ({ name: `  of which ${name}`, unit: 'ms', ours, baseline: [] });
   return [
     row('idle timer fired (server)', stage.timer),
+    row('its workflow task reached the worker', stage.queued),
     row('stop scheduled (workflow task)', stage.schedule),
     row('stop activity started (worker slot)', stage.slot),
     row('StopInstances at EC2 (activity)', stage.ec2),

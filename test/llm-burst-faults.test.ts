@@ -159,6 +159,30 @@ describe('llmBurst under faults', () => {
     }
   });
 
+  it('forty pools looking for their instances by tag at once share a few calls, each finding its own', async () => {
+    const name = uniqueName('tags');
+    const pools = Array.from({ length: 40 }, (_, i) => testPool(`${name}-${i}`, { market: 'on-demand' }));
+    const acts = lab.peers.activities();
+    lab.peers.faults.setVisibilityDelay(0);
+    const ids: string[] = [];
+    try {
+      const from = lab.peers.faults.calls.length;
+      // Each launch looks by its launch token first, then each pool by its pool tag.
+      const launched = await Promise.all(pools.map((p) => acts.ec2LaunchInstance(p, `${p.name}-launch`)));
+      ids.push(...launched.map((l) => l.instanceId));
+      const found = await Promise.all([...pools, testPool(`${name}-none`)].map((p) => acts.ec2FindPoolInstances(p)));
+      expect(found.map((f) => f.map((i) => i.instanceId))).toEqual([...ids.map((id) => [id]), []]);
+      const tagLookups = lab.peers.faults.calls
+        .slice(from)
+        .filter((c) => c.action === 'DescribeInstances' && c.params.get('Filter.1.Name')?.startsWith('tag:'));
+      // 80 calls one by one.
+      expect(tagLookups.length).toBeLessThanOrEqual(6);
+    } finally {
+      lab.peers.faults.setVisibilityDelay(DEFAULT_VISIBILITY_DELAY_MS);
+      if (ids.length > 0) await lab.peers.sdk.send(new TerminateInstancesCommand({ InstanceIds: ids }));
+    }
+  });
+
   it("forty pools stopping at once on one account share a few calls, within EC2's DescribeInstances rate", async () => {
     const name = uniqueName('rate');
     const pools = Array.from({ length: 40 }, (_, i) => testPool(`${name}-${i}`));
