@@ -11,7 +11,12 @@
  *                        signalled `demand` every `--storm-interval` ms), against the same worker
  *                        before any workflow ran.
  *
+ * On the dev server (SQLite, one history shard: what `npm start` runs) by default; `--server
+ * production` runs the same on the production topology (temporal-server on PostgreSQL with
+ * deploy/temporal's settings, as docker-compose.yml runs it), in a section of its own.
+ *
  * Run: npx tsx bench/burst-scale.ts [--pools 500] [--idle 60] [--window 10] [--storm-interval 1000] [--acquirers 10]
+ *      [--server dev|production]
  * Not a test: numbers depend on the machine; nothing is asserted.
  */
 import { performance } from 'node:perf_hooks';
@@ -28,8 +33,8 @@ import {
   type LlmBurstInput,
 } from '../common/llm-burst.js';
 import { EC2_DESCRIBE_RATE } from '../test/harness/fault-proxy.js';
-import { cpuSeconds, treeRssMiB } from './proc.js';
-import { startBurstLab } from './burst-lab.js';
+import { cpuSeconds, treeCpuSeconds, treeRssMiB } from './proc.js';
+import { startBurstLab, type ServerKind } from './burst-lab.js';
 import { publish, runBench, type Row } from './report.js';
 
 const { values } = parseArgs({
@@ -39,6 +44,7 @@ const { values } = parseArgs({
     window: { type: 'string' },
     'storm-interval': { type: 'string' },
     acquirers: { type: 'string' },
+    server: { type: 'string' },
   },
 });
 const POOLS = Number(values.pools ?? 500);
@@ -47,6 +53,8 @@ const WINDOW_MS = Number(values.window ?? 10) * 1000;
 const STORM_INTERVAL_MS = Number(values['storm-interval'] ?? 1000);
 /** Pools acquired at once while they start (the proxy's cold requests in flight). */
 const ACQUIRERS = Number(values.acquirers ?? 10);
+const SERVER = (values.server ?? 'dev') as ServerKind;
+if (SERVER !== 'dev' && SERVER !== 'production') throw new Error(`--server: dev or production, not ${SERVER}`);
 const TASK_QUEUE = 'bench-burst-scale';
 const REGION = 'us-east-1';
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -133,6 +141,7 @@ async function main(): Promise<void> {
     taskQueue: TASK_QUEUE,
     region: REGION,
     pollMs: 1000,
+    server: SERVER,
   });
   const pid = worker.pid!;
   // As strict as EC2: hundreds of pools on one account share its DescribeInstances rate.
@@ -245,7 +254,8 @@ async function main(): Promise<void> {
     `waiting for ${deadlines.size} idle stops (the last due in ${((last - Date.now()) / 1000).toFixed(0)} s)…`,
   );
   await sleep(Math.max(0, Math.min(...deadlines.values()) - Date.now()));
-  const busy0 = [cpuSeconds(pid), cpuSeconds(server.pid!), performance.now()];
+  const busySince = performance.now();
+  const busy0 = [pid, ...server.processes.map((p) => p.pid)].map(treeCpuSeconds);
   const stopAt = new Map<string, number>();
   while (Date.now() < last + 30_000 && stopAt.size < deadlines.size) {
     for (const c of faults.calls) {
@@ -257,8 +267,8 @@ async function main(): Promise<void> {
     }
     await sleep(500);
   }
-  const [workerCpu, serverCpu] = [cpuSeconds(pid), cpuSeconds(server.pid!)].map(
-    (c, i) => ((c - busy0[i]!) / ((performance.now() - busy0[2]!) / 1000)) * 100,
+  const [workerCpu, ...serverCpu] = [pid, ...server.processes.map((p) => p.pid)].map(
+    (p, i) => ((treeCpuSeconds(p) - busy0[i]!) / ((performance.now() - busySince) / 1000)) * 100,
   );
   await Promise.all(timers);
   const lateness = [...deadlines].map(([pool, d]) => (stopAt.has(pool) ? stopAt.get(pool)! - d : NaN));
@@ -286,7 +296,8 @@ async function main(): Promise<void> {
     { name: 'worker RSS, all idle', unit: 'MiB', ours: idle.rss, baseline: empty.rss },
     { name: 'worker RSS, demand storm', unit: 'MiB', ours: storm1.rss, baseline: empty.rss },
   ];
-  const title = `burst pools at scale (${POOLS} llmBurst workflows on one worker, idleTimeout ${IDLE_S} s, ${WINDOW_MS / 1000} s windows)`;
+  const on = SERVER === 'dev' ? '' : ', production Temporal server on PostgreSQL';
+  const title = `burst pools at scale (${POOLS} llmBurst workflows on one worker${on}, idleTimeout ${IDLE_S} s, ${WINDOW_MS / 1000} s windows)`;
   const byAction = new Map<string, { calls: number; overRate: number }>();
   for (const c of faults.calls) {
     const a = byAction.get(c.action) ?? { calls: 0, overRate: 0 };
@@ -303,10 +314,12 @@ async function main(): Promise<void> {
       .map(([action, a]) => `${action} ${a.calls}${a.overRate ? ` (${a.overRate} over the rate, retried)` : ''}`)
       .join(', ')}`,
     `${signals} demand signals in the storm (${((signals / WINDOW_MS) * 1000).toFixed(0)}/s)`,
-    `from the first idle deadline to the last stop: worker ${workerCpu!.toFixed(0)} % of a core, Temporal dev server ${serverCpu!.toFixed(0)} %`,
+    `from the first idle deadline to the last stop: worker ${workerCpu!.toFixed(0)} % of a core, ${server.processes
+      .map((p, i) => `${p.name} ${serverCpu[i]!.toFixed(0)} %`)
+      .join(', ')}`,
     `${POOLS - missing} of ${deadlines.size} pools stopped within 30 s after the last deadline${missing ? `; ${missing} did not` : ''}`,
   ];
-  await publish('burst-scale', title, rows, notes);
+  await publish(SERVER === 'dev' ? 'burst-scale' : 'burst-scale-production', title, rows, notes);
 }
 
 runBench(main, cleanups);

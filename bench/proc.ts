@@ -1,8 +1,8 @@
 /** What the benches read of a process from /proc (Linux). */
 import { readdirSync, readFileSync } from 'node:fs';
 
-/** Resident memory (MiB) of `pid` and every process below it. */
-export function treeRssMiB(pid: number): number {
+/** `pid` and every process below it. */
+function processTree(pid: number): Set<number> {
   const parent = new Map<number, number>();
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
@@ -23,8 +23,13 @@ export function treeRssMiB(pid: number): number {
       }
     }
   }
+  return tree;
+}
+
+/** Resident memory (MiB) of `pid` and every process below it. */
+export function treeRssMiB(pid: number): number {
   let kib = 0;
-  for (const p of tree) {
+  for (const p of processTree(pid)) {
     try {
       const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, 'utf8'));
       kib += Number(m?.[1] ?? 0);
@@ -33,6 +38,19 @@ export function treeRssMiB(pid: number): number {
     }
   }
   return kib / 1024;
+}
+
+/** CPU seconds of `pid` and every process below it that is still running (PostgreSQL's backends). */
+export function treeCpuSeconds(pid: number): number {
+  let total = 0;
+  for (const p of processTree(pid)) {
+    try {
+      total += cpuSeconds(p);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
 }
 
 /** CPU seconds (user + system) the process has used so far. */

@@ -10,9 +10,11 @@ import os from 'node:os';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { Client, Connection } from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
 import { inject } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SEARCH_ATTRIBUTE_KEYS } from '../common/search-attributes.js';
 import type { TalosBootstrapResult } from '../common/talos.js';
 import { projectRoot } from '../lib/paths.js';
 import { ensureTool, freePort, spawnLogged, stopProcess, tail, waitUntilReady } from '../lib/processes.js';
@@ -200,6 +202,38 @@ describe('the production topology: temporal-server on PostgreSQL, the worker fro
       expect(Number(ns.config?.workflowExecutionRetentionTtl?.seconds)).toBe(72 * 3600);
     } finally {
       await client.close();
+    }
+  });
+
+  it('registers the search attributes every workflow sets, which the server refuses a workflow without; a re-run changes nothing', async () => {
+    const settings = await temporalSettingsFile();
+    expect(settings.SEARCH_ATTRIBUTES!.split(',')).toEqual(SEARCH_ATTRIBUTE_KEYS.map((k) => k.name));
+    const connection = await Connection.connect({ address: server.address });
+    try {
+      const registered = async () =>
+        (await connection.operatorService.listSearchAttributes({ namespace: settings.TEMPORAL_NAMESPACE }))
+          .customAttributes;
+      const keywords = Object.fromEntries(
+        SEARCH_ATTRIBUTE_KEYS.map((k) => [k.name, temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD]),
+      );
+      expect(await registered()).toMatchObject(keywords);
+      await runSetupStep('namespace', { ...(await temporalEnv(pg)), TEMPORAL_ADDRESS: server.address });
+      expect(await registered()).toMatchObject(keywords);
+      // What the registration is for: a start that sets one (the burst pool's update-with-start does).
+      const client = new Client({
+        connection,
+        namespace: settings.TEMPORAL_NAMESPACE,
+        dataConverter: testDataConverter,
+      });
+      const handle = await client.workflow.start('searchAttributeProbe', {
+        workflowId: `search-attribute-probe-${Date.now()}`,
+        taskQueue: 'no-worker-polls-this',
+        typedSearchAttributes: SEARCH_ATTRIBUTE_KEYS.map((key) => ({ key, value: 'probe' })),
+      });
+      expect((await handle.describe()).typedSearchAttributes.get(SEARCH_ATTRIBUTE_KEYS[0]!)).toBe('probe');
+      await handle.terminate('probe done');
+    } finally {
+      await connection.close();
     }
   });
 

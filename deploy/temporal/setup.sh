@@ -5,7 +5,9 @@
 #
 #   setup.sh schema      create the default and visibility databases and bring their schemas up
 #                        to the newest version (before the server starts; safe to re-run)
-#   setup.sh namespace   create TEMPORAL_NAMESPACE when missing (once the server answers)
+#   setup.sh namespace   create TEMPORAL_NAMESPACE when missing (once the server answers), and
+#                        register on it the search attributes SEARCH_ATTRIBUTES names that it
+#                        lacks (every workflow sets them; safe to re-run)
 #
 # Environment: temporal.env's settings, POSTGRES_SEEDS, DB_PORT, POSTGRES_PWD, TEMPORAL_ADDRESS;
 # TEMPORAL_SQL_TOOL, TEMPORAL_CLI and SCHEMA_DIR name the tools and the schema tree (the
@@ -43,6 +45,19 @@ case ${1:-} in
     if ! "$temporal" operator namespace describe --address "$TEMPORAL_ADDRESS" -n "$TEMPORAL_NAMESPACE" >/dev/null 2>&1; then
       "$temporal" operator namespace create --address "$TEMPORAL_ADDRESS" -n "$TEMPORAL_NAMESPACE" --retention "$NAMESPACE_RETENTION"
     fi
+    # The server refuses a workflow whose start or upsert names a search attribute the namespace
+    # does not have; the dev server gets them as flags (sim/dev-server.ts).
+    # A namespace just made is not found here until the server's namespace cache refreshes (~10 s).
+    tries=0
+    until registered=$("$temporal" operator search-attribute list --address "$TEMPORAL_ADDRESS" -n "$TEMPORAL_NAMESPACE" -o json 2>&1); do
+      tries=$((tries + 1))
+      [ "$tries" -lt 60 ] || { printf 'setup.sh: %s\n' "$registered" >&2; exit 1; }
+      sleep 1
+    done
+    for name in $(printf '%s' "$SEARCH_ATTRIBUTES" | tr ',' ' '); do
+      case $registered in *"\"$name\""*) continue ;; esac
+      "$temporal" operator search-attribute create --address "$TEMPORAL_ADDRESS" -n "$TEMPORAL_NAMESPACE" --name "$name" --type Keyword
+    done
     ;;
   *)
     echo "usage: setup.sh schema|namespace" >&2

@@ -45,6 +45,8 @@ export function temporalSettingsFile(): Promise<Record<string, string>> {
 
 export interface Postgres {
   port: number;
+  /** The postmaster's process, or the runuser above it when run as root. */
+  pid: number;
   password: string;
   logFile: string;
   /** One value (first column of the first row) of a query on `database`, through psql. */
@@ -130,7 +132,7 @@ export async function startPostgres(user: string): Promise<Postgres> {
     await stopProcess(child, 10_000);
     await fs.rm(dir, { recursive: true, force: true });
   };
-  return { port, password, logFile, query, stop };
+  return { port, pid: child.pid!, password, logFile, query, stop };
 }
 
 /** The environment of the one-shots and the server: the shared settings and where the database is. */
@@ -179,6 +181,8 @@ async function freeSmallintPort(taken: string[]): Promise<number> {
 
 export interface TemporalServer {
   address: string;
+  /** The running server's process. */
+  pid: () => number;
   logFile: () => string;
   /** SIGKILL: the process dies as in a crash or an OOM kill, with nothing flushed. */
   kill(): Promise<void>;
@@ -245,6 +249,7 @@ export async function startTemporalServer(dir: string, env: NodeJS.ProcessEnv): 
   await start();
   return {
     address,
+    pid: () => child!.pid!,
     logFile: () => log,
     start,
     kill: async () => {
