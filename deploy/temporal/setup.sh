@@ -45,8 +45,8 @@ case ${1:-} in
     if ! "$temporal" operator namespace describe --address "$TEMPORAL_ADDRESS" -n "$TEMPORAL_NAMESPACE" >/dev/null 2>&1; then
       "$temporal" operator namespace create --address "$TEMPORAL_ADDRESS" -n "$TEMPORAL_NAMESPACE" --retention "$NAMESPACE_RETENTION"
     fi
-    # The server refuses a workflow whose start or upsert names a search attribute the namespace
-    # does not have; the dev server gets them as flags (sim/dev-server.ts).
+    # The server refuses a start that sets a search attribute the namespace does not have (the
+    # burst pool's update-with-start); the dev server gets them as flags (sim/dev-server.ts).
     # A namespace just made is not found here until the server's namespace cache refreshes (~10 s).
     tries=0
     until registered=$("$temporal" operator search-attribute list --address "$TEMPORAL_ADDRESS" -n "$TEMPORAL_NAMESPACE" -o json 2>&1); do
