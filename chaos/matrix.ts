@@ -1,10 +1,10 @@
 /**
  * One cell of the fault matrix: a workflow run to its end on the chaos lab under one fault, and
  * what it left. Faults:
- * - `worker-kill`: SIGKILL to the worker's process group while activity N (in the order the
- *   history schedules them) runs, or right after it completed; a new worker takes over.
- * - `server-kill`: SIGKILL to the Temporal dev server (SQLite) while activity N runs; a new one
- *   starts on the same file and port, and the worker (still running) carries on.
+ * - `worker-kill`: SIGKILL to the worker's process group while a boundary's activity runs, or
+ *   right after it completed; a new worker takes over.
+ * - `server-kill`: SIGKILL to the Temporal dev server (SQLite) while a boundary's activity runs;
+ *   a new one starts on the same file and port, and the worker (still running) carries on.
  * - `peer`: a peer misbehaves for the whole run (see chaos/peer-faults.ts).
  * - `duplicate`: the same workflow started twice at once, and its signals/updates sent twice.
  */
@@ -20,11 +20,23 @@ const { temporal } = proto;
 const EventType = temporal.api.enums.v1.EventType;
 const STARTED = temporal.api.enums.v1.PendingActivityState.PENDING_ACTIVITY_STATE_STARTED;
 
+/**
+ * Where a kill lands: the clean run's activity `at` (in the order it scheduled them), found in a
+ * run as that run's `occurrence`-th activity of the same type. Not by index alone: a run may
+ * schedule a step the clean run did not (stopping a VM the previous run left running), and the
+ * kill meant for the one-shot restore would land on the step before it.
+ */
+export interface Boundary {
+  at: number;
+  /** Its type; for a `during` kill, the peer slowed until the kill lands. */
+  activity: string;
+  occurrence: number;
+}
+
 export type Fault =
   | { kind: 'none' }
-  /** `activity`: the type a clean run scheduled at `at`, whose peer is slowed for a `during` kill. */
-  | { kind: 'worker-kill'; at: number; when: 'during' | 'after'; activity?: string }
-  | { kind: 'server-kill'; at: number }
+  | { kind: 'worker-kill'; boundary: Boundary; when: 'during' | 'after' }
+  | { kind: 'server-kill'; boundary: Boundary }
   | { kind: 'peer'; fault: PeerFault }
   | { kind: 'duplicate' }
   /** Started again the moment a run ends (a drill re-run): both runs correct. */
@@ -79,11 +91,11 @@ export async function scheduledActivities(lab: ChaosLab, workflowId: string): Pr
     }));
 }
 
-/** Waits for boundary `at` of the run (its activity running, or completed), then does `act`. */
+/** Waits for `boundary` in the run (its activity running, or completed), then does `act`. */
 async function atBoundary(
   lab: ChaosLab,
   workflowId: string,
-  at: number,
+  boundary: Boundary,
   when: 'during' | 'after',
   finished: () => boolean,
   act: () => Promise<void>,
@@ -92,9 +104,13 @@ async function atBoundary(
     const found = await retrying(lab, async (client) => {
       const handle = client.workflow.getHandle(workflowId);
       const events = (await handle.fetchHistory()).events ?? [];
-      const scheduled = events.filter((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)[at];
+      const scheduled = events.filter(
+        (e) =>
+          e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED &&
+          e.activityTaskScheduledEventAttributes?.activityType?.name === boundary.activity,
+      )[boundary.occurrence];
       if (!scheduled) return undefined;
-      const label = `#${at} ${scheduled.activityTaskScheduledEventAttributes?.activityType?.name}`;
+      const label = `#${boundary.at} ${boundary.activity}`;
       const closed = events.some(
         (e) =>
           [
@@ -169,8 +185,8 @@ export async function runCell(
   const client = await lab.client();
   if (fault.kind === 'peer') await fault.fault.inject(lab);
   let unslow: () => Promise<void> = async () => undefined;
-  if (fault.kind === 'worker-kill' && fault.when === 'during' && fault.activity) {
-    unslow = await slowPeerOf(lab, fault.activity);
+  if (fault.kind === 'worker-kill' && fault.when === 'during') {
+    unslow = await slowPeerOf(lab, fault.boundary.activity);
   }
 
   let done = false;
@@ -197,7 +213,7 @@ export async function runCell(
         ? atBoundary(
             lab,
             workflowId,
-            fault.at,
+            fault.boundary,
             fault.when,
             () => done,
             async () => {
@@ -210,7 +226,7 @@ export async function runCell(
           ? atBoundary(
               lab,
               workflowId,
-              fault.at,
+              fault.boundary,
               'during',
               () => done,
               async () => {

@@ -4,7 +4,7 @@
  * completed), the server at a few points, runs every peer fault and the duplicates; the CI slice
  * picks a few of those by a seed.
  */
-import type { Fault, ScheduledActivity } from './matrix.js';
+import type { Boundary, Fault, ScheduledActivity } from './matrix.js';
 import type { PeerFault } from './peer-faults.js';
 
 /** Activities whose step must happen once (a server kill lands on each of them). */
@@ -23,18 +23,22 @@ export function fullPlan(
       ? activities.map((_, at) => at)
       : Array.from({ length: boundaries }, (_, i) => Math.floor(((i + 0.5) * activities.length) / boundaries)),
   );
+  const boundary = (at: number): Boundary => {
+    const activity = activities[at]!.type;
+    return { at, activity, occurrence: activities.slice(0, at).filter((a) => a.type === activity).length };
+  };
   // The one-shot steps' boundaries always: they are where a kill costs the most.
   activities.forEach((a, at) => ONE_SHOT.has(a.type) && picked.add(at));
-  activities.forEach((a, at) => {
+  activities.forEach((_, at) => {
     if (!picked.has(at)) return;
     faults.push(
-      { kind: 'worker-kill', at, when: 'during', activity: a.type },
-      { kind: 'worker-kill', at, when: 'after' },
+      { kind: 'worker-kill', boundary: boundary(at), when: 'during' },
+      { kind: 'worker-kill', boundary: boundary(at), when: 'after' },
     );
   });
   const serverAt = new Set([0.25, 0.5, 0.75].map((q) => Math.floor(q * activities.length)));
   activities.forEach((a, at) => ONE_SHOT.has(a.type) && serverAt.add(at));
-  for (const at of [...serverAt].sort((x, y) => x - y)) faults.push({ kind: 'server-kill', at });
+  for (const at of [...serverAt].sort((x, y) => x - y)) faults.push({ kind: 'server-kill', boundary: boundary(at) });
   for (const fault of peers) faults.push({ kind: 'peer', fault });
   faults.push({ kind: 'duplicate' });
   if (rerun) faults.push({ kind: 'rerun' });
