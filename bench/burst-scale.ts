@@ -274,7 +274,7 @@ async function main(): Promise<void> {
   );
   // A thread at 100 % is a limit the process's average hides (the worker runs workflow code on one).
   const busiestThreads = [...threadCpuSeconds(pid)]
-    .map(([tid, t]) => ({ ...t, tid, percent: ((t.seconds - (threads0.get(tid)?.seconds ?? 0)) / busyS) * 100 }))
+    .map(([tid, t]) => ({ name: t.name, percent: ((t.seconds - (threads0.get(tid)?.seconds ?? 0)) / busyS) * 100 }))
     .sort((a, b) => b.percent - a.percent)
     .slice(0, 4);
   await Promise.all(timers);

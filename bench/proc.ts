@@ -53,11 +53,15 @@ export function treeCpuSeconds(pid: number): number {
   return total;
 }
 
-/** CPU seconds (user + system) the process has used so far. */
-export function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+/** User + system CPU seconds of a /proc `stat` line (a process's or a thread's). */
+function statCpuSeconds(stat: string): number {
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
+/** CPU seconds (user + system) the process has used so far. */
+export function cpuSeconds(pid: number): number {
+  return statCpuSeconds(readFileSync(`/proc/${pid}/stat`, 'utf8'));
 }
 
 /** CPU seconds each thread of `pid` has used so far, by thread ID, with the thread's name. */
@@ -66,9 +70,8 @@ export function threadCpuSeconds(pid: number): Map<number, { name: string; secon
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
       const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      threads.set(Number(tid), { name, seconds: (Number(f[11]) + Number(f[12])) / 100 });
+      threads.set(Number(tid), { name, seconds: statCpuSeconds(stat) });
     } catch {
       // gone meanwhile
     }

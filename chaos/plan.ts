@@ -31,9 +31,10 @@ export function fullPlan(
   activities.forEach((a, at) => ONE_SHOT.has(a.type) && picked.add(at));
   activities.forEach((_, at) => {
     if (!picked.has(at)) return;
+    const b = boundary(at);
     faults.push(
-      { kind: 'worker-kill', boundary: boundary(at), when: 'during' },
-      { kind: 'worker-kill', boundary: boundary(at), when: 'after' },
+      { kind: 'worker-kill', boundary: b, when: 'during' },
+      { kind: 'worker-kill', boundary: b, when: 'after' },
     );
   });
   const serverAt = new Set([0.25, 0.5, 0.75].map((q) => Math.floor(q * activities.length)));
